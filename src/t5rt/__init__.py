@@ -1,0 +1,35 @@
+"""t5rt: T5-family encoder-decoder generation as fast as the GPU allows.
+
+Public API (torch-free)::
+
+    import t5rt
+    rt = t5rt.load(DIR, backend="auto", device="cuda")
+    out = rt.generate(["summarize: ..."], num_beams=4, max_new_tokens=64)
+    out.sequences, out.scores, out.texts
+"""
+
+from .errors import (
+    BackendError,
+    InvalidInputError,
+    InvalidOptionError,
+    MissingDependencyError,
+    NotAnExportError,
+    T5rtError,
+)
+from .generation_config import GenerationConfig
+from .manifest import Manifest, load_manifest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "GenerationConfig",
+    "InvalidInputError",
+    "InvalidOptionError",
+    "Manifest",
+    "MissingDependencyError",
+    "NotAnExportError",
+    "T5rtError",
+    "__version__",
+    "load_manifest",
+]
