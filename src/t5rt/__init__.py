@@ -16,20 +16,26 @@ from .errors import (
     NotAnExportError,
     T5rtError,
 )
+from .generate import GenerateOutput, Runtime, load
 from .generation_config import GenerationConfig
 from .manifest import Manifest, load_manifest
+from .runtime.runner import RuntimeOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "GenerateOutput",
     "GenerationConfig",
     "InvalidInputError",
     "InvalidOptionError",
     "Manifest",
     "MissingDependencyError",
     "NotAnExportError",
+    "Runtime",
+    "RuntimeOptions",
     "T5rtError",
     "__version__",
+    "load",
     "load_manifest",
 ]

@@ -1,5 +1,50 @@
-"""Inference backends behind one Engine protocol (ONNX Runtime, TensorRT)."""
+"""Inference backends behind one Engine protocol (ONNX Runtime, TensorRT).
 
+`open_sessions` picks the backend ("auto": TensorRT when it imports and a GPU is present, else
+ONNX Runtime) and opens one session per graph of an export; a session makes one Engine (one set
+of bound buffers) per bucket.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from ..errors import InvalidOptionError
+from ..manifest import GRAPH_NAMES, Manifest
 from .base import Engine
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "open_sessions", "pick_backend"]
+
+
+def pick_backend(requested: str, device: Any) -> tuple[str, str]:
+    """-> (backend, reason). 'auto': TensorRT when it imports and a GPU is present, else ORT."""
+    if requested not in ("auto", "ort", "trt"):
+        raise InvalidOptionError(f"backend={requested!r} is invalid: use 'auto', 'ort' or 'trt'")
+    if requested != "auto":
+        return requested, "asked for"
+    if not device.is_cuda:
+        return "ort", "CPU device (TensorRT needs a GPU)"
+    has_trt = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+    if has_trt:
+        return "trt", "TensorRT imports and a GPU is present"
+    return "ort", "TensorRT is not installed"
+
+
+def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
+    backend, reason = pick_backend(requested, device)
+    sessions: dict[str, Any] = {}
+    if backend == "ort":
+        from .ort import OrtSession
+
+        for g in GRAPH_NAMES:
+            sessions[g] = OrtSession(
+                m.graph_path(g), m.graphs[g], device,
+                cuda_graph=(g == "decoder_step" and options.cuda_graphs),
+                threads=options.threads,
+            )
+    else:
+        from .trt import open_trt_sessions  # noqa: PLC0415 - TensorRT only when asked for
+
+        sessions = open_trt_sessions(m, device, options)
+    return backend, reason, sessions

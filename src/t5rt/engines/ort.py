@@ -1,0 +1,133 @@
+"""ONNX Runtime backend: one session per graph, one IO binding per bucket (Engine protocol).
+
+CPU: CPUExecutionProvider, buffers are numpy arrays bound by address (no copies).
+CUDA: CUDAExecutionProvider on the runtime's own stream (`user_compute_stream`), buffers are cupy
+arrays bound by device address, no host synchronisation after a run, and optionally ONNX Runtime's
+own CUDA graph (`enable_cuda_graph`), one graph per bucket (`gpu_graph_id`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, MissingDependencyError
+from ..manifest import GraphSpec
+from ..runtime.device import Device, data_ptr, onnx_elem_type
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("the ONNX Runtime backend", "ort", "onnxruntime") from None
+    return onnxruntime
+
+
+class OrtSession:
+    """An ONNX Runtime InferenceSession for one graph of an export. Makes per-bucket engines."""
+
+    def __init__(self, path: Path, spec: GraphSpec, device: Device, *, cuda_graph: bool = False,
+                 threads: int | None = None, optimization: str = "all"):
+        ort = _import_ort()
+        self.spec = spec
+        self.device = device
+        self.cuda_graph = cuda_graph and device.is_cuda
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[optimization]
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        if device.is_cuda:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError(
+                    "ONNX Runtime here has no CUDAExecutionProvider (onnxruntime CPU build); "
+                    "install onnxruntime-gpu ('t5rt[ort-gpu]') or use device='cpu'"
+                )
+            import cupy
+
+            opts = {
+                "device_id": str(cupy.cuda.Device().id),
+                "user_compute_stream": str(device.stream_ptr),
+                "has_user_compute_stream": "1",
+                "cudnn_conv_algo_search": "DEFAULT",
+                "do_copy_in_default_stream": "1",
+            }
+            if self.cuda_graph:
+                opts["enable_cuda_graph"] = "1"
+            providers: list[Any] = [("CUDAExecutionProvider", opts)]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise BackendError(f"ONNX Runtime could not load {path.name}: {e}") from None
+        self._ort = ort
+        self._next_graph_id = 0
+
+    def engine(self) -> "OrtEngine":
+        gid = None
+        if self.cuda_graph:
+            gid = self._next_graph_id
+            self._next_graph_id += 1
+        return OrtEngine(self, gid)
+
+
+class OrtEngine:
+    """One IO binding of an OrtSession: the buffers of one bucket (Engine protocol)."""
+
+    backend = "ort"
+
+    def __init__(self, session: OrtSession, graph_id: int | None):
+        self._s = session
+        self.spec = session.spec
+        self.device = session.device.name
+        self._binding = session.session.io_binding()
+        self._inputs = {t.name: t for t in self.spec.inputs}
+        self._outputs = {t.name: t for t in self.spec.outputs}
+        self._bound: dict[str, Any] = {}
+        self._run_options = session._ort.RunOptions()
+        if session.device.is_cuda:
+            # The runtime synchronises when it needs results; ORT must not block the host per run.
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.graph_id = graph_id
+        if graph_id is not None:
+            self._run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        self._dev_type = "cuda" if session.device.is_cuda else "cpu"
+        self._dev_id = 0
+        if session.device.is_cuda:
+            import cupy
+
+            self._dev_id = cupy.cuda.Device().id
+
+    @property
+    def aliased_outputs(self) -> dict[str, str]:
+        return {}
+
+    def bind(self, name: str, array: Any) -> None:
+        if name in self._inputs:
+            spec = self._inputs[name]
+            fn = self._binding.bind_input
+        elif name in self._outputs:
+            spec = self._outputs[name]
+            fn = self._binding.bind_output
+        else:
+            raise KeyError(f"{self.spec.file} has no tensor {name!r}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"buffer for {name!r} must be C-contiguous")
+        fn(name, self._dev_type, self._dev_id, onnx_elem_type(spec.dtype), list(array.shape), data_ptr(array))
+        self._bound[name] = array  # keep the buffer alive as long as it is bound
+
+    def run(self) -> None:
+        missing = [n for n in list(self._inputs) + list(self._outputs) if n not in self._bound]
+        if missing:
+            raise BackendError(f"{self.spec.file}: unbound tensors {missing}")
+        try:
+            self._s.session.run_with_iobinding(self._binding, self._run_options)
+        except Exception as e:  # noqa: BLE001
+            raise BackendError(f"ONNX Runtime failed running {self.spec.file}: {e}") from None

@@ -1,0 +1,217 @@
+"""The public entry points: `t5rt.load(DIR)` and `Runtime.generate(...)`.
+
+    rt = t5rt.load(DIR, backend="auto", device="cuda")
+    out = rt.generate(["summarize: ..."], num_beams=4, max_new_tokens=64)
+    out.sequences   # list[list[int]]: one per returned sequence, input order, r of each consecutive
+    out.scores      # beam sequence scores, or summed log-probs of the chosen tokens
+    out.texts       # decoded sequences when the export has a tokenizer
+
+Every argument is checked before any device state is touched, so a request that raises leaves
+the runtime ready for the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError, InvalidOptionError
+from .generation_config import GenerationConfig
+from .manifest import Manifest, load_manifest
+from .runtime.device import Device, resolve_device
+from .runtime.runner import RuntimeOptions, T5Runner
+
+log = logging.getLogger("t5rt")
+
+
+@dataclass
+class GenerateOutput:
+    sequences: list[list[int]]
+    scores: list[float] | None = None
+    texts: list[str] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Runtime:
+    """A loaded export on one device and backend; `generate()` may be called any number of times."""
+
+    def __init__(self, manifest: Manifest, options: RuntimeOptions):
+        options.validate()
+        self.manifest = manifest
+        self.options = options
+        self.device = Device(resolve_device(options.device))
+        from .engines import open_sessions
+
+        self.backend, self.backend_reason, sessions = open_sessions(manifest, options.backend, self.device, options)
+        log.info("t5rt: backend %s (%s) on %s", self.backend, self.backend_reason, self.device.name)
+        kernels = None
+        if self.device.is_cuda and options.kernels:
+            kernels = _load_kernels()
+        self.runner = T5Runner(manifest, self.device, sessions, options, kernels)
+        self.tokenizer = _load_tokenizer(manifest)
+        self.generation_config = GenerationConfig()
+        self.last_timings: dict[str, float] = {}
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _inputs(self, texts: Any, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
+        """-> (ids [B, s], mask [B, s]) int64 host arrays, right padded; every problem raises."""
+        if (texts is None) == (input_ids is None):
+            raise InvalidInputError("pass either texts or input_ids (exactly one of them)")
+        pad = self.manifest.special_tokens.pad_token_id
+        if texts is not None:
+            if isinstance(texts, str):
+                texts = [texts]
+            if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+                raise InvalidInputError("texts must be a string or a list of strings")
+            if len(texts) == 0:
+                raise InvalidInputError("no input: texts is an empty list")
+            for i, t in enumerate(texts):
+                if not t.strip():
+                    raise InvalidInputError(f"input {i} is empty; give text to generate from")
+            if self.tokenizer is None:
+                raise InvalidInputError(
+                    f"this export ({self.manifest.directory}) has no tokenizer files; "
+                    "pass input_ids, or re-export from a model directory that has spiece.model"
+                )
+            rows = [self.tokenizer.encode(t) for t in texts]
+            if attention_mask is not None:
+                raise InvalidInputError("attention_mask goes with input_ids, not with texts")
+            masks = [[1] * len(r) for r in rows]
+        else:
+            if isinstance(input_ids, np.ndarray) or hasattr(input_ids, "__array__"):
+                arr = np.asarray(input_ids)
+                if arr.ndim == 1:
+                    arr = arr[None, :]
+                if arr.ndim != 2:
+                    raise InvalidInputError(f"input_ids must be 2-D [batch, length], got shape {arr.shape}")
+                rows = [list(map(int, r)) for r in arr]
+            else:
+                try:
+                    rows = [list(map(int, r)) for r in input_ids]
+                except (TypeError, ValueError):
+                    raise InvalidInputError("input_ids must be a list of lists of token ids or a 2-D array") from None
+            if len(rows) == 0:
+                raise InvalidInputError("no input: input_ids is empty")
+            if attention_mask is not None:
+                am = [list(map(int, r)) for r in np.asarray(attention_mask).tolist()] \
+                    if hasattr(attention_mask, "__array__") else [list(map(int, r)) for r in attention_mask]
+                if len(am) != len(rows) or any(len(a) != len(r) for a, r in zip(am, rows)):
+                    raise InvalidInputError("attention_mask must have the shape of input_ids")
+                if any(v not in (0, 1) for a in am for v in a):
+                    raise InvalidInputError("attention_mask values must be 0 or 1")
+                masks = am
+            else:
+                masks = [[1] * len(r) for r in rows]
+            vocab = self.manifest.dims.vocab_size
+            for i, (r, mk) in enumerate(zip(rows, masks)):
+                if sum(mk) == 0:
+                    raise InvalidInputError(f"input {i} is empty (no tokens, or attention_mask all 0)")
+                bad = [t for t in r if t < 0 or t >= vocab]
+                if bad:
+                    raise InvalidInputError(f"input {i} has token ids outside [0, {vocab}): {bad[:5]}")
+        lens = [len(r) for r in rows]
+        max_in = self.manifest.max_input_len
+        for i, n in enumerate(lens):
+            if n > max_in:
+                raise InvalidInputError(
+                    f"input {i} is {n} tokens long; this export takes at most {max_in} "
+                    f"(shorten it, or re-export with --max-input-len {n})"
+                )
+        s = max(lens)
+        ids = np.full((len(rows), s), pad, np.int64)
+        mask = np.zeros((len(rows), s), np.int64)
+        for i, (r, mk) in enumerate(zip(rows, masks)):
+            ids[i, : len(r)] = r
+            mask[i, : len(mk)] = mk
+        return ids, mask
+
+    # -- generate --------------------------------------------------------------------------
+    def generate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
+                 attention_mask: Any = None, config: GenerationConfig | None = None,
+                 **options: Any) -> GenerateOutput:
+        cfg = GenerationConfig.from_options(config or self.generation_config, **options)
+        m = self.manifest
+        cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
+        if cfg.do_sample and cfg.num_beams > 1:
+            raise InvalidOptionError("do_sample=True with num_beams > 1 (beam sampling) is not supported; "
+                                     "use one of them")
+        ids, mask = self._inputs(texts, input_ids, attention_mask)
+        max_new = cfg.max_new_tokens or m.max_output_len
+        from .decoding import make_strategy
+
+        sequences: list[list[int]] = []
+        scores: list[float] = []
+        agg = {"encode_s": 0.0, "decode_s": 0.0, "steps": 0, "host_s": 0.0}
+        step = self.options.max_batch
+        for lo in range(0, ids.shape[0], step):
+            chunk_ids, chunk_mask = ids[lo:lo + step], mask[lo:lo + step]
+            # trim the chunk's padding to its own longest input
+            s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
+            chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
+            seqs, scs = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy)
+            sequences += seqs
+            scores += scs
+            t = self.runner.timings
+            agg["encode_s"] += t.encode_s
+            agg["decode_s"] += t.decode_s
+            agg["steps"] += t.steps
+            agg["host_s"] += t.host_s
+        agg["step_s"] = agg["decode_s"] / agg["steps"] if agg["steps"] else 0.0
+        agg["host_step_s"] = agg["host_s"] / agg["steps"] if agg["steps"] else 0.0
+        self.last_timings = agg
+        texts_out = None
+        if self.tokenizer is not None:
+            texts_out = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
+        return GenerateOutput(sequences=sequences, scores=scores, texts=texts_out, timings=dict(agg))
+
+    def _generate_chunk(self, ids: np.ndarray, mask: np.ndarray, cfg: GenerationConfig, max_new: int,
+                        make_strategy: Any) -> tuple[list[list[int]], list[float]]:
+        st = self.manifest.special_tokens
+        strategy = make_strategy(
+            self.device.xp, cfg, batch=ids.shape[0], vocab_size=self.manifest.dims.vocab_size,
+            max_new_tokens=max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
+            decoder_start_token_id=st.decoder_start_token_id,
+        )
+        enc = self.runner.encode(ids, mask)
+        eager = bool(cfg.logits_processors)  # user hooks run Python per step: no CUDA graph
+        self.runner.decode(enc, strategy, max_new, eager=eager)
+        seqs, scores = strategy.result()
+        return [list(map(int, s)) for s in seqs], [float(x) for x in scores]
+
+
+def _load_tokenizer(m: Manifest) -> Any:
+    if not m.tokenizer_files or m.directory is None:
+        return None
+    from .tokenizer import T5Tokenizer
+
+    try:
+        return T5Tokenizer.from_dir(m.directory)
+    except Exception as e:  # noqa: BLE001 - a broken tokenizer must not stop id-level use
+        log.warning("t5rt: tokenizer files present but unusable (%s); pass input_ids", e)
+        return None
+
+
+def _load_kernels() -> Any:
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    loader = getattr(kernels, "load", None)
+    return loader() if loader is not None else None
+
+
+def load(directory: str | Path, backend: str = "auto", device: str = "auto",
+         options: RuntimeOptions | None = None, **kwargs: Any) -> Runtime:
+    """Load an export made by `t5rt export` (see RuntimeOptions for the other knobs)."""
+    opts = options or RuntimeOptions()
+    opts.backend, opts.device = backend, device
+    for k, v in kwargs.items():
+        if not hasattr(opts, k):
+            raise InvalidOptionError(f"unknown runtime option {k!r}; known: {', '.join(RuntimeOptions.__dataclass_fields__)}")
+        setattr(opts, k, v)
+    return Runtime(load_manifest(directory), opts)

@@ -1,0 +1,25 @@
+"""Bucket policy: which static shapes buffers, engines and CUDA graphs are made for.
+
+Rows (batch * beams) are exact; the source length is padded up to a bucket (masked positions
+add exact zeros to attention, so padding does not change results); the self-attention cache
+length T is the smallest bucket that holds every position of the request.
+"""
+
+from __future__ import annotations
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    b = lo
+    while b < n:
+        b *= 2
+    return b
+
+
+def src_bucket(src_len: int, max_input_len: int) -> int:
+    """Source length bucket: powers of two from 16, capped at the export's max_input_len."""
+    return min(_pow2_at_least(src_len, 16), max_input_len)
+
+
+def cache_bucket(max_new_tokens: int, max_output_len: int) -> int:
+    """Cache rows for positions 0..max_new_tokens-1: powers of two from 16, capped at max_output_len."""
+    return min(_pow2_at_least(max_new_tokens, 16), max_output_len)

@@ -1,0 +1,188 @@
+"""Drives the three engines for one request: encode once, then one decoder step per token.
+
+    encode(ids, mask)             encoder + cross K/V graphs, once per request (DESIGN.md §3)
+    decode(enc, strategy, n)      decode_one_token n times; on CUDA the per-step decoding work is a
+                                  captured CUDA graph replayed after the engine's own step
+The host touches the device only to launch work and, every `done_check_interval` steps, to ask
+whether every sequence has finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidOptionError
+from ..manifest import Manifest
+from .buckets import cache_bucket, src_bucket
+from .buffers import DecoderBuffers, EncoderBuffers
+from .device import Device
+from .kv_cache import CacheOps
+
+
+@dataclass
+class RuntimeOptions:
+    """How a loaded runtime runs (how it decodes is GenerationConfig's business)."""
+
+    backend: str = "auto"             # "auto" | "ort" | "trt"
+    device: str = "auto"              # "auto" | "cpu" | "cuda"
+    cuda_graphs: bool = True          # replay the decoder step as CUDA graphs on the GPU
+    kernels: bool = True              # use t5rt.kernels' fused CUDA kernels where they exist
+    done_check_interval: int = 8      # steps between host checks of "all sequences finished"
+    max_batch: int = 64               # larger requests run in chunks of this many inputs
+    max_cached_buckets: int = 8       # buffer sets kept alive (least recently used dropped)
+    threads: int | None = None        # CPU: intra-op threads (None: the backend's default)
+
+    def validate(self) -> None:
+        if self.backend not in ("auto", "ort", "trt"):
+            raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort' or 'trt'")
+        for name in ("done_check_interval", "max_batch", "max_cached_buckets"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
+
+
+@dataclass
+class Timings:
+    encode_s: float = 0.0     # encoder + cross K/V (synchronised)
+    decode_s: float = 0.0     # all decoder steps incl. decoding work (synchronised)
+    steps: int = 0
+    host_s: float = 0.0       # host time spent issuing the steps (excl. waiting on the device)
+
+    def as_dict(self) -> dict[str, float]:
+        d = {"encode_s": self.encode_s, "decode_s": self.decode_s, "steps": self.steps, "host_s": self.host_s}
+        d["step_s"] = self.decode_s / self.steps if self.steps else 0.0
+        d["host_step_s"] = self.host_s / self.steps if self.steps else 0.0
+        return d
+
+
+@dataclass
+class _DecodeSlot:
+    bufs: DecoderBuffers
+    cache: CacheOps
+    graphs: dict[Any, Any] = field(default_factory=dict)
+
+
+class T5Runner:
+    """Engines + buffers of one export on one device."""
+
+    def __init__(self, manifest: Manifest, device: Device, sessions: dict[str, Any],
+                 options: RuntimeOptions, kernels: Any = None):
+        self.m = manifest
+        self.dev = device
+        self.sessions = sessions  # graph name -> backend session with .engine()
+        self.opts = options
+        self.kernels = kernels
+        self._enc: OrderedDict[tuple[int, int], EncoderBuffers] = OrderedDict()
+        self._dec: OrderedDict[tuple[int, int, int, int], _DecodeSlot] = OrderedDict()
+        self.timings = Timings()
+
+    # -- buffers -------------------------------------------------------------------------
+    def _lru(self, cache: OrderedDict, key: Any, make: Any) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = make()
+        cache[key] = value
+        while len(cache) > self.opts.max_cached_buckets:
+            cache.popitem(last=False)
+        return value
+
+    def encoder_buffers(self, batch: int, src_len: int) -> EncoderBuffers:
+        def make() -> EncoderBuffers:
+            b = EncoderBuffers.allocate(self.m, self.dev, batch, src_len)
+            b.bind(self.m, self.sessions["encoder"].engine(), self.sessions["cross_kv"].engine())
+            return b
+
+        return self._lru(self._enc, (batch, src_len), make)
+
+    def decoder_slot(self, enc: EncoderBuffers, rows_per_input: int, cache_len: int) -> _DecodeSlot:
+        def make() -> _DecodeSlot:
+            bufs = DecoderBuffers.allocate(self.m, self.dev, enc, rows_per_input, cache_len)
+            bufs.bind(self.m, self.sessions["decoder_step"].engine())
+            return _DecodeSlot(bufs, CacheOps(self.dev.xp, bufs, self.kernels))
+
+        key = (enc.batch, enc.src_len, rows_per_input, cache_len)
+        return self._lru(self._dec, key, make)
+
+    # -- encode ----------------------------------------------------------------------------
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncoderBuffers:
+        """input_ids/attention_mask [B, s] host int64 -> encoder buffers holding hidden + cross K/V."""
+        b, s = input_ids.shape
+        enc = self.encoder_buffers(b, src_bucket(s, self.m.max_input_len))
+        ids = np.zeros((b, enc.src_len), np.int64)
+        mask = np.zeros((b, enc.src_len), np.int64)
+        ids[:, :s] = input_ids
+        mask[:, :s] = attention_mask
+        t0 = time.perf_counter()
+        with self.dev.use():
+            enc.input_ids[...] = self.dev.asarray(ids)
+            enc.attention_mask[...] = self.dev.asarray(mask)
+            enc.engines["encoder"].run()
+            enc.engines["cross_kv"].run()
+        self.dev.synchronize()
+        self.timings.encode_s = time.perf_counter() - t0
+        return enc
+
+    # -- decode ----------------------------------------------------------------------------
+    def decode(self, enc: EncoderBuffers, strategy: Any, max_new_tokens: int, *,
+               eager: bool = False) -> int:
+        """Run up to max_new_tokens decoder steps driven by `strategy`; returns steps taken."""
+        slot = self.decoder_slot(enc, strategy.rows_per_input,
+                                 cache_bucket(max_new_tokens, self.m.max_output_len))
+        bufs, xp = slot.bufs, self.dev.xp
+        engine = bufs.engine
+        write_form = self.m.cache_update == "write"
+        reorder = getattr(strategy, "parent", None) is not None
+
+        def after_engine() -> None:
+            # [N, H, 1, Dk] new rows -> cache row `position` (write form), then choose tokens.
+            if write_form:
+                slot.cache.write(bufs.position)
+            strategy.step(bufs.logits)
+            if reorder:
+                # rows 0..t are valid after step t; step_counter is now t+1
+                slot.cache.reorder(strategy.parent, strategy.step_counter)
+            bufs.input_ids[:, 0] = strategy.tokens
+            bufs.position[...] = strategy.step_counter
+
+        use_graph = self.dev.is_cuda and self.opts.cuda_graphs and not eager
+        check = self.opts.done_check_interval
+        t_start = time.perf_counter()
+        waited = 0.0
+        steps = 0
+        graph = None
+        with self.dev.use():
+            bufs.expand_from(enc)
+            bufs.clear_caches(xp)
+            bufs.input_ids[:, 0] = strategy.tokens
+            bufs.position[...] = strategy.step_counter
+            for t in range(max_new_tokens):
+                engine.run()
+                if use_graph and t >= 1:
+                    if graph is None:
+                        from .cuda_graph import CapturedStep
+
+                        graph = CapturedStep(after_engine, self.dev.stream)
+                    graph.launch()
+                else:
+                    after_engine()  # step 0 runs eagerly: it compiles and loads every kernel
+                steps = t + 1
+                if steps % check == 0 or steps == max_new_tokens:
+                    w0 = time.perf_counter()
+                    finished = bool(strategy.done())  # the one host synchronisation
+                    waited += time.perf_counter() - w0
+                    if finished:
+                        break
+            w0 = time.perf_counter()
+            self.dev.synchronize()
+            waited += time.perf_counter() - w0
+        total = time.perf_counter() - t_start
+        self.timings.decode_s = total
+        self.timings.steps = steps
+        self.timings.host_s = total - waited
+        return steps
