@@ -1,0 +1,182 @@
+"""Beam search (and beam sampling), step for step Hugging Face 5.17 `_beam_search`.
+
+Rows: N = batch * nb (nb = num_beams); rows of input b are b*nb .. b*nb+nb-1. K = 2 * nb
+candidates are kept per input each step (HF `beams_to_keep` with one eos id). Per step t
+(history[:, :t+1] valid, HF cur_len = t+1), all in fixed shapes:
+
+    logp   = pipeline(history, log_softmax(logits))          # [N, V]
+    acc    = logp + running_score                            # [B, nb*V]
+    cand   = topk(acc, K)  | gumbel_topk(acc, K) (sampling)   # score, beam, token [B, K]
+    hits   = token == eos | t+1 >= max_new_tokens            # HF stopping criteria
+    running <- best nb of (cand score + hits * -1e9)         # parents, tokens, scores
+    finished <- best nb of finished ∪ (cand score / (t+1)**length_penalty, masked by -1e9 for
+                candidates not among the first nb that hit, batches that are full with
+                early_stopping=True, and batches whose early-stop heuristic is satisfied)
+    heuristic &= any(running[:, 0] / best_len**lp > worst finished score)
+    done = !(any(heuristic) & !(all finished & early_stopping is True) & !all(hits))
+
+Masks are added as float32 -1e9 in HF's order so rounding is identical. Once done, step()
+changes nothing (parent = identity), as if HF's loop had stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..generation_config import GenerationConfig
+from . import ops, rng
+from .ops import Array
+from .processors import LogitsPipeline
+from .sampling import _to_host
+
+_BIG = np.float32(-1.0e9)
+
+
+def _expand(xp: Any, idx: Array, n: int) -> Array:
+    """[B, J] beam indices -> [B, J, n] for take_along_axis over axis 1 of a [B, *, n] array."""
+    return xp.broadcast_to(idx[:, :, None], idx.shape + (n,))
+
+
+class BeamSearchStrategy:
+    """Beam search over `num_beams` beams per input; beam sampling when config.do_sample."""
+
+    def __init__(self, xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
+                 max_new_tokens: int, pad_token_id: int, eos_token_id: int,
+                 decoder_start_token_id: int):
+        self.xp, self.config = xp, config
+        nb = config.num_beams
+        self.batch, self.num_beams, self.rows_per_input, self.rows = batch, nb, nb, batch * nb
+        self.num_return_sequences = config.num_return_sequences
+        self.K = 2 * nb
+        self.vocab_size, self.max_new_tokens = vocab_size, max_new_tokens
+        self.pad, self.eos = pad_token_id, eos_token_id
+        self.do_sample = config.do_sample
+        self.length_penalty = float(config.length_penalty)
+        self.early_stopping = config.early_stopping
+        B, N, T, K, V = batch, self.rows, max_new_tokens, self.K, vocab_size
+        self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=V, history_len=T + 1,
+                                       eos_token_id=eos_token_id, beams=True)
+        # running beams
+        self.history = xp.full((N, T + 1), pad_token_id, dtype=xp.int64)  # [N, T+1]
+        self.history[:, 0] = decoder_start_token_id
+        self.tokens = xp.full((N,), decoder_start_token_id, dtype=xp.int64)  # [N]
+        self.parent = xp.arange(N, dtype=xp.int64)  # [N]
+        self.running_score = xp.zeros((B, nb), dtype=xp.float32)  # [B, nb]
+        self.running_score[:, 1:] = _BIG
+        # finished hypotheses (HF `sequences`, `beam_scores`, `is_sent_finished`) + their lengths
+        self.fin_seq = xp.full((B, nb, T + 1), pad_token_id, dtype=xp.int64)  # [B, nb, T+1]
+        self.fin_score = xp.full((B, nb), _BIG, dtype=xp.float32)  # [B, nb]
+        self.fin_flag = xp.zeros((B, nb), dtype=xp.bool_)  # [B, nb]
+        self.fin_len = xp.zeros((B, nb), dtype=xp.int64)  # [B, nb] generated tokens
+        self.heuristic_unsat = xp.ones((B,), dtype=xp.bool_)  # [B]
+        self.step_counter = xp.zeros((), dtype=xp.int64)
+        self._done = xp.zeros((), dtype=xp.bool_)
+        self.host_step = 0
+        # constants
+        self._cols = xp.arange(T + 1, dtype=xp.int64)  # [T+1]
+        self._identity = xp.arange(N, dtype=xp.int64)  # [N]
+        self._batch_base = (xp.arange(B, dtype=xp.int64) * nb)[:, None]  # [B, 1]
+        self._top_nb = (xp.arange(K) < nb)[None, :]  # [1, K]
+        self._flat_idx = xp.arange(nb * V, dtype=xp.int64)  # [nb*V] (sampling keys)
+        self.seed = config.seed if config.seed is not None else rng.fresh_seed()
+        self._seed = rng.seed_array(xp, self.seed)
+        self._batch_rows = xp.arange(B, dtype=xp.int64)
+
+    # --- one step -------------------------------------------------------------------------
+    def step(self, logits: Array) -> None:
+        """Consume logits [N, V] of position t; choose parents/tokens; t += 1 (until done)."""
+        xp, t = self.xp, self.step_counter
+        B, nb, K, V, T = self.batch, self.num_beams, self.K, self.vocab_size, self.max_new_tokens
+        lp = self.length_penalty
+        active = ~self._done
+
+        logp = ops.log_softmax(xp, logits)  # [N, V]
+        logp = self.pipeline(self.history, logp, t, self.host_step)
+        acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
+        if self.do_sample:
+            u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]
+            cand_score, cand_idx = rng.gumbel_topk(xp, acc, u, K)  # [B, K]
+        else:
+            cand_score, cand_idx = ops.topk(xp, acc, K)  # [B, K]
+        cand_beam = cand_idx // V  # [B, K]
+        cand_tok = cand_idx % V  # [B, K]
+        hits = (cand_tok == self.eos) | (t + 1 >= T)  # [B, K]
+
+        # candidate sequences: parent history with the new token at column t+1
+        hist = self.history.reshape(B, nb, T + 1)
+        cand_seq = xp.take_along_axis(hist, _expand(xp, cand_beam, T + 1), axis=1)  # [B, K, T+1]
+        col = xp.minimum(t + 1, T)
+        cand_seq = xp.where(self._cols == col, cand_tok[:, :, None], cand_seq)
+
+        # e. running beams for the next step
+        run_score = cand_score + hits.astype(xp.float32) * _BIG  # [B, K]
+        _, nxt = ops.topk(xp, run_score, nb)  # [B, nb]
+        new_running = xp.take_along_axis(run_score, nxt, axis=1)
+        new_parent = xp.take_along_axis(cand_beam, nxt, axis=1) + self._batch_base  # [B, nb]
+        new_tokens = xp.take_along_axis(cand_tok, nxt, axis=1)  # [B, nb]
+        new_hist = xp.take_along_axis(cand_seq, _expand(xp, nxt, T + 1), axis=1)  # [B, nb, T+1]
+
+        # f. finished hypotheses
+        gen_len = (t + 1).astype(xp.float64)
+        fin_cand = cand_score / xp.power(gen_len, lp).astype(xp.float32)  # [B, K]
+        if self.early_stopping is True:
+            full = self.fin_flag.all(axis=1, keepdims=True)  # [B, 1]
+            fin_cand = fin_cand + full.astype(xp.float32) * _BIG
+        fin_cand = fin_cand + (~self.heuristic_unsat[:, None]).astype(xp.float32) * _BIG
+        just_done = hits & self._top_nb  # [B, K]
+        fin_cand = fin_cand + (~just_done).astype(xp.float32) * _BIG
+        merged_score = xp.concatenate([self.fin_score, fin_cand], axis=1)  # [B, nb+K]
+        _, keep = ops.topk(xp, merged_score, nb)  # [B, nb]
+        merged_seq = xp.concatenate([self.fin_seq, cand_seq], axis=1)  # [B, nb+K, T+1]
+        merged_flag = xp.concatenate([self.fin_flag, just_done], axis=1)
+        cand_len = xp.broadcast_to(t + 1, (B, K)).astype(xp.int64)
+        merged_len = xp.concatenate([self.fin_len, cand_len], axis=1)
+        new_fin_score = xp.take_along_axis(merged_score, keep, axis=1)
+        new_fin_flag = xp.take_along_axis(merged_flag, keep, axis=1)
+        new_fin_len = xp.take_along_axis(merged_len, keep, axis=1)
+        new_fin_seq = xp.take_along_axis(merged_seq, _expand(xp, keep, T + 1), axis=1)
+
+        # g. early-stop heuristic (HF evaluates it with cur_len already advanced: t+2)
+        if self.early_stopping == "never" and lp > 0.0:
+            best_len = float(T) ** lp
+            best_running = new_running[:, 0] / np.float32(best_len)  # [B]
+        else:
+            best_running = new_running[:, 0] / xp.power(gen_len, lp).astype(xp.float32)
+        worst_fin = xp.where(new_fin_flag, new_fin_score.min(axis=1, keepdims=True), _BIG)  # [B, nb]
+        new_unsat = self.heuristic_unsat & (best_running[:, None] > worst_fin).any(axis=1)  # [B]
+
+        improvement_possible = new_unsat.any()
+        exists_open = ~(new_fin_flag.all() & (self.early_stopping is True))
+        valid_continuations = ~hits.all()
+        now_done = ~(improvement_possible & exists_open & valid_continuations)
+
+        # commit (all in place, nothing changes once done)
+        ops.assign_where(xp, self.running_score, active, new_running)
+        ops.assign_where(xp, self.history, active, new_hist.reshape(self.rows, T + 1))
+        ops.assign_where(xp, self.tokens, active, new_tokens.reshape(-1))
+        ops.assign_where(xp, self.parent, active, new_parent.reshape(-1))
+        xp.copyto(self.parent, xp.where(active, self.parent, self._identity))
+        ops.assign_where(xp, self.fin_score, active, new_fin_score)
+        ops.assign_where(xp, self.fin_flag, active, new_fin_flag)
+        ops.assign_where(xp, self.fin_len, active, new_fin_len)
+        ops.assign_where(xp, self.fin_seq, active, new_fin_seq)
+        ops.assign_where(xp, self.heuristic_unsat, active, new_unsat)
+        self.step_counter += active.astype(xp.int64)
+        xp.copyto(self._done, self._done | now_done)
+        self.host_step += 1
+
+    def done(self) -> Array:
+        """0-d bool on the device: HF's beam loop would have stopped."""
+        return self._done
+
+    def result(self) -> tuple[list[list[int]], list[float]]:
+        """Host side: the best num_return_sequences finished hypotheses of each input, best first."""
+        seq, length, score = _to_host(self.fin_seq), _to_host(self.fin_len), _to_host(self.fin_score)
+        seqs, scores = [], []
+        for b in range(self.batch):
+            for j in range(self.num_return_sequences):
+                seqs.append(seq[b, j, 1 : 1 + int(length[b, j])].tolist())
+                scores.append(float(score[b, j]))
+        return seqs, scores

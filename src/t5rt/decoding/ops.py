@@ -1,0 +1,111 @@
+"""Array primitives the decoding strategies are built from, on any array module `xp`.
+
+Every function works on numpy (CPU) and cupy (GPU) with the same results, takes the array
+module explicitly and keeps shapes static (no boolean-mask indexing, no `nonzero`, no host
+reads), so a strategy's `step()` built from them can be captured in a CUDA graph. They are
+the seams where a fused CUDA kernel (kernels/) can replace the generic code: keep the
+signatures and the tie rules documented here.
+
+Tie rule (matches `torch.topk`/`argmax` on the cases Hugging Face relies on): among equal
+values the lower index comes first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any  # numpy.ndarray | cupy.ndarray
+
+NEG_INF = float("-inf")
+
+
+def array_module(x: Array) -> Any:
+    """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU)."""
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return np
+    import cupy  # noqa: PLC0415 - only reached with cupy arrays
+
+    return cupy.get_array_module(x)
+
+
+def _stable_kind(xp: Any) -> str | None:
+    # cupy's sort is always stable and accepts only kind=None.
+    return "stable" if xp is np else None
+
+
+def argsort_desc(xp: Any, x: Array) -> Array:
+    """Indices sorting the last axis descending; equal values keep ascending index order."""
+    return xp.argsort(-x, axis=-1, kind=_stable_kind(xp))
+
+
+def argsort_asc(xp: Any, x: Array) -> Array:
+    """Indices sorting the last axis ascending; stable."""
+    return xp.argsort(x, axis=-1, kind=_stable_kind(xp))
+
+
+def topk(xp: Any, x: Array, k: int) -> tuple[Array, Array]:
+    """(values, indices) of the k largest along the last axis, sorted descending, ties -> lower index.
+
+    x: [..., M] -> values [..., k] (x.dtype), indices [..., k] int64.
+    """
+    idx = argsort_desc(xp, x)[..., :k].astype(xp.int64)  # [..., k]
+    return xp.take_along_axis(x, idx, axis=-1), idx
+
+
+def kth_largest(xp: Any, x: Array, k: int) -> Array:
+    """The k-th largest value along the last axis (k >= 1), keepdims: [..., M] -> [..., 1]."""
+    m = x.shape[-1]
+    return xp.partition(x, m - k, axis=-1)[..., m - k : m - k + 1]
+
+
+def log_softmax(xp: Any, x: Array) -> Array:
+    """log_softmax over the last axis in float32: x - max - log(sum(exp(x - max)))."""
+    x = x.astype(xp.float32, copy=False)
+    shifted = x - x.max(axis=-1, keepdims=True)  # [..., V]
+    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(xp: Any, x: Array) -> Array:
+    """softmax over the last axis in float32 (rows of -inf except one are fine)."""
+    x = x.astype(xp.float32, copy=False)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))  # [..., V]
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def argmax(xp: Any, x: Array) -> Array:
+    """argmax over the last axis, first maximum wins: [N, V] -> [N] int64."""
+    return xp.argmax(x, axis=-1).astype(xp.int64)
+
+
+def row_ids(xp: Any, n: int) -> Array:
+    """[n, 1] int64 row numbers, for fancy-index scatters (preallocate it once per shape)."""
+    return xp.arange(n, dtype=xp.int64)[:, None]
+
+
+def scatter_true(xp: Any, n_cols: int, idx: Array, rows: Array) -> Array:
+    """A [N, n_cols] bool mask with True at (r, idx[r, j]); idx == n_cols marks "no entry".
+
+    idx: [N, J] int64 in [0, n_cols]; rows: row_ids(xp, N). Returns a fresh [N, n_cols] mask.
+    Duplicates are fine (every write stores True). This is torch's `scatter_(1, idx, True)`
+    with a spare column for masked-out entries.
+    """
+    mask = xp.zeros((idx.shape[0], n_cols + 1), dtype=xp.bool_)  # [N, C+1]
+    mask[rows, idx] = True
+    return mask[:, :n_cols]
+
+
+def scatter_rows(xp: Any, dst: Array, idx: Array, values: Array, rows: Array) -> None:
+    """dst[r, idx[r, j]] = values[r, j] in place (numpy put_along_axis; cupy has none)."""
+    dst[rows, idx] = values
+
+
+def gather_rows(xp: Any, x: Array, idx: Array) -> Array:
+    """x[idx] along axis 0 (beam reorder of a state buffer): [N, ...] -> [len(idx), ...]."""
+    return xp.take(x, idx, axis=0)
+
+
+def assign_where(xp: Any, dst: Array, cond: Array, new: Array) -> None:
+    """dst[...] = where(cond, new, dst) in place: a masked state update with a static shape."""
+    xp.copyto(dst, xp.where(cond, new, dst))

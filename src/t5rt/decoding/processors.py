@@ -1,0 +1,204 @@
+"""Logits processors and sampling warpers with Hugging Face semantics, static shapes, any `xp`.
+
+`LogitsPipeline` applies, in transformers 5.17 `_get_logits_processor` order:
+
+    repetition_penalty -> no_repeat_ngram_size -> bad_words_ids -> min_new_tokens
+    -> user logits_processors -> [sampling only] temperature -> top_k -> top_p
+
+Each processor sees the whole history buffer `history [N, T+1]` (col 0 = decoder start token,
+which Hugging Face counts too) and the device step `t` (0-d int64): columns > t are ignored
+through masks, never by slicing, so shapes stay static and nothing reads the device.
+User processors are the exception: they get `history[:, :t+1]` and a host int t (eager only).
+
+Beam search applies the pipeline to log-probabilities (as HF does); greedy and sampling to
+logits. With beams, top-k/top-p keep at least 2 tokens (HF: number of eos ids + 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..generation_config import GenerationConfig
+from . import ops
+from .ops import NEG_INF, Array
+
+
+class RepetitionPenalty:
+    """Every token present in the history (start token included): x<0 -> x*p, else x/p."""
+
+    def __init__(self, xp: Any, penalty: float, vocab_size: int, history_len: int, rows: int):
+        self.xp, self.vocab = xp, vocab_size
+        self.penalty = np.float32(penalty)
+        self.cols = xp.arange(history_len, dtype=xp.int64)[None, :]  # [1, T+1]
+        self.rows = ops.row_ids(xp, rows)  # [N, 1]
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        xp = self.xp
+        idx = xp.where(self.cols <= t, history, self.vocab)  # [N, T+1]; V = "no entry"
+        seen = ops.scatter_true(xp, self.vocab, idx, self.rows)  # [N, V]
+        penalized = xp.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return xp.where(seen, penalized, scores)
+
+
+class NoRepeatNGram:
+    """Ban every token that would complete an n-gram already present in history[:, :t+1]."""
+
+    def __init__(self, xp: Any, n: int, vocab_size: int, history_len: int, rows: int):
+        self.xp, self.n, self.vocab = xp, n, vocab_size
+        self.n_windows = max(history_len - n + 1, 0)  # window starts s = 0 .. T+1-n
+        self.starts = xp.arange(self.n_windows, dtype=xp.int64)[None, :]  # [1, S]
+        self.offsets = xp.arange(n - 1, dtype=xp.int64)[None, :]  # [1, n-1]
+        self.rows = ops.row_ids(xp, rows)
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        xp, n, S = self.xp, self.n, self.n_windows
+        if S == 0:
+            return scores
+        # prefix = the last n-1 tokens: history[:, t+2-n .. t] (clipped; unused when t+1 < n)
+        pcols = xp.maximum(t + 2 - n + self.offsets, 0)  # [1, n-1]
+        prefix = xp.take(history, pcols[0], axis=1)  # [N, n-1]
+        match = self.starts <= t + 1 - n  # [1, S]: window fully inside history[:, :t+1]
+        for j in range(n - 1):  # static loop over the n-gram length
+            match = match & (history[:, j : j + S] == prefix[:, j : j + 1])  # [N, S]
+        last = history[:, n - 1 : n - 1 + S]  # [N, S] token completing each window
+        banned = ops.scatter_true(xp, self.vocab, xp.where(match, last, self.vocab), self.rows)
+        return xp.where(banned, xp.float32(NEG_INF), scores)
+
+
+class BadWords:
+    """Forbid each bad word's last token where the history ends with the word's prefix.
+
+    Words equal to [eos] are dropped (as HF does). Single-token words are a static mask.
+    """
+
+    def __init__(self, xp: Any, words: Sequence[Sequence[int]], eos_token_id: int,
+                 vocab_size: int, rows: int):
+        self.xp, self.vocab = xp, vocab_size
+        words = [list(w) for w in words if list(w) != [eos_token_id]]
+        single = np.zeros(vocab_size, dtype=bool)
+        for w in words:
+            if len(w) == 1:
+                single[w[0]] = True
+        self.single = xp.asarray(single)[None, :]  # [1, V]
+        multi = [w for w in words if len(w) > 1]
+        self.n_multi = len(multi)
+        self.rows = ops.row_ids(xp, rows)
+        if multi:
+            P = max(len(w) for w in multi) - 1  # longest prefix
+            prefix = np.full((len(multi), P), -1, dtype=np.int64)  # right-aligned, -1 = wildcard
+            for i, w in enumerate(multi):
+                prefix[i, P - (len(w) - 1):] = w[:-1]
+            self.P = P
+            self.prefix = xp.asarray(prefix)[None]  # [1, W, P]
+            self.length = xp.asarray(np.array([len(w) for w in multi], dtype=np.int64))[None, :]  # [1, W]
+            self.last = xp.asarray(np.array([w[-1] for w in multi], dtype=np.int64))[None, :]  # [1, W]
+            self.offsets = xp.arange(P, dtype=xp.int64)  # [P]
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        xp = self.xp
+        banned = xp.broadcast_to(self.single, scores.shape)
+        if self.n_multi:
+            cols = xp.maximum(t - self.P + 1 + self.offsets, 0)  # [P]: history[:, t-P+1 .. t]
+            tail = xp.take(history, cols, axis=1)[:, None, :]  # [N, 1, P]
+            same = (tail == self.prefix) | (self.prefix < 0)  # [N, W, P]
+            match = same.all(axis=-1) & (self.length <= t + 1)  # [N, W]; word fits the context
+            idx = xp.where(match, self.last, self.vocab)  # [N, W]
+            banned = banned | ops.scatter_true(xp, self.vocab, idx, self.rows)
+        return xp.where(banned, xp.float32(NEG_INF), scores)
+
+
+class MinNewTokens:
+    """eos -> -inf while fewer than `min_new_tokens` tokens were generated (t < min)."""
+
+    def __init__(self, xp: Any, min_new_tokens: int, eos_token_id: int, vocab_size: int):
+        self.xp, self.min_new = xp, min_new_tokens
+        self.is_eos = (xp.arange(vocab_size, dtype=xp.int64) == eos_token_id)[None, :]  # [1, V]
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        xp = self.xp
+        return xp.where(self.is_eos & (t < self.min_new), xp.float32(NEG_INF), scores)
+
+
+class Temperature:
+    def __init__(self, xp: Any, temperature: float):
+        self.xp, self.temperature = xp, np.float32(temperature)
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        return scores / self.temperature
+
+
+class TopK:
+    """Keep values >= the k-th largest (ties at the threshold are all kept, as in HF)."""
+
+    def __init__(self, xp: Any, top_k: int, min_keep: int, vocab_size: int):
+        self.xp, self.k = xp, min(max(top_k, min_keep), vocab_size)
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        xp = self.xp
+        thr = ops.kth_largest(xp, scores, self.k)  # [N, 1]
+        return xp.where(scores < thr, xp.float32(NEG_INF), scores)
+
+
+class TopP:
+    """Drop the ascending-sorted tokens whose cumulative probability is <= 1 - top_p."""
+
+    def __init__(self, xp: Any, top_p: float, min_keep: int, rows: int):
+        self.xp, self.min_keep = xp, min_keep
+        self.cut = np.float32(1.0 - top_p)
+        self.rows = ops.row_ids(xp, rows)
+
+    def __call__(self, history: Array, scores: Array, t: Array) -> Array:
+        xp = self.xp
+        order = ops.argsort_asc(xp, scores)  # [N, V]
+        cum = xp.cumsum(ops.softmax(xp, xp.take_along_axis(scores, order, axis=-1)), axis=-1)
+        drop_sorted = cum <= self.cut  # [N, V] in sorted order
+        drop_sorted[:, -self.min_keep:] = False
+        drop = xp.empty_like(drop_sorted)
+        ops.scatter_rows(xp, drop, order, drop_sorted, self.rows)  # back to vocab order
+        return xp.where(drop, xp.float32(NEG_INF), scores)
+
+
+class LogitsPipeline:
+    """All configured processors in HF order; `__call__(history, scores, t, host_t)`."""
+
+    def __init__(self, xp: Any, config: GenerationConfig, *, rows: int, vocab_size: int,
+                 history_len: int, eos_token_id: int, beams: bool):
+        self.xp = xp
+        pre: list[Any] = []
+        if config.repetition_penalty != 1.0:
+            pre.append(RepetitionPenalty(xp, config.repetition_penalty, vocab_size, history_len, rows))
+        if config.no_repeat_ngram_size > 0:
+            pre.append(NoRepeatNGram(xp, config.no_repeat_ngram_size, vocab_size, history_len, rows))
+        if config.bad_words_ids:
+            pre.append(BadWords(xp, config.bad_words_ids, eos_token_id, vocab_size, rows))
+        if config.min_new_tokens > 0:
+            pre.append(MinNewTokens(xp, config.min_new_tokens, eos_token_id, vocab_size))
+        self.pre = pre
+        self.user = list(config.logits_processors)
+        warp: list[Any] = []
+        if config.do_sample:
+            min_keep = 2 if beams else 1  # HF: len(eos ids) + 1 with beams
+            if config.temperature != 1.0:
+                warp.append(Temperature(xp, config.temperature))
+            if config.top_k:
+                warp.append(TopK(xp, config.top_k, min_keep, vocab_size))
+            if config.top_p < 1.0:
+                warp.append(TopP(xp, config.top_p, min_keep, rows))
+        self.warp = warp
+
+    @property
+    def has_user_processors(self) -> bool:
+        return bool(self.user)
+
+    def __call__(self, history: Array, scores: Array, t: Array, host_t: int) -> Array:
+        """scores [N, V] float32 at position t -> processed scores [N, V] float32."""
+        for p in self.pre:
+            scores = p(history, scores, t)
+        for fn in self.user:  # research hook: eager only, host step
+            scores = fn(history[:, : host_t + 1], scores, host_t)
+        for p in self.warp:
+            scores = p(history, scores, t)
+        return scores

@@ -1,0 +1,62 @@
+"""`make_strategy`: the decoding strategy a runtime drives, chosen from a GenerationConfig.
+
+The runtime's loop (numpy on CPU, cupy on GPU; `step()` is CUDA-graph capturable)::
+
+    s = make_strategy(xp, config, batch=B, vocab_size=V, max_new_tokens=T,
+                      pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=start)
+    while not s.done():                        # sync only every few steps on the GPU
+        logits = decoder_step(s.tokens, position=s.step_counter)   # [s.rows, V] float32
+        s.step(logits)
+        if s.parent is not None:               # beam search: self-attention caches of
+            reorder_caches(s.parent)           # row n become a copy of row parent[n]'s
+    sequences, scores = s.result()
+
+Every strategy exposes: rows, rows_per_input, tokens [N], parent [N] | None, step_counter
+(0-d int64, t = position of `tokens`), history [N, T+1] (col 0 = decoder start),
+step(logits [N, V]), done() -> 0-d bool, result() -> (list[list[int]], list[float]).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..errors import InvalidOptionError
+from ..generation_config import GenerationConfig
+from .beam import BeamSearchStrategy
+from .ops import Array
+from .sampling import SamplingStrategy
+
+
+class Strategy(Protocol):
+    rows: int
+    rows_per_input: int
+    tokens: Array
+    parent: Array | None
+    step_counter: Array
+    history: Array
+
+    def step(self, logits: Array) -> None: ...
+
+    def done(self) -> Array: ...
+
+    def result(self) -> tuple[list[list[int]], list[float]]: ...
+
+
+def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
+                  max_new_tokens: int, pad_token_id: int, eos_token_id: int,
+                  decoder_start_token_id: int) -> Strategy:
+    """Greedy / sampling / beam search / beam sampling for `config` on array module `xp`."""
+    config.validate(vocab_size=vocab_size)
+    if not isinstance(batch, int) or batch < 1:
+        raise InvalidOptionError(f"batch={batch!r} is invalid: must be an integer >= 1")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InvalidOptionError(f"max_new_tokens={max_new_tokens!r} is invalid: must be an integer >= 1")
+    if config.num_beams > 1 and 2 * config.num_beams > vocab_size:
+        raise InvalidOptionError(f"num_beams={config.num_beams} is invalid: beam search keeps "
+                                 f"2 * num_beams candidates, more than vocab_size={vocab_size}")
+    kw = dict(batch=batch, vocab_size=vocab_size, max_new_tokens=max_new_tokens,
+              pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+              decoder_start_token_id=decoder_start_token_id)
+    if config.num_beams > 1:
+        return BeamSearchStrategy(xp, config, **kw)
+    return SamplingStrategy(xp, config, **kw)
