@@ -1,0 +1,500 @@
+"""CUDA kernels of the decoding step (kernels/*.cu), loaded once, called on cupy arrays.
+
+Where the kernels come from (`source()` says which was used):
+
+1. the CMake build, a fatbin: `$T5RT_KERNELS_FATBIN`, else `build/kernels/t5rt_kernels.fatbin`
+   beside this folder (`cmake -S . -B build/kernels && cmake --build build/kernels`);
+2. otherwise NVRTC through `cupy.RawModule(code=...)` on the same sources (`nvrtc_source()`).
+
+`$T5RT_KERNELS` = `auto` (default) | `fatbin` | `nvrtc` forces one. A fatbin older than the
+sources, or built for another ABI, is never used silently: `auto` warns and compiles with NVRTC,
+`fatbin` raises. When nothing loads, `BackendError` says why for each way tried.
+
+Every wrapper takes cupy arrays, launches on the current cupy stream and, given its `out=` /
+workspace buffers, allocates nothing and never reads device memory on the host, so a step
+can be captured in a CUDA graph. Scalars that change per step (position, step counter, seed,
+parents, valid length) are device arrays for the same reason.
+
+`import t5rt.kernels` needs neither cupy nor a GPU (cupy is imported on first use).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from t5rt.errors import BackendError, InvalidInputError, InvalidOptionError, MissingDependencyError
+
+KERNELS_DIR = Path(__file__).resolve().parent
+HEADER = "t5rt_kernels.cuh"
+FATBIN_ENV = "T5RT_KERNELS_FATBIN"
+SOURCE_ENV = "T5RT_KERNELS"
+DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin"
+NVRTC_OPTIONS = ("--std=c++17",)
+
+# Mirrors T5RT_KERNELS_ABI in kernels/t5rt_kernels.cuh (a build lacking t5rt_abi_<ABI> is refused).
+ABI = 1
+
+
+class Geometry(enum.IntEnum):
+    """Launch geometry; mirrors `enum T5rtGeometry` in kernels/t5rt_kernels.cuh."""
+
+    COPY_THREADS = 256
+    SAMPLE_THREADS = 1024
+    ARGMAX_THREADS = 1024
+    TOPK_THREADS = 256
+    TOPK_CHUNK = 4096
+    TOPK_MAX_K = 64
+
+
+class CopyUnit(enum.IntEnum):
+    """Bytes moved per thread by the cache kernels; mirrors `enum T5rtCopyUnit` (t5rt_kernels.cuh)."""
+
+    U16 = 2
+    U32 = 4
+    U64 = 8
+    U128 = 16
+
+
+_UNIT_SUFFIX = {CopyUnit.U16: "u16", CopyUnit.U32: "u32", CopyUnit.U64: "u64", CopyUnit.U128: "u128"}
+
+# Every kernel the wrappers launch (tests check each is in the build and in the NVRTC source).
+KERNEL_NAMES: tuple[str, ...] = tuple(
+    [f"t5rt_{op}_{s}" for op in ("kv_write", "beam_gather", "beam_scatter") for s in _UNIT_SUFFIX.values()]
+    + ["t5rt_topk_topp_sample", "t5rt_argmax_rows", "t5rt_topk_partial", "t5rt_topk_merge",
+       "t5rt_row_logsumexp", f"t5rt_abi_{ABI}"]
+)
+
+__all__ = [
+    "ABI", "CopyUnit", "Geometry", "KERNEL_NAMES", "PointerTable", "SampleOptions", "TopKWorkspace",
+    "argmax_rows", "beam_reorder", "beam_step", "beam_topk", "fatbin_path", "get_function",
+    "kernel_sources", "kv_write", "load", "nvrtc_source", "reorder_scratch", "source",
+    "topk_topp_sample",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def kernel_sources() -> list[Path]:
+    """kernels/*.cu in the order the CMake unity build includes them (sorted)."""
+    return sorted(KERNELS_DIR.glob("*.cu"))
+
+
+def nvrtc_source() -> str:
+    """One self-contained translation unit: the header inlined, then every .cu (NVRTC has no -I)."""
+    parts = [f'#line 1 "{HEADER}"\n', (KERNELS_DIR / HEADER).read_text()]
+    include = re.compile(r'^\s*#\s*include\s+"' + re.escape(HEADER) + r'"\s*$', re.M)
+    for path in kernel_sources():
+        parts.append(f'\n#line 1 "{path.name}"\n')
+        parts.append(include.sub("// (header inlined above)", path.read_text()))
+    return "".join(parts)
+
+
+def fatbin_path() -> Path:
+    env = os.environ.get(FATBIN_ENV)
+    return Path(env) if env else DEFAULT_FATBIN
+
+
+def _stale_reason(path: Path) -> str | None:
+    """Why the fatbin must not be used (missing, older than a source), or None."""
+    if not path.is_file():
+        return f"{path} does not exist"
+    built = path.stat().st_mtime
+    sources = kernel_sources() + [KERNELS_DIR / HEADER]
+    newer = [p.name for p in sources if p.stat().st_mtime > built]
+    if newer and not os.environ.get(FATBIN_ENV):  # an explicit path is trusted, still ABI-checked
+        return f"{path} is older than {', '.join(newer)}: rebuild with `cmake --build build/kernels`"
+    return None
+
+
+class _Loaded:
+    def __init__(self, module: Any, how: str):
+        self.module = module
+        self.how = how
+        self.functions: dict[str, Any] = {}
+
+    def function(self, name: str) -> Any:
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = self.functions[name] = self.module.get_function(name)
+        return fn
+
+
+_lock = threading.Lock()
+_loaded: dict[str, _Loaded] = {}
+
+
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as e:
+        raise MissingDependencyError("t5rt.kernels (CUDA kernels)", "cuda", "cupy") from e
+    return cupy
+
+
+def _check_abi(mod: Any, how: str) -> None:
+    try:
+        mod.get_function(f"t5rt_abi_{ABI}")
+    except Exception as e:  # noqa: BLE001 - cupy raises CUDADriverError / CompileException
+        raise BackendError(
+            f"kernels from {how} do not provide ABI {ABI} (t5rt_abi_{ABI}: {type(e).__name__}: {e}); "
+            "rebuild with `cmake --build build/kernels`"
+        ) from e
+
+
+def _load_fatbin() -> _Loaded:
+    cupy = _cupy()
+    path = fatbin_path()
+    if why := _stale_reason(path):
+        raise BackendError(f"kernel fatbin not usable: {why}")
+    how = f"fatbin:{path}"
+    try:
+        mod = cupy.RawModule(path=str(path))
+    except Exception as e:  # noqa: BLE001
+        raise BackendError(f"loading {path} failed ({type(e).__name__}: {e})") from e
+    _check_abi(mod, how)
+    return _Loaded(mod, how)
+
+
+def _load_nvrtc() -> _Loaded:
+    cupy = _cupy()
+    how = "nvrtc"
+    try:
+        mod = cupy.RawModule(code=nvrtc_source(), options=NVRTC_OPTIONS, backend="nvrtc")
+        mod.get_function(f"t5rt_abi_{ABI}")  # forces the compilation now, not at the first launch
+    except Exception as e:  # noqa: BLE001 - cupy raises CompileException / CUDADriverError
+        raise BackendError(f"NVRTC compilation of kernels/*.cu failed ({type(e).__name__}: {e})") from e
+    return _Loaded(mod, how)
+
+
+def load(how: str | None = None) -> _Loaded:
+    """The kernel module: how = 'auto' | 'fatbin' | 'nvrtc' (default: $T5RT_KERNELS or 'auto')."""
+    how = how or os.environ.get(SOURCE_ENV, "auto")
+    if how not in ("auto", "fatbin", "nvrtc"):
+        raise InvalidOptionError(f"kernel source {how!r} is invalid: use 'auto', 'fatbin' or 'nvrtc'")
+    with _lock:
+        if how in _loaded:
+            return _loaded[how]
+        if how == "fatbin":
+            loaded = _load_fatbin()
+        elif how == "nvrtc":
+            loaded = _load_nvrtc()
+        else:
+            try:
+                loaded = _load_fatbin()
+            except MissingDependencyError:
+                raise
+            except BackendError as fatbin_error:
+                if fatbin_path().is_file():  # a build exists but is stale/broken: say so
+                    warnings.warn(f"t5rt.kernels: {fatbin_error}; compiling with NVRTC instead", stacklevel=2)
+                try:
+                    loaded = _load_nvrtc()
+                except BackendError as nvrtc_error:
+                    raise BackendError(
+                        f"no CUDA kernels could be loaded: {fatbin_error}; {nvrtc_error}"
+                    ) from nvrtc_error
+        _loaded[how] = loaded
+        return loaded
+
+
+def source() -> str:
+    """Where the kernels in use came from: 'fatbin:<path>' or 'nvrtc' (loads them if needed)."""
+    return load().how
+
+
+def get_function(name: str) -> Any:
+    return load().function(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InvalidInputError(msg)
+
+
+def _check_array(a: Any, name: str, dtype: Any, ndim: int | None = None, shape: tuple | None = None) -> None:
+    cupy = _cupy()
+    _require(isinstance(a, cupy.ndarray), f"{name} must be a cupy array, got {type(a).__name__}")
+    _require(a.dtype == np.dtype(dtype), f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if ndim is not None:
+        _require(a.ndim == ndim, f"{name} must have {ndim} dims, got shape {a.shape}")
+    if shape is not None:
+        _require(tuple(a.shape) == tuple(shape), f"{name} must have shape {tuple(shape)}, got {a.shape}")
+
+
+def _check_contiguous(a: Any, name: str) -> None:
+    _require(a.flags.c_contiguous, f"{name} must be C-contiguous (use cupy.ascontiguousarray)")
+
+
+def _ptr(a: Any) -> int:
+    return int(a.data.ptr)
+
+
+def _grid_1d(total: int, threads: int, cap: int = 65535 * 8) -> int:
+    return max(1, min(cap, (total + threads - 1) // threads))
+
+
+# ----------------------------------------------------------------------------------------------
+# KV cache: write the new row of every layer, reorder by parent beams
+# ----------------------------------------------------------------------------------------------
+
+
+class PointerTable:
+    """The decoder's self caches (or their new rows) as one device table of data pointers.
+
+    arrays: 2*L same-shape, same-dtype, C-contiguous cupy arrays (self_k.0, self_v.0, ...), each
+    [N, H, T, Dk] (caches) or [N, H, 1, Dk] (new rows). Built once per bucket: the table is a
+    device uint64 array and the arrays are kept alive by it.
+    """
+
+    def __init__(self, arrays: Sequence[Any]):
+        cupy = _cupy()
+        _require(len(arrays) > 0, "PointerTable needs at least one array")
+        first = arrays[0]
+        for i, a in enumerate(arrays):
+            _check_array(a, f"arrays[{i}]", first.dtype, ndim=4, shape=first.shape)
+            _check_contiguous(a, f"arrays[{i}]")
+        _require(first.dtype.itemsize in (2, 4), f"cache dtype must be fp32/fp16/bf16(uint16), got {first.dtype}")
+        self.arrays = list(arrays)
+        self.shape: tuple[int, int, int, int] = tuple(int(d) for d in first.shape)  # type: ignore[assignment]
+        self.dtype = first.dtype
+        self.ptrs = cupy.asarray(np.array([_ptr(a) for a in arrays], dtype=np.uint64))  # [2L]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def row_bytes(self) -> int:
+        return self.shape[3] * self.dtype.itemsize
+
+
+def _copy_unit(row_bytes: int, pointers: Sequence[int]) -> CopyUnit:
+    """Widest unit dividing a cache row and every base pointer."""
+    for unit in (CopyUnit.U128, CopyUnit.U64, CopyUnit.U32, CopyUnit.U16):
+        if row_bytes % unit == 0 and all(p % unit == 0 for p in pointers):
+            return unit
+    raise InvalidInputError(f"cache rows of {row_bytes} bytes are not a multiple of 2 bytes")
+
+
+def kv_write(caches: PointerTable, rows: PointerTable, position: Any) -> None:
+    """caches[l][n, :, position[n], :] = rows[l][n, :, 0, :] for every tensor l, one launch.
+
+    caches: [N, H, T, Dk] x 2L; rows: [N, H, 1, Dk] x 2L (same dtype); position: [N] int64 on the
+    device (a position outside [0, T) writes nothing).
+    """
+    n, h, t, dk = caches.shape
+    _require(len(rows) == len(caches), f"{len(rows)} row tensors for {len(caches)} caches")
+    _require(rows.shape == (n, h, 1, dk), f"rows must be {(n, h, 1, dk)}, got {rows.shape}")
+    _require(rows.dtype == caches.dtype, f"rows are {rows.dtype}, caches {caches.dtype}")
+    _check_array(position, "position", np.int64, shape=(n,))
+    unit = _copy_unit(caches.row_bytes(), [_ptr(a) for a in caches.arrays + rows.arrays])
+    row_units = caches.row_bytes() // unit
+    total = len(caches) * n * h * row_units
+    threads = int(Geometry.COPY_THREADS)
+    get_function(f"t5rt_kv_write_{_UNIT_SUFFIX[unit]}")(
+        (_grid_1d(total, threads),), (threads,),
+        (caches.ptrs, rows.ptrs, position, np.int32(len(caches)), np.int32(n), np.int32(h),
+         np.int32(t), np.int32(row_units)),
+    )
+
+
+def reorder_scratch(caches: PointerTable, tensors: int | None = None) -> Any:
+    """Scratch for beam_reorder: [S, N, H, T, Dk] in the cache dtype, S = tensors (default all 2L).
+
+    Fewer tensors use less memory and cost 2 launches per group of S tensors instead of 2 in all.
+    """
+    s = len(caches) if tensors is None else int(tensors)
+    _require(1 <= s <= len(caches), f"scratch tensors must be in [1, {len(caches)}], got {s}")
+    return _cupy().empty((s, *caches.shape), dtype=caches.dtype)
+
+
+def beam_reorder(caches: PointerTable, parent: Any, length: Any, scratch: Any) -> None:
+    """cache[l][n, :, :len, :] = old cache[l][parent[n], :, :len, :] for every tensor l.
+
+    parent: [N] int64 device (global row of the parent beam, N = B * num_beams); length: [1] int64
+    device (valid rows, = t + 1 after step t); scratch: from `reorder_scratch`. Rows whose parent
+    is themselves are not copied. Two launches per group of scratch.shape[0] tensors.
+    """
+    n, h, t, dk = caches.shape
+    _check_array(parent, "parent", np.int64, shape=(n,))
+    _check_array(length, "length", np.int64)
+    _require(length.size == 1, f"length must hold one element, got shape {length.shape}")
+    _check_array(scratch, "scratch", caches.dtype, ndim=5)
+    _require(tuple(scratch.shape[1:]) == caches.shape and scratch.shape[0] >= 1,
+             f"scratch must be [S, {n}, {h}, {t}, {dk}], got {scratch.shape}")
+    _check_contiguous(scratch, "scratch")
+    unit = _copy_unit(caches.row_bytes(), [_ptr(a) for a in caches.arrays] + [_ptr(scratch)])
+    row_units = caches.row_bytes() // unit
+    gather = get_function(f"t5rt_beam_gather_{_UNIT_SUFFIX[unit]}")
+    scatter = get_function(f"t5rt_beam_scatter_{_UNIT_SUFFIX[unit]}")
+    slots = int(scratch.shape[0])
+    threads = (int(Geometry.COPY_THREADS),)
+    for start in range(0, len(caches), slots):
+        count = min(slots, len(caches) - start)
+        table = caches.ptrs[start:start + count]
+        args = (table, scratch, parent, length, np.int32(n), np.int32(h), np.int32(t), np.int32(row_units))
+        gather((count * n * h,), threads, args)
+        scatter((count * n * h,), threads, args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token choice: sampling and argmax
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Hugging Face warpers applied before the draw (TemperatureLogitsWarper, TopK, TopP).
+
+    top_k = 0 disables top-k; top_p = 1.0 disables top-p (as in `generate()`).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise InvalidOptionError(f"temperature={self.temperature} must be > 0 (use greedy for 0)")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise InvalidOptionError(f"top_k={self.top_k} must be an integer >= 0 (0 = off)")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise InvalidOptionError(f"top_p={self.top_p} must be in [0, 1] (1 = off)")
+
+
+def _check_logits(logits: Any) -> tuple[int, int, int]:
+    """-> (rows, V, row stride in elements); rows must be contiguous, stride may exceed V."""
+    _check_array(logits, "logits", np.float32, ndim=2)
+    _require(logits.strides[1] == 4, "logits rows must be contiguous (last-axis stride 1)")
+    rows, v = (int(d) for d in logits.shape)
+    _require(rows >= 1 and v >= 1, f"logits must be non-empty, got shape {logits.shape}")
+    return rows, v, int(logits.strides[0]) // 4
+
+
+def _out(out: Any, shape: tuple[int, ...], dtype: Any, name: str) -> Any:
+    if out is None:
+        return _cupy().empty(shape, dtype=dtype)
+    _check_array(out, name, dtype, shape=shape)
+    _check_contiguous(out, name)
+    return out
+
+
+def topk_topp_sample(logits: Any, seed: Any, step: Any, options: SampleOptions, out: Any = None) -> Any:
+    """One token per row drawn from softmax(top_p(top_k(logits / temperature))).
+
+    logits: [N, V] fp32; seed: [1] uint64 device; step: [1] int64 device counter (the draw is
+    u(seed, step, row) of t5rt.decoding.rng, so a replayed graph draws fresh numbers when the
+    step advances). Returns out: [N] int64.
+    """
+    rows, v, stride = _check_logits(logits)
+    _check_array(seed, "seed", np.uint64)
+    _check_array(step, "step", np.int64)
+    _require(seed.size == 1 and step.size == 1, "seed and step must each hold one element")
+    out = _out(out, (rows,), np.int64, "out")
+    top_k = int(options.top_k) if 0 < options.top_k < v else 0
+    get_function("t5rt_topk_topp_sample")(
+        (rows,), (int(Geometry.SAMPLE_THREADS),),
+        (logits, np.int64(stride), np.int32(v), np.float32(options.temperature), np.int32(top_k),
+         np.float32(options.top_p), seed, step, out),
+    )
+    return out
+
+
+def argmax_rows(logits: Any, out: Any = None) -> Any:
+    """First index of each row's maximum: logits [N, V] fp32 -> out [N] int64."""
+    rows, v, stride = _check_logits(logits)
+    out = _out(out, (rows,), np.int64, "out")
+    get_function("t5rt_argmax_rows")((rows,), (int(Geometry.ARGMAX_THREADS),),
+                                     (logits, np.int64(stride), np.int32(v), out))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Beam search: top-k over num_beams * V, optionally fused with log_softmax + beam scores
+# ----------------------------------------------------------------------------------------------
+
+
+class TopKWorkspace:
+    """Buffers of beam_topk / beam_step for one (batch, width = num_beams * V, k) bucket."""
+
+    def __init__(self, batch: int, width: int, k: int, num_beams: int = 1):
+        cupy = _cupy()
+        _require(1 <= k <= int(Geometry.TOPK_MAX_K), f"k={k} must be in [1, {int(Geometry.TOPK_MAX_K)}]")
+        _require(k <= width, f"k={k} exceeds the row width {width}")
+        self.batch, self.width, self.k, self.num_beams = batch, width, k, num_beams
+        self.chunks = (width + int(Geometry.TOPK_CHUNK) - 1) // int(Geometry.TOPK_CHUNK)
+        self.candidates = cupy.empty((batch, self.chunks, k), dtype=np.uint64)  # [B, chunks, k]
+        self.row_max = cupy.empty((batch * num_beams,), dtype=np.float32)       # [B*nb]
+        self.row_logsum = cupy.empty((batch * num_beams,), dtype=np.float32)    # [B*nb]
+        self.values = cupy.empty((batch, k), dtype=np.float32)                  # [B, k]
+        self.indices = cupy.empty((batch, k), dtype=np.int64)                   # [B, k]
+
+    def matches(self, batch: int, width: int, k: int) -> bool:
+        return (batch, width, k) == (self.batch, self.width, self.k)
+
+
+def _topk_launch(scores: Any, ws: TopKWorkspace, fused: Any, v: int, num_beams: int) -> tuple[Any, Any]:
+    b, m, k = ws.batch, ws.width, ws.k
+    null = np.uint64(0)
+    row_max, row_logsum, beam_scores = fused if fused is not None else (null, null, null)
+    threads = (int(Geometry.TOPK_THREADS),)
+    get_function("t5rt_topk_partial")(
+        (ws.chunks, b), threads,
+        (scores, np.int64(m), np.int32(k), row_max, row_logsum, beam_scores, np.int32(v),
+         np.int32(num_beams), ws.candidates),
+    )
+    get_function("t5rt_topk_merge")(
+        (b,), threads, (ws.candidates, np.int32(ws.chunks * k), np.int32(k), ws.values, ws.indices)
+    )
+    return ws.values, ws.indices
+
+
+def beam_topk(scores: Any, k: int, workspace: TopKWorkspace | None = None) -> tuple[Any, Any]:
+    """Per row of scores [B, M] fp32 (C-contiguous): the k largest, descending, ties -> lower index.
+
+    Returns (values [B, k] fp32, indices [B, k] int64), the workspace's own buffers.
+    """
+    _check_array(scores, "scores", np.float32, ndim=2)
+    _check_contiguous(scores, "scores")
+    b, m = (int(d) for d in scores.shape)
+    ws = workspace or TopKWorkspace(b, m, k)
+    _require(ws.matches(b, m, k), f"workspace is for {(ws.batch, ws.width, ws.k)}, call is {(b, m, k)}")
+    return _topk_launch(scores, ws, None, m, 1)
+
+
+def beam_step(logits: Any, beam_scores: Any, num_beams: int, k: int,
+              workspace: TopKWorkspace | None = None) -> tuple[Any, Any]:
+    """Fused beam-search candidate selection (what HF does with log_softmax + add + topk):
+
+        scores[b, j*V + v] = log_softmax(logits[b*nb + j])[v] + beam_scores[b*nb + j]
+        values, indices = top-k of scores[b] (descending, ties -> lower index)
+
+    logits: [B*nb, V] fp32 C-contiguous; beam_scores: [B*nb] fp32. indices index nb*V
+    (beam = index // V, token = index % V). Three launches, no allocation with a workspace.
+    """
+    _check_array(logits, "logits", np.float32, ndim=2)
+    _check_contiguous(logits, "logits")
+    rows, v = (int(d) for d in logits.shape)
+    _require(num_beams >= 1 and rows % num_beams == 0, f"{rows} logit rows are not a multiple of num_beams={num_beams}")
+    _check_array(beam_scores, "beam_scores", np.float32, shape=(rows,))
+    b = rows // num_beams
+    ws = workspace or TopKWorkspace(b, num_beams * v, k, num_beams)
+    _require(ws.matches(b, num_beams * v, k) and ws.num_beams == num_beams,
+             f"workspace is for {(ws.batch, ws.width, ws.k, ws.num_beams)}, call is {(b, num_beams * v, k, num_beams)}")
+    get_function("t5rt_row_logsumexp")((rows,), (int(Geometry.TOPK_THREADS),),
+                                       (logits, np.int32(v), ws.row_max, ws.row_logsum))
+    return _topk_launch(logits, ws, (ws.row_max, ws.row_logsum, beam_scores), v, num_beams)

@@ -7,7 +7,7 @@
 //          largest token is always kept; a tie group at the boundary is kept whole, where HF
 //          keeps an arbitrary part of it)
 //     token = first kept index (vocabulary order) whose cumulative exp(x - max) exceeds u * total,
-//     u = t5rt_uniform(seed, *step, row, 0)          (the same draw as t5rt.decoding.rng)
+//     u = t5rt_uniform(*seed, *step, row, 0)          (the same draw as t5rt.decoding.rng)
 //   Thresholds are exact radix selects over the float keys: top-k by counts, top-p by mass in
 //   64-bit fixed point (integer atomics, so the result is bit-reproducible run to run).
 //
@@ -70,7 +70,8 @@ __device__ u32 t5rt_select_mass_key(const float* x, int V, float temperature, fl
 extern "C" __global__ void __launch_bounds__(T5RT_SAMPLE_THREADS)
 t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V used
                       i64 row_stride, int V, float temperature, int top_k, float top_p,
-                      u64 seed, const i64* step,  // [1] device step counter
+                      const u64* seed,  // [1] device seed
+                      const i64* step,  // [1] device step counter
                       i64* out) {                 // [N] int64 tokens
   __shared__ u64 hist[256];
   __shared__ float red_f[33];
@@ -127,7 +128,7 @@ t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V use
   last_kept = t5rt_block_allreduce(last_kept, T5rtMaxInt(), red_i);
   if (threadIdx.x == 0) sh_token = -1;
   __syncthreads();
-  const double u = t5rt_uniform(seed, (u64)(*step), (u64)row, 0ull);
+  const double u = t5rt_uniform(*seed, (u64)(*step), (u64)row, 0ull);
   const double target = u * (double)total;
   if (s > 0.f && (double)excl <= target && target < (double)incl) {
     int tok = -1;

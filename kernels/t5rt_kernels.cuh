@@ -11,8 +11,10 @@ typedef unsigned long long u64;
 typedef long long i64;
 typedef unsigned int u32;
 
-// Bumped whenever a kernel's signature changes (the loader checks the build against it).
+// Bumped whenever a kernel's signature changes. The loader looks for the kernel
+// t5rt_abi_<N> (kernels/__init__.py: ABI) and refuses a build that lacks it.
 #define T5RT_KERNELS_ABI 1
+extern "C" __global__ void t5rt_abi_1() {}
 
 // Launch geometry shared with the Python wrappers.
 enum T5rtGeometry {

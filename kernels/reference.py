@@ -1,0 +1,143 @@
+"""NumPy references of the kernels in kernels/*.cu: the semantics the GPU must reproduce.
+
+Each function states the same contract as its kernel; tests/test_kernels.py checks the kernels
+against these on the GPU and these against plain loops and Hugging Face's warpers on the CPU.
+No cupy, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_ROW_MUL = 0xBF58476D1CE4E5B9
+_COL_MUL = 0x94D049BB133111EB
+
+
+# ---- RNG (t5rt_kernels.cuh: t5rt_uniform; same numbers as t5rt.decoding.rng.uniform) ----
+
+
+def splitmix64(x: int) -> int:
+    z = (x + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def uniform(seed: int, step: int, row: int, col: int = 0) -> float:
+    """u in (0, 1): ((splitmix64(seed ^ step*G ^ (row+1)*R ^ (col+1)*C) >> 11) + 0.5) * 2**-53."""
+    x = (seed ^ ((step * _GOLDEN) & _MASK64) ^ (((row + 1) * _ROW_MUL) & _MASK64)
+         ^ (((col + 1) * _COL_MUL) & _MASK64))
+    return ((splitmix64(x & _MASK64) >> 11) + 0.5) * 2.0**-53
+
+
+# ---- KV cache ----
+
+
+def kv_write(caches: Sequence[np.ndarray], rows: Sequence[np.ndarray], position: np.ndarray) -> list[np.ndarray]:
+    """caches[l][n, :, position[n], :] = rows[l][n, :, 0, :]; positions outside [0, T) are skipped.
+
+    caches: [N, H, T, Dk] x 2L, rows: [N, H, 1, Dk] x 2L -> new caches (inputs untouched).
+    """
+    out = [c.copy() for c in caches]
+    t = caches[0].shape[2]
+    ok = (position >= 0) & (position < t)  # [N]
+    n_idx = np.nonzero(ok)[0]
+    for c, r in zip(out, rows):
+        c[n_idx, :, position[n_idx], :] = r[n_idx, :, 0, :]
+    return out
+
+
+def beam_reorder(caches: Sequence[np.ndarray], parent: np.ndarray, length: int) -> list[np.ndarray]:
+    """cache[n, :, :len, :] = old[parent[n], :, :len, :]; rows >= len untouched (len clamped to [0, T])."""
+    out = [c.copy() for c in caches]
+    t = caches[0].shape[2]
+    ln = max(0, min(int(length), t))
+    for c, old in zip(out, caches):
+        c[:, :, :ln, :] = old[parent, :, :ln, :]
+    return out
+
+
+# ---- sampling ----
+
+
+def sample_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hugging Face warpers: (x = logits / temperature [N, V] fp32, keep [N, V] bool).
+
+    top-k keeps x >= the k-th largest (ties kept, 0 or >= V = off); top-p keeps x whose strictly
+    greater kept mass is < top_p * total (the maximum always; 1.0 = off).
+    """
+    x = logits.astype(np.float32) / np.float32(temperature)  # [N, V]
+    n, v = x.shape
+    keep = np.ones_like(x, dtype=bool)
+    if 0 < top_k < v:
+        kth = np.partition(x, v - top_k, axis=-1)[:, v - top_k : v - top_k + 1]  # [N, 1]
+        keep &= x >= kth
+    if top_p < 1.0:
+        for i in range(n):
+            xi = x[i]
+            e = np.exp(xi.astype(np.float64) - float(xi.max())) * keep[i]  # [V]
+            order = np.argsort(-xi, kind="stable")  # descending
+            xs, cum = xi[order], np.cumsum(e[order])
+            first = np.searchsorted(-xs, -xs, side="left")  # first position of each value
+            mass_gt = np.where(first > 0, cum[np.maximum(first - 1, 0)], 0.0)
+            kept = np.zeros(v, dtype=bool)
+            kept[order] = mass_gt < top_p * e.sum()
+            kept[int(np.argmax(xi))] = True
+            keep[i] &= kept
+    return x, keep
+
+
+def sample_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """The distribution the sampler draws from: [N, V] float64, rows sum to 1."""
+    x, keep = sample_filter(logits, temperature, top_k, top_p)
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True)) * keep
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk_topp_sample(logits: np.ndarray, seed: int, step: int, temperature: float = 1.0,
+                     top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """[N] int64: the first kept index (vocabulary order) whose cumulative probability exceeds u."""
+    probs = sample_probs(logits, temperature, top_k, top_p)  # [N, V]
+    tokens = np.empty(probs.shape[0], dtype=np.int64)
+    for i, p in enumerate(probs):
+        cdf = np.cumsum(p)
+        idx = int((cdf <= uniform(seed, step, i) * cdf[-1]).sum())
+        tokens[i] = min(idx, int(np.nonzero(p)[0][-1]))
+    return tokens
+
+
+def argmax_rows(logits: np.ndarray) -> np.ndarray:
+    return np.argmax(logits, axis=-1).astype(np.int64)
+
+
+# ---- beam search ----
+
+
+def beam_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of [B, M]: k largest values descending, ties -> lower index. -> ([B, k] f32, [B, k] i64)."""
+    order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]  # [B, k]
+    return np.take_along_axis(scores, order, axis=-1).astype(np.float32), order.astype(np.int64)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(x - max) - log(sum(exp(x - max))) in fp32, the order torch uses."""
+    x = logits.astype(np.float32)
+    mx = x.max(axis=-1, keepdims=True)
+    logsum = np.log(np.exp(x - mx).sum(axis=-1, keepdims=True, dtype=np.float32))
+    return (x - mx) - logsum
+
+
+def beam_step(logits: np.ndarray, beam_scores: np.ndarray, num_beams: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """top-k over nb*V of log_softmax(logits) + beam_scores[:, None]; logits [B*nb, V]."""
+    rows, v = logits.shape
+    scores = log_softmax(logits) + beam_scores.astype(np.float32)[:, None]  # [B*nb, V]
+    return beam_topk(scores.reshape(rows // num_beams, num_beams * v), k)
+
+
+def as_any(x: Any) -> np.ndarray:
+    """numpy view of a numpy or cupy array (host copy for cupy)."""
+    return x.get() if hasattr(x, "get") else np.asarray(x)
