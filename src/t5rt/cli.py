@@ -332,10 +332,34 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue  # forwarded before parsing
         if command not in (None, name):
             continue  # flags only for the command being run: keep other subcommands' imports out
-        {"export": _add_export_arguments, "build": _add_build_arguments,
-         "generate": _add_generate_arguments}[name](p)
-        p.set_defaults(func={"export": _cmd_export, "build": _cmd_build, "generate": _cmd_generate}[name])
+        _COMMAND_ARGUMENTS[name](p)
+        p.set_defaults(func=name)
     return parser
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand alone (`t5rt generate ...` is parsed by this one)."""
+    p = _Parser(prog=f"{PROG} {command}", description=COMMANDS[command], allow_abbrev=False)
+    _COMMAND_ARGUMENTS[command](p)
+    p.set_defaults(func=command)
+    return p
+
+
+_COMMAND_ARGUMENTS = {"export": _add_export_arguments, "build": _add_build_arguments,
+                      "generate": _add_generate_arguments}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """argv (without the program name) -> namespace; UsageError on misuse."""
+    argv = list(argv)
+    command = _command_of(argv)
+    if command is None or command == "bench" or argv[0] != command:
+        return build_parser(command).parse_args(argv)  # --version, --help, or an error to report
+    p = command_parser(command)
+    if command == "generate":
+        # TEXT... may come before, between or after the options ("DIR --num-beams 4 TEXT").
+        return p.parse_intermixed_args(argv[1:])
+    return p.parse_args(argv[1:])
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -363,9 +387,9 @@ def _run(argv: list[str]) -> int:
     if command == "bench":
         i = argv.index("bench")
         return _cmd_bench(argv[i + 1:])
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    args = parse_args(argv)
+    func = {"export": _cmd_export, "build": _cmd_build, "generate": _cmd_generate}[args.func]
+    return int(func(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
