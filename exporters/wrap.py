@@ -16,11 +16,37 @@ to R = max(max_len - 1, max_distance) is exact for every length.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 # Additive mask value for hidden keys (HF uses torch.finfo(dtype).min the same way).
 NEG = torch.finfo(torch.float32).min
+
+
+@contextmanager
+def hf_scope(*modules: nn.Module) -> Iterator[None]:
+    """While tracing, nest ONNX node names under these HF modules' scopes, as HF's own forward would.
+
+    The wrapper calls leaf modules directly (`attn.q(h)`), so without this the tracer names the node
+    `/q/MatMul`; inside `hf_scope(decoder, block, layer, attn)` it is `/decoder/block.0/layer.0/SelfAttention/q/MatMul`.
+    Outside tracing it does nothing.
+    """
+    state = torch._C._get_tracing_state()
+    names = getattr(torch.jit._trace, "_trace_module_map", None)
+    pushed = 0
+    try:
+        if state is not None and names:
+            for m in modules:
+                if m in names:
+                    state.push_scope(names[m])
+                    pushed += 1
+        yield
+    finally:
+        for _ in range(pushed):
+            state.pop_scope()
 
 
 def bucket_table(attn: nn.Module, radius: int, bidirectional: bool) -> torch.Tensor:
@@ -74,22 +100,29 @@ class EncoderGraph(_T5Graph):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
-        x = enc.embed_tokens(input_ids)  # [B, S, d]
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)  # [S]
-        rel = (pos[None, :] - pos[:, None]).clamp(-self.radius, self.radius)  # [S, S] key - query
-        buckets = self.buckets[rel + self.radius]  # [S, S]
-        values = enc.block[0].layer[0].SelfAttention.relative_attention_bias(buckets)  # [S, S, H]
-        pos_bias = values.permute(2, 0, 1).unsqueeze(0)  # [1, H, S, S]
-        keep = attention_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
-        bias = torch.where(keep, pos_bias, NEG)  # [B, H, S, S], computed once, shared by layers
-        for block in enc.block:
-            sa = block.layer[0]
-            attn = sa.SelfAttention
-            h = sa.layer_norm(x)
-            q, k, v = self.heads(attn.q(h)), self.heads(attn.k(h)), self.heads(attn.v(h))  # [B, H, S, Dk]
-            x = x + attn.o(self.merge_heads(attend(q, k, v, bias)))
-            x = block.layer[-1](x)  # T5LayerFF: RMSNorm, FFN, residual
-        return enc.final_layer_norm(x)  # [B, S, d]
+        with hf_scope(enc):
+            x = enc.embed_tokens(input_ids)  # [B, S, d]
+            attn0 = enc.block[0].layer[0].SelfAttention
+            with hf_scope(enc.block[0], enc.block[0].layer[0], attn0):
+                pos = torch.arange(input_ids.shape[1], device=input_ids.device)  # [S]
+                rel = (pos[None, :] - pos[:, None]).clamp(-self.radius, self.radius)  # [S, S] key - query
+                buckets = self.buckets[rel + self.radius]  # [S, S]
+                values = attn0.relative_attention_bias(buckets)  # [S, S, H]
+                pos_bias = values.permute(2, 0, 1).unsqueeze(0)  # [1, H, S, S]
+                keep = attention_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
+                bias = torch.where(keep, pos_bias, NEG)  # [B, H, S, S], computed once, shared by layers
+            for block in enc.block:
+                sa = block.layer[0]
+                attn = sa.SelfAttention
+                with hf_scope(block):
+                    with hf_scope(sa):
+                        h = sa.layer_norm(x)
+                        with hf_scope(attn):
+                            q, k, v = self.heads(attn.q(h)), self.heads(attn.k(h)), self.heads(attn.v(h))  # [B, H, S, Dk]
+                            a = attn.o(self.merge_heads(attend(q, k, v, bias)))
+                        x = x + a
+                    x = block.layer[-1](x)  # T5LayerFF: RMSNorm, FFN, residual
+            return enc.final_layer_norm(x)  # [B, S, d]
 
 
 class CrossKVGraph(_T5Graph):
@@ -103,7 +136,8 @@ class CrossKVGraph(_T5Graph):
         out = []
         for block in self.decoder.block:
             attn = block.layer[1].EncDecAttention
-            out += [self.heads(attn.k(hidden)), self.heads(attn.v(hidden))]  # [B, H, S, Dk] each
+            with hf_scope(self.decoder, block, block.layer[1], attn):
+                out += [self.heads(attn.k(hidden)), self.heads(attn.v(hidden))]  # [B, H, S, Dk] each
         return tuple(out)  # cross_k.0, cross_v.0, cross_k.1, ...
 
 
@@ -138,39 +172,49 @@ class DecoderStepGraph(_T5Graph):
         H, Dk = self.n_heads, self.d_kv
 
         # Bias and masks, computed once per step and shared by all layers.
-        rows = torch.arange(self_k[0].shape[2], device=position.device)  # [T]
-        t = position[:, None]  # [B, 1]
-        dist = (t - rows[None, :]).clamp(0, self.radius)  # [B, T] query - key
-        values = dec.block[0].layer[0].SelfAttention.relative_attention_bias(self.buckets[dist])  # [B, T, H]
-        pos_bias = values.permute(0, 2, 1).unsqueeze(2)  # [B, H, 1, T]
-        visible = (rows[None, :] <= t)[:, None, None, :]  # [B, 1, 1, T]
-        self_bias = torch.where(visible, pos_bias, NEG)  # [B, H, 1, T]
-        is_new = (rows[None, :] == t)[:, None, :, None]  # [B, 1, T, 1]
-        keep = encoder_attention_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
-        cross_bias = torch.where(keep, 0.0, NEG)  # [B, 1, 1, S]
+        attn0 = dec.block[0].layer[0].SelfAttention
+        with hf_scope(dec, dec.block[0], dec.block[0].layer[0], attn0):
+            rows = torch.arange(self_k[0].shape[2], device=position.device)  # [T]
+            t = position[:, None]  # [B, 1]
+            dist = (t - rows[None, :]).clamp(0, self.radius)  # [B, T] query - key
+            values = attn0.relative_attention_bias(self.buckets[dist])  # [B, T, H]
+            pos_bias = values.permute(0, 2, 1).unsqueeze(2)  # [B, H, 1, T]
+            visible = (rows[None, :] <= t)[:, None, None, :]  # [B, 1, 1, T]
+            self_bias = torch.where(visible, pos_bias, NEG)  # [B, H, 1, T]
+            is_new = (rows[None, :] == t)[:, None, :, None]  # [B, 1, T, 1]
+        with hf_scope(dec, dec.block[0], dec.block[0].layer[1], dec.block[0].layer[1].EncDecAttention):
+            keep = encoder_attention_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
+            cross_bias = torch.where(keep, 0.0, NEG)  # [B, 1, 1, S]
 
-        x = dec.embed_tokens(input_ids)  # [B, 1, d]
+        with hf_scope(dec):
+            x = dec.embed_tokens(input_ids)  # [B, 1, d]
         new_kv = []
         for l, block in enumerate(dec.block):
-            sa = block.layer[0]
-            attn = sa.SelfAttention
-            h = sa.layer_norm(x)
-            q = attn.q(h).view(-1, H, 1, Dk)  # [B, H, 1, Dk] (one token: the head transpose is a reshape)
-            k_new = attn.k(h).view(-1, H, 1, Dk)  # [B, H, 1, Dk]
-            v_new = attn.v(h).view(-1, H, 1, Dk)
-            k = torch.where(is_new, k_new, self_k[l])  # [B, H, T, Dk]  cache merge (in-place pass target)
-            v = torch.where(is_new, v_new, self_v[l])
-            x = x + attn.o(attend(q, k, v, self_bias).view(-1, 1, H * Dk))
+            sa, ca = block.layer[0], block.layer[1]
+            attn, xattn = sa.SelfAttention, ca.EncDecAttention
+            with hf_scope(dec, block, sa):
+                h = sa.layer_norm(x)
+                with hf_scope(attn):
+                    q = attn.q(h).view(-1, H, 1, Dk)  # [B, H, 1, Dk] (one token: the head transpose is a reshape)
+                    k_new = attn.k(h).view(-1, H, 1, Dk)  # [B, H, 1, Dk]
+                    v_new = attn.v(h).view(-1, H, 1, Dk)
+                    k = torch.where(is_new, k_new, self_k[l])  # [B, H, T, Dk]  cache merge (in-place pass target)
+                    v = torch.where(is_new, v_new, self_v[l])
+                    a = attn.o(attend(q, k, v, self_bias).view(-1, 1, H * Dk))
+                x = x + a
             new_kv += [k_new, v_new]
 
-            ca = block.layer[1]
-            xattn = ca.EncDecAttention
-            h = ca.layer_norm(x)
-            q = xattn.q(h).view(-1, H, 1, Dk)
-            x = x + xattn.o(attend(q, cross_k[l], cross_v[l], cross_bias).view(-1, 1, H * Dk))
+            with hf_scope(dec, block, ca):
+                h = ca.layer_norm(x)
+                with hf_scope(xattn):
+                    q = xattn.q(h).view(-1, H, 1, Dk)
+                    a = xattn.o(attend(q, cross_k[l], cross_v[l], cross_bias).view(-1, 1, H * Dk))
+                x = x + a
 
-            x = block.layer[-1](x)  # T5LayerFF
-        x = dec.final_layer_norm(x)  # [B, 1, d]
+            with hf_scope(dec, block):
+                x = block.layer[-1](x)  # T5LayerFF
+        with hf_scope(dec):
+            x = dec.final_layer_norm(x)  # [B, 1, d]
         if self.logit_scale != 1.0:
             x = x * self.logit_scale  # T5 v1.0 tied embeddings: d_model ** -0.5
         logits = self.lm_head(x).view(-1, self.vocab)  # [B, V]
