@@ -1,0 +1,449 @@
+"""kernels/: CUDA kernels vs NumPy references (gpu), references vs loops and HF (cpu), the build.
+
+GPU tests run once per kernel source ('nvrtc' always, 'fatbin' when the CMake build exists):
+    cmake -S . -B build/kernels && cmake --build build/kernels && python -m pytest -q -m gpu tests/test_kernels.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import t5rt.kernels as K
+from t5rt.errors import InvalidInputError, InvalidOptionError, MissingDependencyError
+from t5rt.kernels import reference as R
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_NVCC = shutil.which("nvcc") is not None
+HAVE_CMAKE = shutil.which("cmake") is not None
+
+# (temperature, top_k, top_p) combinations the sampler is checked on
+SAMPLE_CASES = [(1.0, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (1.3, 20, 0.8), (1.0, 1, 1.0),
+                (0.5, 0, 0.0), (2.0, 7, 0.5)]
+
+
+# ==============================================================================================
+# CPU: contract of the sources, the build, the references
+# ==============================================================================================
+
+
+def _header_enum(name: str) -> dict[str, int]:
+    text = (K.KERNELS_DIR / K.HEADER).read_text()
+    body = re.search(r"enum\s+" + name + r"\s*\{(.*?)\};", text, re.S)
+    assert body, f"enum {name} not found in {K.HEADER}"
+    return {m[0]: int(m[1]) for m in re.findall(r"(T5RT_\w+)\s*=\s*(\d+)", body.group(1))}
+
+
+def test_python_enums_mirror_header():
+    geo = _header_enum("T5rtGeometry")
+    assert {k.removeprefix("T5RT_"): v for k, v in geo.items()} == {name: int(g) for name, g in K.Geometry.__members__.items()}
+    unit = _header_enum("T5rtCopyUnit")
+    assert {k.removeprefix("T5RT_COPY_"): v for k, v in unit.items()} == {name: int(u) for name, u in K.CopyUnit.__members__.items()}
+    text = (K.KERNELS_DIR / K.HEADER).read_text()
+    assert re.search(r"#define\s+T5RT_KERNELS_ABI\s+(\d+)", text)[1] == str(K.ABI)
+    assert f"t5rt_abi_{K.ABI}()" in text
+
+
+def test_nvrtc_source_is_complete():
+    src = K.nvrtc_source()
+    assert not re.search(r'^\s*#\s*include\s+"', src, re.M), "a local #include survived inlining"
+    assert not re.search(r"^\s*#\s*include\s+<", src, re.M), "NVRTC has no standard headers"
+    for name in K.KERNEL_NAMES:
+        if name.startswith("t5rt_abi_"):
+            continue
+        # macro-instantiated names appear as t5rt_<op>_##SUFFIX + the suffix list
+        op, _, suffix = name.rpartition("_")
+        assert (f"{name}(" in src) or (f"{op}_##SUFFIX" in src and f"INSTANTIATE({suffix}," in src), name
+    assert all(p.name in src for p in K.kernel_sources())
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not installed")
+def test_nvrtc_source_compiles_alone(tmp_path):
+    """The exact text NVRTC gets compiles with no include path (nvcc stands in for NVRTC here)."""
+    cu = tmp_path / "unit.cu"
+    cu.write_text(K.nvrtc_source())
+    out = tmp_path / "unit.cubin"
+    r = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-std=c++17", "-Werror", "all-warnings",
+                        "-o", str(out), str(cu)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = out.read_bytes()
+    for name in K.KERNEL_NAMES:
+        assert name.encode() in data, f"{name} missing from the compiled unit"
+
+
+@pytest.mark.skipif(not (HAVE_NVCC and HAVE_CMAKE), reason="nvcc or cmake not installed")
+def test_cmake_builds_fatbin_with_every_kernel(tmp_path):
+    build = tmp_path / "build"
+    # Two archs keep this fast; CI's own build covers the full list.
+    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-DT5RT_CUDA_ARCHS=80;90"],
+                         capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert bld.returncode == 0, bld.stdout + bld.stderr
+    fatbin = build / "t5rt_kernels.fatbin"
+    data = fatbin.read_bytes()
+    for name in K.KERNEL_NAMES:
+        assert name.encode() in data, f"{name} missing from the fatbin"
+
+
+def test_stale_fatbin_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv(K.FATBIN_ENV, raising=False)
+    fake = tmp_path / "t5rt_kernels.fatbin"
+    assert "does not exist" in K._stale_reason(fake)
+    fake.write_bytes(b"x")
+    os.utime(fake, (0, 0))
+    assert "older than" in K._stale_reason(fake)
+    os.utime(fake, None)
+    assert K._stale_reason(fake) is None
+
+
+def test_loader_rejects_unknown_source():
+    with pytest.raises(InvalidOptionError):
+        K.load("cubin")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None,
+                    reason="cupy installed: the no-cupy error path cannot be seen")
+def test_without_cupy_loading_fails_loudly():
+    with pytest.raises(MissingDependencyError, match="cuda"):
+        K.source()
+
+
+def test_sample_options_are_validated():
+    for bad in (dict(temperature=0.0), dict(top_k=-1), dict(top_p=1.5), dict(top_k=2.5)):
+        with pytest.raises(InvalidOptionError):
+            K.SampleOptions(**bad)
+
+
+def test_reference_rng_matches_decoding_rng():
+    rng = pytest.importorskip("t5rt.decoding.rng")
+    for seed, step in [(0, 0), (12345, 7), (2**63 - 1, 1000)]:
+        rows = np.arange(5)
+        theirs = rng.uniform(np, np.array([seed], dtype=np.uint64), np.array(step), rows)
+        ours = [R.uniform(seed, step, int(r)) for r in rows]
+        np.testing.assert_array_equal(theirs, ours)
+
+
+def test_reference_kv_write_matches_loops():
+    g = np.random.default_rng(0)
+    n, h, t, dk = 3, 2, 5, 4
+    caches = [g.standard_normal((n, h, t, dk)).astype(np.float16) for _ in range(4)]
+    rows = [g.standard_normal((n, h, 1, dk)).astype(np.float16) for _ in range(4)]
+    pos = np.array([0, 4, 5], dtype=np.int64)  # the last is out of range: nothing written
+    got = R.kv_write(caches, rows, pos)
+    for c, r, o in zip(caches, rows, got):
+        want = c.copy()
+        for i in range(n):
+            if 0 <= pos[i] < t:
+                for j in range(h):
+                    want[i, j, pos[i], :] = r[i, j, 0, :]
+        np.testing.assert_array_equal(o, want)
+
+
+def test_reference_beam_reorder_matches_loops():
+    g = np.random.default_rng(1)
+    n, h, t, dk = 4, 2, 6, 3
+    caches = [g.standard_normal((n, h, t, dk)).astype(np.float32) for _ in range(2)]
+    parent = np.array([1, 1, 0, 3], dtype=np.int64)
+    got = R.beam_reorder(caches, parent, 4)
+    for c, o in zip(caches, got):
+        for i in range(n):
+            for s in range(t):
+                want = c[parent[i], :, s, :] if s < 4 else c[i, :, s, :]
+                np.testing.assert_array_equal(o[i, :, s, :], want)
+
+
+def test_reference_beam_topk_matches_sort_and_ties():
+    g = np.random.default_rng(2)
+    scores = np.round(g.standard_normal((3, 200)), 1).astype(np.float32)  # many ties
+    vals, idx = R.beam_topk(scores, 9)
+    for b in range(3):
+        want = sorted(range(200), key=lambda j: (-scores[b, j], j))[:9]
+        assert idx[b].tolist() == want
+        np.testing.assert_array_equal(vals[b], scores[b, want])
+
+
+def test_reference_filters_match_hugging_face():
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    g = np.random.default_rng(3)
+    logits = (g.standard_normal((16, 384)) * 3).astype(np.float32)
+    for temperature, top_k, top_p in SAMPLE_CASES:
+        s = torch.from_numpy(logits.copy())
+        if temperature != 1.0:
+            s = TemperatureLogitsWarper(temperature)(None, s)
+        if top_k:
+            s = TopKLogitsWarper(top_k)(None, s)
+        if top_p < 1.0:
+            s = TopPLogitsWarper(top_p)(None, s)
+        x, keep = R.sample_filter(logits, temperature, top_k, top_p)
+        np.testing.assert_array_equal(keep, torch.isfinite(s).numpy(), err_msg=str((temperature, top_k, top_p)))
+        np.testing.assert_array_equal(x[keep], s.numpy()[keep])
+        probs = R.sample_probs(logits, temperature, top_k, top_p)
+        np.testing.assert_allclose(probs, torch.softmax(s.double(), -1).numpy(), atol=1e-9)
+
+
+def test_reference_beam_step_matches_torch():
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(4)
+    nb, v = 3, 97
+    logits = (g.standard_normal((2 * nb, v)) * 4).astype(np.float32)
+    beam = g.standard_normal(2 * nb).astype(np.float32)
+    vals, idx = R.beam_step(logits, beam, nb, 6)
+    t = torch.log_softmax(torch.from_numpy(logits), -1) + torch.from_numpy(beam)[:, None]
+    tv, ti = torch.topk(t.reshape(2, nb * v), 6)
+    np.testing.assert_array_equal(idx, ti.numpy())
+    np.testing.assert_allclose(vals, tv.numpy(), rtol=0, atol=1e-6)
+
+
+def _chi2_critical(dof: int, z: float = 3.719) -> float:
+    """Wilson-Hilferty chi-square quantile (z = 3.719: p = 1e-4)."""
+    a = 2.0 / (9.0 * dof)
+    return dof * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def _chi2(counts: np.ndarray, probs: np.ndarray, draws: int) -> tuple[float, int]:
+    keep = probs > 0
+    exp = probs[keep] * draws
+    return float(((counts[keep] - exp) ** 2 / exp).sum()), int(keep.sum()) - 1
+
+
+def test_reference_sampler_follows_its_distribution():
+    g = np.random.default_rng(5)
+    logits = np.tile((g.standard_normal((1, 12)) * 1.5).astype(np.float32), (3000, 1))  # 3000 rows
+    probs = R.sample_probs(logits[:1], 0.9, 8, 0.95)[0]
+    tokens = R.topk_topp_sample(logits, seed=11, step=3, temperature=0.9, top_k=8, top_p=0.95)
+    counts = np.bincount(tokens, minlength=12)
+    assert counts[probs == 0].sum() == 0
+    stat, dof = _chi2(counts, probs, len(tokens))
+    assert stat < _chi2_critical(dof), (stat, dof)
+
+
+# ==============================================================================================
+# GPU: kernels vs references
+# ==============================================================================================
+
+
+@pytest.fixture(params=["nvrtc", "fatbin"])
+def kernel_source(request, monkeypatch):
+    """Run the test with the kernels from NVRTC and from the CMake build."""
+    if request.param == "fatbin" and (why := K._stale_reason(K.fatbin_path())):
+        pytest.skip(f"no usable CMake build: {why}")
+    monkeypatch.setenv(K.SOURCE_ENV, request.param)
+    assert K.source().startswith(request.param)
+    return request.param
+
+
+def _cp():
+    import cupy
+
+    return cupy
+
+
+_CACHE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16 stored as uint16
+
+
+def _random_cache(g, shape, dtype):
+    if dtype is np.uint16:  # arbitrary bit patterns: the kernels copy bytes
+        return g.integers(0, 2**16, size=shape, dtype=np.uint16)
+    return g.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,h,t,dk,layers,dtype", [
+    (1, 1, 5, 8, 1, "fp32"), (3, 4, 7, 64, 2, "fp16"), (2, 3, 9, 12, 3, "bf16"),
+    (5, 2, 16, 6, 2, "fp16"), (4, 8, 33, 64, 6, "bf16"), (2, 2, 4, 3, 1, "fp32"),
+])
+def test_kv_write_matches_reference(kernel_source, n, h, t, dk, layers, dtype):
+    cp = _cp()
+    g = np.random.default_rng(n * 100 + t)
+    dt = _CACHE_DTYPES[dtype]
+    caches = [_random_cache(g, (n, h, t, dk), dt) for _ in range(2 * layers)]
+    rows = [_random_cache(g, (n, h, 1, dk), dt) for _ in range(2 * layers)]
+    pos = g.integers(0, t, size=n).astype(np.int64)
+    pos[-1] = t if n > 2 else pos[-1]  # out of range: must write nothing
+    d_caches = [cp.asarray(c) for c in caches]
+    d_rows = [cp.asarray(r) for r in rows]
+    K.kv_write(K.PointerTable(d_caches), K.PointerTable(d_rows), cp.asarray(pos))
+    for got, want in zip(d_caches, R.kv_write(caches, rows, pos)):
+        np.testing.assert_array_equal(got.get(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,h,t,dk,layers,dtype,length,slots", [
+    (1, 2, 5, 8, 1, "fp32", 3, None), (4, 4, 10, 64, 2, "fp16", 10, None),
+    (8, 3, 17, 12, 3, "bf16", 9, 1), (6, 2, 8, 6, 2, "fp16", 1, 3), (4, 8, 40, 64, 6, "bf16", 25, 5),
+])
+def test_beam_reorder_matches_reference(kernel_source, n, h, t, dk, layers, dtype, length, slots):
+    cp = _cp()
+    g = np.random.default_rng(n * 7 + t)
+    dt = _CACHE_DTYPES[dtype]
+    caches = [_random_cache(g, (n, h, t, dk), dt) for _ in range(2 * layers)]
+    parent = g.integers(0, n, size=n).astype(np.int64)
+    parent[0] = 0  # own parent: skipped by the kernel, must still be right
+    d_caches = [cp.asarray(c) for c in caches]
+    table = K.PointerTable(d_caches)
+    K.beam_reorder(table, cp.asarray(parent), cp.asarray([length], dtype=np.int64),
+                   K.reorder_scratch(table, slots))
+    for got, want in zip(d_caches, R.beam_reorder(caches, parent, length)):
+        np.testing.assert_array_equal(got.get(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,v", [(1, 32128), (3, 384), (7, 1), (2, 1000), (16, 32128)])
+def test_argmax_rows_matches_reference(kernel_source, n, v):
+    cp = _cp()
+    g = np.random.default_rng(v + n)
+    x = np.round(g.standard_normal((n, v)), 1).astype(np.float32)  # ties: first index wins
+    np.testing.assert_array_equal(K.argmax_rows(cp.asarray(x)).get(), R.argmax_rows(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,m,k,ties", [
+    (1, 4 * 32128, 8, False), (3, 4 * 32128, 64, True), (2, 5000, 1, False), (4, 100, 17, True),
+    (1, 64, 64, False), (5, 8193, 12, True),
+])
+def test_beam_topk_matches_reference(kernel_source, b, m, k, ties):
+    cp = _cp()
+    g = np.random.default_rng(m + k)
+    s = g.standard_normal((b, m)).astype(np.float32)
+    if ties:
+        s = np.round(s, 1).astype(np.float32)
+    ws = K.TopKWorkspace(b, m, k)
+    vals, idx = K.beam_topk(cp.asarray(s), k, ws)
+    want_v, want_i = R.beam_topk(s, k)
+    np.testing.assert_array_equal(idx.get(), want_i)
+    np.testing.assert_array_equal(vals.get(), want_v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,nb,v,k", [(1, 4, 32128, 8), (3, 2, 384, 4), (2, 5, 1001, 10)])
+def test_beam_step_matches_reference(kernel_source, b, nb, v, k):
+    cp = _cp()
+    g = np.random.default_rng(v)
+    logits = (g.standard_normal((b * nb, v)) * 4).astype(np.float32)
+    beam = (g.standard_normal(b * nb) * 3).astype(np.float32)
+    vals, idx = K.beam_step(cp.asarray(logits), cp.asarray(beam), nb, k)
+    want_v, want_i = R.beam_step(logits, beam, nb, k)
+    np.testing.assert_array_equal(idx.get(), want_i)
+    np.testing.assert_allclose(vals.get(), want_v, rtol=0, atol=2e-5)
+
+
+def _assert_tokens_match(tokens, logits, seed, step, case):
+    """Kernel tokens == reference tokens, except where u lies within float error of a CDF edge."""
+    probs = R.sample_probs(logits, *case)
+    want = R.topk_topp_sample(logits, seed, step, *case)
+    for i, (tok, ref) in enumerate(zip(tokens, want)):
+        if tok == ref:
+            continue
+        cdf = np.cumsum(probs[i])
+        u = R.uniform(seed, step, i)
+        edge = cdf[min(tok, ref)]
+        assert probs[i, tok] > 0 and abs(edge - u) < 1e-5, (case, i, tok, ref, u, edge)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,v", [(1, 32128), (5, 384), (3, 1001), (8, 32128)])
+def test_sample_matches_reference(kernel_source, n, v):
+    cp = _cp()
+    g = np.random.default_rng(v + n)
+    logits = (g.standard_normal((n, v)) * 3).astype(np.float32)
+    d_logits = cp.asarray(logits)
+    seed, step = 1234, 5
+    d_seed, d_step = cp.asarray([seed], dtype=np.uint64), cp.asarray([step], dtype=np.int64)
+    for case in SAMPLE_CASES:
+        opts = K.SampleOptions(*case)
+        tokens = K.topk_topp_sample(d_logits, d_seed, d_step, opts).get()
+        _assert_tokens_match(tokens, logits, seed, step, case)
+        again = K.topk_topp_sample(d_logits, d_seed, d_step, opts).get()
+        np.testing.assert_array_equal(tokens, again)  # fixed seed and step: reproducible
+
+
+@pytest.mark.gpu
+def test_sample_top_k1_is_argmax_and_steps_differ(kernel_source):
+    cp = _cp()
+    g = np.random.default_rng(9)
+    d_logits = cp.asarray((g.standard_normal((64, 32128)) * 0.5).astype(np.float32))
+    seed = cp.asarray([7], dtype=np.uint64)
+    t1 = K.topk_topp_sample(d_logits, seed, cp.asarray([0], dtype=np.int64), K.SampleOptions(top_k=1))
+    np.testing.assert_array_equal(t1.get(), K.argmax_rows(d_logits).get())
+    a = K.topk_topp_sample(d_logits, seed, cp.asarray([0], dtype=np.int64), K.SampleOptions()).get()
+    b = K.topk_topp_sample(d_logits, seed, cp.asarray([1], dtype=np.int64), K.SampleOptions()).get()
+    assert (a != b).mean() > 0.5  # a new step draws new numbers
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [(1.0, 0, 1.0), (0.8, 10, 1.0), (1.0, 0, 0.7), (1.2, 12, 0.9)])
+def test_sample_distribution_chi_square(kernel_source, case):
+    cp = _cp()
+    g = np.random.default_rng(17)
+    v, draws = 40, 200_000
+    row = (g.standard_normal((1, v)) * 1.5).astype(np.float32)
+    probs = R.sample_probs(row, *case)[0]
+    logits = cp.asarray(np.tile(row, (draws, 1)))  # one draw per row: rows use independent numbers
+    tokens = K.topk_topp_sample(logits, cp.asarray([3], dtype=np.uint64), cp.asarray([2], dtype=np.int64),
+                                K.SampleOptions(*case)).get()
+    counts = np.bincount(tokens, minlength=v)
+    assert counts[probs == 0].sum() == 0, "drew a filtered token"
+    stat, dof = _chi2(counts, probs, draws)
+    assert stat < _chi2_critical(dof), (case, stat, dof)
+
+
+@pytest.mark.gpu
+def test_graph_replay_writes_cache_and_draws_fresh_numbers(kernel_source):
+    """kv_write + sample + step += 1 captured once; each replay equals the reference for its step."""
+    cp = _cp()
+    g = np.random.default_rng(21)
+    n, h, t, dk, v = 2, 2, 6, 8, 500
+    caches = [cp.zeros((n, h, t, dk), dtype=np.float16) for _ in range(2)]
+    rows = [cp.asarray(g.standard_normal((n, h, 1, dk)).astype(np.float16)) for _ in range(2)]
+    cache_t, rows_t = K.PointerTable(caches), K.PointerTable(rows)
+    logits_h = (g.standard_normal((n, v)) * 2).astype(np.float32)
+    logits = cp.asarray(logits_h)
+    position = cp.zeros((n,), dtype=np.int64)
+    seed, step = cp.asarray([99], dtype=np.uint64), cp.zeros((1,), dtype=np.int64)
+    opts = K.SampleOptions(temperature=0.9, top_k=40, top_p=0.9)
+    out = cp.empty((n,), dtype=np.int64)
+    K.topk_topp_sample(logits, seed, step, opts, out=out)  # load + warm up outside the capture
+    K.kv_write(cache_t, rows_t, position)
+    step += 1  # compile the elementwise kernels before capturing
+    position += 1
+    step -= 1
+    position -= 1
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        K.kv_write(cache_t, rows_t, position)
+        K.topk_topp_sample(logits, seed, step, opts, out=out)
+        step += 1
+        position += 1
+        graph = stream.end_capture()
+    for s in range(t):
+        graph.launch(stream)
+        stream.synchronize()
+        _assert_tokens_match(out.get(), logits_h, 99, s, (0.9, 40, 0.9))
+    for c, r in zip(caches, rows):
+        np.testing.assert_array_equal(c.get(), np.repeat(r.get(), t, axis=2))
+
+
+@pytest.mark.gpu
+def test_wrappers_reject_bad_arguments(kernel_source):
+    cp = _cp()
+    with pytest.raises(InvalidInputError):
+        K.argmax_rows(cp.zeros((2, 3), dtype=np.float16))
+    with pytest.raises(InvalidInputError):
+        K.TopKWorkspace(1, 100, 65)
+    c = [cp.zeros((2, 2, 4, 8), dtype=np.float16)]
+    with pytest.raises(InvalidInputError):
+        K.kv_write(K.PointerTable(c), K.PointerTable([cp.zeros((2, 2, 1, 8), dtype=np.float32)]),
+                   cp.zeros(2, dtype=np.int64))
