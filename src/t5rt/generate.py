@@ -146,7 +146,7 @@ class Runtime:
 
         sequences: list[list[int]] = []
         scores: list[float] = []
-        agg = {"encode_s": 0.0, "decode_s": 0.0, "steps": 0, "host_s": 0.0}
+        agg: dict[str, float] = {}
         step = self.options.max_batch
         for lo in range(0, ids.shape[0], step):
             chunk_ids, chunk_mask = ids[lo:lo + step], mask[lo:lo + step]
@@ -156,13 +156,12 @@ class Runtime:
             seqs, scs = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy)
             sequences += seqs
             scores += scs
-            t = self.runner.timings
-            agg["encode_s"] += t.encode_s
-            agg["decode_s"] += t.decode_s
-            agg["steps"] += t.steps
-            agg["host_s"] += t.host_s
-        agg["step_s"] = agg["decode_s"] / agg["steps"] if agg["steps"] else 0.0
-        agg["host_step_s"] = agg["host_s"] / agg["steps"] if agg["steps"] else 0.0
+            for k, v in self.runner.timings.as_dict().items():
+                if not k.endswith("step_s"):
+                    agg[k] = agg.get(k, 0.0) + v
+        steps = agg.get("steps", 0)
+        agg["step_s"] = agg["decode_s"] / steps if steps else 0.0
+        agg["host_step_s"] = agg["host_s"] / steps if steps else 0.0
         self.last_timings = agg
         texts_out = None
         if self.tokenizer is not None:
@@ -179,13 +178,13 @@ class Runtime:
         )
         enc = self.runner.encode(ids, mask)
         eager = bool(cfg.logits_processors)  # user hooks run Python per step: no CUDA graph
-        self.runner.decode(enc, strategy, max_new, eager=eager)
+        self.runner.decode(enc, strategy, max_new, eager=eager, profile=self.options.profile)
         seqs, scores = strategy.result()
         return [list(map(int, s)) for s in seqs], [float(x) for x in scores]
 
 
 def _load_tokenizer(m: Manifest) -> Any:
-    if not m.tokenizer_files or m.directory is None:
+    if m.directory is None or not {"spiece.model", "tokenizer.json"} & set(m.tokenizer_files):
         return None
     from .tokenizer import T5Tokenizer
 
@@ -197,12 +196,16 @@ def _load_tokenizer(m: Manifest) -> Any:
 
 
 def _load_kernels() -> Any:
+    """t5rt.kernels once its module (CMake fatbin or NVRTC) has loaded; else the array-code paths."""
+    from . import kernels
+
     try:
-        from . import kernels
-    except ImportError:
+        kernels.load()
+    except Exception as e:  # noqa: BLE001 - say why, then run the generic (slower) paths
+        log.warning("t5rt: CUDA kernels unavailable (%s); using array code for cache ops", e)
         return None
-    loader = getattr(kernels, "load", None)
-    return loader() if loader is not None else None
+    log.info("t5rt: CUDA kernels from %s", kernels.source())
+    return kernels
 
 
 def load(directory: str | Path, backend: str = "auto", device: str = "auto",

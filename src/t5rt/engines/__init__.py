@@ -42,6 +42,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 m.graph_path(g), m.graphs[g], device,
                 cuda_graph=(g == "decoder_step" and options.cuda_graphs),
                 threads=options.threads,
+                tf32=options.tf32,
             )
     else:
         from .trt import open_trt_sessions  # noqa: PLC0415 - TensorRT only when asked for

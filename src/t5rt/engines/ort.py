@@ -28,7 +28,7 @@ class OrtSession:
     """An ONNX Runtime InferenceSession for one graph of an export. Makes per-bucket engines."""
 
     def __init__(self, path: Path, spec: GraphSpec, device: Device, *, cuda_graph: bool = False,
-                 threads: int | None = None, optimization: str = "all"):
+                 threads: int | None = None, optimization: str = "all", tf32: bool = False):
         ort = _import_ort()
         self.spec = spec
         self.device = device
@@ -57,6 +57,8 @@ class OrtSession:
                 "has_user_compute_stream": "1",
                 "cudnn_conv_algo_search": "DEFAULT",
                 "do_copy_in_default_stream": "1",
+                # fp32 graphs are the parity reference: no TF32 unless asked for
+                "use_tf32": "1" if tf32 else "0",
             }
             if self.cuda_graph:
                 opts["enable_cuda_graph"] = "1"

@@ -18,14 +18,16 @@ class CacheOps:
         self.bufs = bufs
         self.kernels = kernels
         self.rows = xp.arange(bufs.rows, dtype=xp.int64)  # [N]
-        self._plan = None
+        self._caches = self._rows = self._scratch = None
         if kernels is not None:
-            self._plan = kernels.make_cache_plan(bufs.self_k + bufs.self_v, bufs.new_k + bufs.new_v)
+            self._caches = kernels.PointerTable(bufs.self_k + bufs.self_v)  # [2L] device pointers
+            if bufs.new_k:
+                self._rows = kernels.PointerTable(bufs.new_k + bufs.new_v)
 
     def write(self, position: Any) -> None:
         """cache[n, :, position[n], :] = new[n, :, 0, :] for every layer (write form)."""
-        if self._plan is not None:
-            self.kernels.kv_write(self._plan, position)
+        if self._rows is not None:
+            self.kernels.kv_write(self._caches, self._rows, position)
             return
         b = self.bufs
         for cache, new in zip(b.self_k + b.self_v, b.new_k + b.new_v):
@@ -33,8 +35,10 @@ class CacheOps:
 
     def reorder(self, parent: Any, valid_len: Any) -> None:
         """cache[n, :, :len] = cache[parent[n], :, :len] for every layer (beam search)."""
-        if self._plan is not None:
-            self.kernels.beam_reorder(self._plan, parent, valid_len)
+        if self._caches is not None:
+            if self._scratch is None:  # only beam search needs it: allocated on first use
+                self._scratch = self.kernels.reorder_scratch(self._caches)
+            self.kernels.beam_reorder(self._caches, parent, valid_len, self._scratch)
             return
         b = self.bufs
         for cache in b.self_k + b.self_v:

@@ -36,6 +36,8 @@ class RuntimeOptions:
     max_batch: int = 64               # larger requests run in chunks of this many inputs
     max_cached_buckets: int = 8       # buffer sets kept alive (least recently used dropped)
     threads: int | None = None        # CPU: intra-op threads (None: the backend's default)
+    profile: bool = False             # split per-step device time into engine / decoding (CUDA events)
+    tf32: bool = False                # allow TF32 matmuls for fp32 graphs on the GPU (faster, not exact)
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt"):
@@ -52,9 +54,12 @@ class Timings:
     decode_s: float = 0.0     # all decoder steps incl. decoding work (synchronised)
     steps: int = 0
     host_s: float = 0.0       # host time spent issuing the steps (excl. waiting on the device)
+    engine_s: float = 0.0     # profile=True on CUDA: device time of the decoder-step engine
+    decoding_s: float = 0.0   # profile=True on CUDA: device time of cache ops + decoding work
 
     def as_dict(self) -> dict[str, float]:
-        d = {"encode_s": self.encode_s, "decode_s": self.decode_s, "steps": self.steps, "host_s": self.host_s}
+        d = {"encode_s": self.encode_s, "decode_s": self.decode_s, "steps": self.steps, "host_s": self.host_s,
+             "engine_s": self.engine_s, "decoding_s": self.decoding_s}
         d["step_s"] = self.decode_s / self.steps if self.steps else 0.0
         d["host_step_s"] = self.host_s / self.steps if self.steps else 0.0
         return d
@@ -130,8 +135,12 @@ class T5Runner:
 
     # -- decode ----------------------------------------------------------------------------
     def decode(self, enc: EncoderBuffers, strategy: Any, max_new_tokens: int, *,
-               eager: bool = False) -> int:
-        """Run up to max_new_tokens decoder steps driven by `strategy`; returns steps taken."""
+               eager: bool = False, profile: bool = False) -> int:
+        """Run up to max_new_tokens decoder steps driven by `strategy`; returns steps taken.
+
+        profile=True (CUDA) brackets the engine and the decoding work of every step with CUDA
+        events, splitting device time into Timings.engine_s and Timings.decoding_s.
+        """
         slot = self.decoder_slot(enc, strategy.rows_per_input,
                                  cache_bucket(max_new_tokens, self.m.max_output_len))
         bufs, xp = slot.bufs, self.dev.xp
@@ -156,13 +165,22 @@ class T5Runner:
         waited = 0.0
         steps = 0
         graph = None
+        events: list[tuple[Any, Any, Any]] = []
+        profile = profile and self.dev.is_cuda
+        if profile:
+            import cupy
         with self.dev.use():
             bufs.expand_from(enc)
             bufs.clear_caches(xp)
             bufs.input_ids[:, 0] = strategy.tokens
             bufs.position[...] = strategy.step_counter
             for t in range(max_new_tokens):
+                if profile:
+                    ev = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Event())
+                    ev[0].record(self.dev.stream)
                 engine.run()
+                if profile:
+                    ev[1].record(self.dev.stream)
                 if use_graph and t >= 1:
                     if graph is None:
                         from .cuda_graph import CapturedStep
@@ -171,6 +189,9 @@ class T5Runner:
                     graph.launch()
                 else:
                     after_engine()  # step 0 runs eagerly: it compiles and loads every kernel
+                if profile:
+                    ev[2].record(self.dev.stream)
+                    events.append(ev)
                 steps = t + 1
                 if steps % check == 0 or steps == max_new_tokens:
                     w0 = time.perf_counter()
@@ -185,4 +206,12 @@ class T5Runner:
         self.timings.decode_s = total
         self.timings.steps = steps
         self.timings.host_s = total - waited
+        if profile:
+            import cupy
+
+            # step 0 is eager (kernel compilation); steps >= 1 are what a request costs
+            steady = events[1:] or events
+            scale = len(events) / len(steady) / 1e3
+            self.timings.engine_s = sum(cupy.cuda.get_elapsed_time(a, b) for a, b, _ in steady) * scale
+            self.timings.decoding_s = sum(cupy.cuda.get_elapsed_time(b, c) for _, b, c in steady) * scale
         return steps

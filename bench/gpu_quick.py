@@ -1,0 +1,111 @@
+"""Quick GPU check of the runtime: export a random-weight model shape, time t5rt against HF eager.
+
+    python bench/gpu_quick.py --shape t5-small --precision fp32 --beams 1,4 --out $OUT/quick.json
+
+A development probe (the user-facing benchmark is `python -m t5rt.bench`): it prints the
+per-step split (engine / decoding / host) the runtime measures with CUDA events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {
+    "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64, feed_forward_proj="relu",
+                     tie_word_embeddings=True),
+    "t5-base": dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, feed_forward_proj="relu",
+                    tie_word_embeddings=True),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="t5-small")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--cache-update", default="write")
+    ap.add_argument("--beams", default="1,4")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--src-len", type=int, default=32)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    import t5rt
+    from t5rt.exporters.options import ExportOptions
+    from t5rt.exporters.pipeline import export
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=32128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                   dropout_rate=0.0, **SHAPES[args.shape])
+    model = T5ForConditionalGeneration(cfg).eval()
+    tmp = Path(tempfile.mkdtemp())
+    model.save_pretrained(tmp / "src")
+    t0 = time.perf_counter()
+    export(str(tmp / "src"), tmp / "exp", ExportOptions(precision=args.precision, max_input_len=128,
+                                                         max_output_len=128, cache_update=args.cache_update,
+                                                         opset=24 if args.cache_update == "inplace" else 17,
+                                                         validate=False), log=lambda *a, **k: None)
+    print(f"export {time.perf_counter() - t0:.1f}s", flush=True)
+    rt = t5rt.load(tmp / "exp", backend="ort", device="cuda", profile=True)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 32000, (args.batch, args.src_len)).astype(np.int64)
+    mask = np.ones_like(ids)
+    hf = model.cuda()
+    results = {}
+    for beams in [int(b) for b in args.beams.split(",")]:
+        kw = dict(max_new_tokens=args.new, min_new_tokens=args.new, num_beams=beams)
+        for _ in range(2):
+            out = rt.generate(input_ids=ids, attention_mask=mask, **kw)
+        times, tim = [], []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            out = rt.generate(input_ids=ids, attention_mask=mask, **kw)
+            times.append(time.perf_counter() - t0)
+            tim.append(rt.last_timings)
+        row = {"t5rt_s": statistics.median(times)}
+        for k in ("encode_s", "decode_s", "engine_s", "decoding_s", "host_s", "steps"):
+            row[k] = statistics.median(t[k] for t in tim)
+        n = row["steps"]
+        row["step_ms"] = row["decode_s"] / n * 1e3
+        row["engine_step_ms"] = row["engine_s"] / n * 1e3
+        row["decoding_step_ms"] = row["decoding_s"] / n * 1e3
+        row["host_step_ms"] = row["host_s"] / n * 1e3
+        if not args.no_hf:
+            ti = torch.from_numpy(ids).cuda()
+            tm = torch.from_numpy(mask).cuda()
+            with torch.no_grad():
+                hf.generate(input_ids=ti, attention_mask=tm, do_sample=False, **kw)
+                ht = []
+                for _ in range(max(3, args.runs // 2)):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    ref = hf.generate(input_ids=ti, attention_mask=tm, do_sample=False, **kw)
+                    torch.cuda.synchronize()
+                    ht.append(time.perf_counter() - t0)
+            row["hf_s"] = statistics.median(ht)
+            row["speedup"] = row["hf_s"] / row["t5rt_s"]
+            refs = [[t for t in s if True] for s in ref[:, 1:].tolist()]
+            agree = np.mean([a == b for r, o in zip(refs, out.sequences) for a, b in zip(r, o)])
+            row["agreement"] = float(agree)
+        results[f"beams={beams}"] = row
+        print(json.dumps({f"beams={beams}": row}, indent=1), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
