@@ -119,18 +119,16 @@ def patch_fp32(a: GraphArtifact, cfg: Any, options: ExportOptions) -> None:
     a.graph = patches.name_io(g, fp32_in, fp32_out, a.name)
 
 
-def apply_precision(graph: gs.Graph, precision: str) -> gs.Graph:
-    """fp16: fp16_safety then convert_precision; bf16: convert_precision (exporters/precision.py)."""
+def lower_precision(graph: gs.Graph, precision: str) -> gs.Graph:
+    """The fp32 graph in fp16/bf16: exporters/precision.py's passes (fp32 RMSNorm and logits, fp16 clamps)."""
     try:
         from . import precision as prec
     except ModuleNotFoundError as e:
         if e.name and e.name.endswith("exporters.precision"):
-            raise ExportError(f"--precision {precision} needs exporters/precision.py (fp16_safety, convert_precision), "
-                              f"which this t5rt does not have yet; export fp32 instead") from None
+            raise ExportError(f"--precision {precision} needs exporters/precision.py, which this t5rt "
+                              f"does not have; export fp32 instead") from None
         raise
-    if precision == "fp16":
-        graph = prec.fp16_safety(graph)
-    return prec.convert_precision(graph, precision)
+    return prec.apply_precision(graph, precision)
 
 
 def write_artifact(a: GraphArtifact, staging: Path, options: ExportOptions, log: Log) -> None:
@@ -143,7 +141,7 @@ def write_artifact(a: GraphArtifact, staging: Path, options: ExportOptions, log:
         (staging / "fp32").mkdir(exist_ok=True)
         a.fp32_path = staging / "fp32" / file
         save_graph(a.graph.copy(), a.fp32_path, options.external_data_threshold)
-        g = apply_precision(a.graph.copy(), options.precision)
+        g = lower_precision(a.graph.copy(), options.precision)
         g = patches.name_io(g, a.inputs, a.outputs, a.name)
         a.path = staging / file
         a.external_data = save_graph(g, a.path, options.external_data_threshold)
