@@ -78,6 +78,7 @@ class BuildOptions:
     timing_cache: Path | None = None      # None: DIR/engines/timing-<trt>-<sm>.cache
     graphs: tuple[str, ...] = GRAPH_NAMES
     static_inplace_cache: bool = True     # pin cache_len = max_output_len for the in-place form
+    allow_tf32: bool = False              # fp32 exports are the parity reference: no TF32 matmuls
     force: bool = False                   # rebuild even when a valid cached engine exists
     progress: bool = True                 # progress bar on stderr (IProgressMonitor)
     verbose: bool = False
@@ -263,6 +264,8 @@ def engine_key(m: Manifest, graph: str, profiles: list[Profile], *, trt_module: 
         "profiles": [p.to_json() for p in profiles],
         "workspace_mb": options.workspace_mb,
         "optimization_level": options.optimization_level,
+        "allow_tf32": options.allow_tf32,
+        "static_inplace_cache": options.static_inplace_cache,
     }
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest(), fields
@@ -531,6 +534,9 @@ def build_plan(m: Manifest, graph: str, profiles: list[Profile], options: BuildO
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if options.optimization_level is not None and info.has_optimization_level:
         config.builder_optimization_level = options.optimization_level
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)  # on by default; it is a math mode, not a precision flag
+    if tf32 is not None and not options.allow_tf32:
+        config.clear_flag(tf32)
     if options.progress and info.has_progress_monitor:
         config.progress_monitor = _make_progress_monitor(graph, stream or sys.stderr)
     if timing is not None:
