@@ -20,7 +20,7 @@ import pytest
 from conftest import SPIECE, make_t5
 
 import t5rt
-from t5rt.cli import GENERATION_FLAGS, generation_options, parse_args
+from t5rt.cli import GENERATION_FLAGS, generation_options, main, parse_args
 from t5rt.generation_config import GenerationConfig
 
 TIMEOUT = 120
@@ -122,8 +122,9 @@ def test_version():
     (("generate", "D", "x", "--backend", "tvm"), ("--backend",)),
     (("export", "m"), ("--out",)),
 ])
-def test_usage_errors(args, needles):
-    p = run(*args)
+def test_usage_errors(args, needles, capsys):
+    rc = main(list(args))  # in process (fast); test_errors_in_a_subprocess runs the real command
+    p = subprocess.CompletedProcess(args, rc, *capsys.readouterr())
     assert_one_line_error(p, *needles)
     assert p.returncode == 2
 
@@ -142,9 +143,10 @@ def test_usage_errors(args, needles):
     (("--seed", "-1"), "seed"),
     (("--bad-word-ids", "5 -1"), "bad_words_ids"),
 ])
-def test_invalid_generation_options(tmp_path, flags, option):
+def test_invalid_generation_options(tmp_path, flags, option, capsys):
     # Checked before the export is even opened: the directory need not exist.
-    p = run("generate", str(tmp_path / "nowhere"), "hello", *flags)
+    rc = main(["generate", str(tmp_path / "nowhere"), "hello", *flags])
+    p = subprocess.CompletedProcess(flags, rc, *capsys.readouterr())
     line = assert_one_line_error(p, option)
     with pytest.raises(t5rt.InvalidOptionError) as e:  # the same message as the API gives
         opts = generation_options(parse_generate(["D", "x", *flags]))
@@ -152,6 +154,11 @@ def test_invalid_generation_options(tmp_path, flags, option):
             opts["bad_words_ids"] = [[5, -1]]
         GenerationConfig.from_options(**opts)
     assert str(e.value) in line
+
+
+def test_errors_in_a_subprocess(tmp_path):
+    assert_one_line_error(run("generate", "D", "x", "--foo"), "unrecognized arguments: --foo")
+    assert_one_line_error(run("generate", str(tmp_path), "hello", "--top-p", "1.5"), "top_p")
 
 
 def test_not_an_export(tmp_path):
@@ -263,7 +270,7 @@ def exported(tmp_path_factory):
     shutil.copy(SPIECE, root / "model" / "spiece.model")
     out = root / "export"
     p = run("export", str(root / "model"), "--out", str(out), "--max-input-len", str(MAX_IN),
-            "--max-output-len", str(MAX_OUT), timeout=600)
+            "--max-output-len", str(MAX_OUT), "--no-validate", timeout=600)  # validation: test_export*
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "manifest.json").is_file()
     assert (out / "spiece.model").is_file(), "the export did not copy the tokenizer"
@@ -345,3 +352,14 @@ def test_generate_errors_on_a_real_export(exported):
                           "max_new_tokens")
     assert_one_line_error(run("generate", str(out), "hi", "--backend", "trt", "--device", "cpu"))
     assert_one_line_error(run("generate", str(out), "", "--device", "cpu"), "empty")
+
+
+def test_bench_is_forwarded():
+    import importlib.util
+
+    p = run("bench", "--help")
+    if importlib.util.find_spec("t5rt.bench.__main__") is None:
+        assert_one_line_error(p, "bench")
+    else:
+        assert p.returncode == 0, p.stderr
+        assert "t5rt.bench" in p.stdout or "usage" in p.stdout.lower()

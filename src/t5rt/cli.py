@@ -159,7 +159,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .generation_config import GenerationConfig
 
     if args.verbose:
-        logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     opts = generation_options(args)
     if args.bad_word_ids:
         opts["bad_words_ids"] = list(args.bad_word_ids)
