@@ -395,3 +395,23 @@ def test_run_parity_with_onnxruntime(exports, form):
         for name, ref in want.items():
             got = cupy.asnumpy(outs[name])
             np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4, err_msg=f"{g}:{name}")
+
+
+@pytest.mark.skipif(trt_compat.available(), reason="TensorRT is installed here")
+def test_runtime_entry_without_tensorrt(exports):
+    from t5rt.engines.trt import open_trt_sessions
+
+    with pytest.raises(MissingDependencyError):
+        open_trt_sessions(_manifest(exports["write"]), device=None)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_runtime_uses_engines_built_with_custom_buckets(exports):
+    from t5rt.engines.trt import open_trt_sessions
+    from t5rt.runtime.device import Device
+
+    d = exports["write"]
+    built = trt_build.build_engines(d, _opts(batch_buckets=(2,), src_buckets=(16, 64)))
+    sessions = open_trt_sessions(_manifest(d), Device("cuda"))
+    assert {g: s.path for g, s in sessions.items()} == built

@@ -31,6 +31,7 @@ CUDA graphs — what the runtime must do:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,4 +264,53 @@ def open_sessions(export_dir: str | Path, device: Any, options: BuildOptions | N
         out[g] = TrtSession(path, m.graphs[g], device,
                             aliases=aliases if g == "decoder_step" else None,
                             static_cache_len=T if g == "decoder_step" else None)
+    return out
+
+
+def find_engine(m: Manifest, graph: str) -> Path | None:
+    """A valid engine already in DIR/engines for this graph, TensorRT and GPU, whatever its profiles
+    (so engines made by `t5rt build` with custom buckets are used as they are); None if none."""
+    if m.directory is None:
+        return None
+    info, gpu = compat.info(), compat.gpu_identity()
+    for path in sorted((m.directory / trt_build.ENGINE_DIR).glob(f"{graph}-*.engine")):
+        try:
+            side = json.loads(path.with_suffix(".json").read_text())
+            same = (side.get("graph_sha256") == m.graphs[graph].sha256 and side.get("trt_module") == info.module
+                    and side.get("trt_version") == info.version_str and side.get("gpu_name") == gpu.name
+                    and tuple(side.get("compute_capability", ())) == gpu.compute_capability
+                    and side.get("build_format") == trt_build.BUILD_FORMAT)
+            if same:
+                read_engine_file(path, side.get("key"))
+                return path
+        except (OSError, ValueError, KeyError, BackendError) as e:
+            log.warning("%s: ignoring %s (%s)", graph, path.name, e)
+    return None
+
+
+def open_trt_sessions(m: Manifest, device: Any, options: Any = None) -> dict[str, TrtSession]:
+    """The runtime's entry (engines/__init__.open_sessions): existing valid engines, else built now.
+
+    `options` is the runtime's RuntimeOptions; a BuildOptions in its `trt_build` attribute (if any)
+    sets how missing engines are built, else BuildOptions() defaults (max batch 8, 4 beams).
+    """
+    compat.load()
+    build_opts = getattr(options, "trt_build", None) or BuildOptions(progress=False)
+    if m.directory is None:
+        raise BackendError("the manifest was not loaded from a directory; TensorRT engines live in DIR/engines")
+    paths = {g: find_engine(m, g) for g in build_opts.graphs}
+    missing = tuple(g for g, p in paths.items() if p is None)
+    if missing:
+        log.info("building TensorRT engines for %s (t5rt build DIR does this ahead of time)", ", ".join(missing))
+        import dataclasses
+
+        paths.update(trt_build.build_engines(m.directory, dataclasses.replace(build_opts, graphs=missing)))
+    aliases = aliases_for(m)
+    out = {}
+    for g, path in paths.items():
+        assert path is not None
+        side = json.loads(path.with_suffix(".json").read_text())
+        out[g] = TrtSession(path, m.graphs[g], device,
+                            aliases=aliases if g == "decoder_step" else None,
+                            static_cache_len=side.get("cache_len") if g == "decoder_step" else None)
     return out
