@@ -286,9 +286,26 @@ def _hf_generate(model, tok, texts, **kw):
     return tok.batch_decode(out, skip_special_tokens=True), out
 
 
-def test_generate_text_matches_hf(exported):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_generate_text_matches_hf(exported, device):
     model, tok, out = exported
-    p = run("generate", str(out), *INPUTS, "--max-new-tokens", str(NEW), "--backend", "ort", "--device", "cpu")
+    p = run("generate", str(out), *INPUTS, "--max-new-tokens", str(NEW), "--backend", "ort", "--device", device)
+    assert p.returncode == 0, p.stderr
+    want, _ = _hf_generate(model, tok, INPUTS, num_beams=1, do_sample=False)
+    assert p.stdout.splitlines() == want
+    p = run("generate", str(out), *INPUTS, "--max-new-tokens", str(NEW), "--num-beams", "4", "--device", device)
+    assert p.returncode == 0, p.stderr
+    want, _ = _hf_generate(model, tok, INPUTS, num_beams=4)
+    assert p.stdout.splitlines() == want
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_build_then_generate_trt_matches_hf(exported):
+    model, tok, out = exported
+    p = run("build", str(out), "--max-batch", "4", "--max-beams", "4", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run("generate", str(out), *INPUTS, "--max-new-tokens", str(NEW), "--backend", "trt", "--device", "cuda")
     assert p.returncode == 0, p.stderr
     want, _ = _hf_generate(model, tok, INPUTS, num_beams=1, do_sample=False)
     assert p.stdout.splitlines() == want
