@@ -9,6 +9,7 @@ manifest.json last, only once every stage passed: a failed export leaves no mani
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -189,7 +190,7 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
     start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.pad_token_id
     manifest = Manifest(
         exporter_version=__version__, source=loaded.source, source_checksum=loaded.checksum,
-        model_type=cfg.model_type, config=cfg.to_dict(),
+        model_type=cfg.model_type, config=json.loads(cfg.to_json_string(use_diff=False)),
         dims=Dims(d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff, num_heads=cfg.num_heads,
                   num_encoder_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers,
                   vocab_size=cfg.vocab_size),

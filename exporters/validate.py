@@ -39,6 +39,7 @@ def run_ort(path: Path, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[n
 
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT CPU warns that TensorScatter copies instead of aliasing: expected here
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # do not starve torch of CPUs
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return names, sess.run(names, feeds)

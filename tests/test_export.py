@@ -1,0 +1,332 @@
+"""The exporter (issue 2): three ONNX graphs that compute what Hugging Face T5 computes.
+
+Every check runs the written graphs in ONNX Runtime (CPU) and compares with the real
+transformers model holding the same (random) weights: encoder output, HF's own cross-attention
+K/V cache, decoder logits step by step, and a greedy loop against `model.generate()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import torch
+
+from conftest import FAMILIES, SPIECE, make_t5
+from t5rt.exporters import io_spec, patches
+from t5rt.exporters.errors import ExportError, ExportValidationError
+from t5rt.exporters.options import ExportOptions, add_cli_arguments, options_from_args
+from t5rt.exporters.pipeline import export
+from t5rt.exporters.trace import trace_decoder_step
+from t5rt.exporters.validate import validate_graph, validation_inputs
+from t5rt.errors import InvalidOptionError
+from t5rt.manifest import load_manifest, sha256_file
+
+ort = pytest.importorskip("onnxruntime")
+
+STEPS = 48
+OPTS = dict(max_input_len=32, max_output_len=STEPS + 2)
+QUIET = lambda *a: None  # noqa: E731
+
+
+def session(path):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1  # tiny graphs; spinning ORT threads would starve torch on CI's 2 CPUs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def rel_err(got, want) -> float:
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+# -- shared exports (module scope: each (family, cache form) is exported once) ---------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cache = {}
+
+    def get(family: str, cache_update: str = "write", seed: int = 0):
+        key = (family, cache_update, seed)
+        if key not in cache:
+            model = make_t5(seed, **FAMILIES[family])
+            src = tmp_path_factory.mktemp("src")
+            model.save_pretrained(src)
+            out = tmp_path_factory.mktemp("out")
+            manifest = export(str(src), out, ExportOptions(cache_update=cache_update, **OPTS), log=QUIET)
+            cache[key] = (model, manifest, out)
+        return cache[key]
+
+    return get
+
+
+class OrtT5:
+    """The three graphs of an export, driven through the manifest's roles (as a runtime would)."""
+
+    def __init__(self, out_dir):
+        self.m = load_manifest(out_dir)
+        self.s = {g: session(self.m.graph_path(g)) for g in ("encoder", "cross_kv", "decoder_step")}
+        self.r = self.m.roles
+
+    def encode(self, ids, mask):
+        r = self.r["encoder"]
+        (hidden,) = self.s["encoder"].run([r["hidden"]], {r["input_ids"]: ids, r["attention_mask"]: mask})
+        r = self.r["cross_kv"]
+        outs = self.s["cross_kv"].run(r["cross_k"] + r["cross_v"], {r["hidden"]: hidden})
+        n = len(r["cross_k"])
+        return hidden, outs[:n], outs[n:]
+
+    def greedy(self, ids, mask, steps, forced=None, min_new_tokens=0):
+        """Greedy decoding with numpy caches; `forced` [B, n] teacher-forces tokens instead of argmax."""
+        r, d, st = self.r["decoder_step"], self.m.dims, self.m.special_tokens
+        _, ck, cv = self.encode(ids, mask)
+        B, T = ids.shape[0], steps + 1
+        sk = [np.zeros((B, d.num_heads, T, d.d_kv), np.float32) for _ in range(d.num_decoder_layers)]
+        sv = [np.zeros_like(x) for x in sk]
+        tok = np.full((B, 1), st.decoder_start_token_id, np.int64)
+        seq, all_logits = [tok], []
+        write = self.m.cache_update == "write"
+        outs_k = r["new_self_k"] if write else r["present_self_k"]
+        outs_v = r["new_self_v"] if write else r["present_self_v"]
+        for t in range(steps):
+            feeds = {r["input_ids"]: tok, r["position"]: np.full(B, t, np.int64), r["encoder_attention_mask"]: mask}
+            for names, arrays in ((r["cross_k"], ck), (r["cross_v"], cv), (r["self_k"], sk), (r["self_v"], sv)):
+                feeds.update(zip(names, arrays))
+            outs = self.s["decoder_step"].run([r["logits"]] + outs_k + outs_v, feeds)
+            logits, L = outs[0], d.num_decoder_layers
+            for l in range(L):
+                if write:  # the runtime writes row t of every cache
+                    sk[l][:, :, t:t + 1], sv[l][:, :, t:t + 1] = outs[1 + l], outs[1 + L + l]
+                else:  # present aliases the cache input
+                    sk[l], sv[l] = outs[1 + l], outs[1 + L + l]
+            all_logits.append(logits)
+            if forced is not None:
+                tok = forced[:, t + 1:t + 2]
+            else:
+                if t < min_new_tokens:
+                    logits = logits.copy()
+                    logits[:, st.eos_token_id] = -np.inf
+                tok = logits.argmax(-1)[:, None].astype(np.int64)
+            seq.append(tok)
+        return np.concatenate(seq, 1), np.stack(all_logits, 1), sk, sv
+
+
+def source_batch(vocab, lengths=(9, 5), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    S = max(lengths)
+    ids = torch.randint(2, vocab, (len(lengths), S), generator=g)
+    mask = torch.zeros(len(lengths), S, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+        ids[b, n:] = 0
+        ids[b, n - 1] = 1  # eos
+    return ids, mask
+
+
+# -- parity with Hugging Face ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_graphs_match_hf(exported, family):
+    model, manifest, out = exported(family)
+    rt = OrtT5(out)
+    ids, mask = source_batch(model.config.vocab_size)
+    prefix = torch.randint(2, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
+    prefix[:, 0] = model.config.decoder_start_token_id
+    with torch.no_grad():
+        hf = model(input_ids=ids, attention_mask=mask, decoder_input_ids=prefix, use_cache=True)
+    hidden, ck, cv = rt.encode(ids.numpy(), mask.numpy())
+    valid = mask.numpy().astype(bool)  # padded query rows are not used by anything downstream
+    assert rel_err(hidden[valid], hf.encoder_last_hidden_state.numpy()[valid]) < 1e-4
+    cross = hf.past_key_values.cross_attention_cache
+    self_cache = hf.past_key_values.self_attention_cache
+    for l in range(model.config.num_decoder_layers):
+        assert rel_err(ck[l], cross.layers[l].keys.numpy()) < 1e-4
+        assert rel_err(cv[l], cross.layers[l].values.numpy()) < 1e-4
+    n = prefix.shape[1]
+    _, logits, sk, sv = rt.greedy(ids.numpy(), mask.numpy(), n, forced=prefix.numpy())
+    for t in range(n):  # step t's logits vs HF's logits for the same prefix
+        assert rel_err(logits[:, t], hf.logits[:, t].numpy()) < 1e-4, f"step {t}"
+    for l in range(model.config.num_decoder_layers):
+        assert rel_err(sk[l][:, :, :n], self_cache.layers[l].keys.numpy()) < 1e-4
+        assert rel_err(sv[l][:, :, :n], self_cache.layers[l].values.numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("cache_update", ["write", "inplace"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_greedy_matches_generate(exported, family, cache_update):
+    model, manifest, out = exported(family, cache_update)
+    assert manifest.cache_update == cache_update
+    rt = OrtT5(out)
+    for lengths in ((7,), (9, 4)):  # one input; a padded batch of two
+        ids, mask = source_batch(model.config.vocab_size, lengths)
+        with torch.no_grad():
+            want = model.generate(input_ids=ids, attention_mask=mask, num_beams=1, do_sample=False,
+                                  max_new_tokens=STEPS, min_new_tokens=STEPS)
+        got, _, _, _ = rt.greedy(ids.numpy(), mask.numpy(), STEPS, min_new_tokens=STEPS)
+        np.testing.assert_array_equal(got, want.numpy(), err_msg=f"{family} {cache_update} batch {lengths}")
+
+
+# -- manifest, files, options ----------------------------------------------------------------------
+
+def test_manifest_round_trip_and_roles(exported):
+    model, manifest, out = exported("odd-dims", "inplace")
+    loaded = load_manifest(out)
+    assert loaded == manifest
+    assert loaded.dims.num_decoder_layers == 1 and loaded.dims.num_encoder_layers == 3
+    assert loaded.opset >= 24 and loaded.cache_update == "inplace"
+    for g, spec in loaded.graphs.items():
+        proto = onnx.load(str(out / spec.file))
+        assert [i.name for i in proto.graph.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in proto.graph.output] == [t.name for t in spec.outputs]
+        io_names = {t.name for t in spec.inputs} | {t.name for t in spec.outputs}
+        for role, names in loaded.roles[g].items():
+            for name in names if isinstance(names, list) else [names]:
+                assert name in io_names, f"{g} role {role} -> {name}"
+        for t in spec.outputs + spec.inputs:
+            dims = proto.graph.input if t in spec.inputs else proto.graph.output
+            vi = next(v for v in dims if v.name == t.name)
+            shape = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            assert shape == list(t.shape)
+    step = loaded.graphs["decoder_step"]
+    assert step.output("logits").dtype == "float32" and step.output("logits").shape == ("batch", 384)
+    assert step.output("present_self_k.0").shape == ("batch", 3, "cache_len", 12)
+    assert loaded.special_tokens.eos_token_id == 1
+
+
+def test_checksums(exported, t5_factory, tmp_path):
+    model, manifest, out = exported("t5-v1_0")
+    for spec in manifest.graphs.values():
+        assert spec.sha256 == sha256_file(out / spec.file)
+    assert manifest.source_checksum.startswith("sha256:")
+    # same weights -> same checksum; one changed weight -> another
+    _, src = t5_factory(0, **FAMILIES["t5-v1_0"])
+    again = export(str(src), tmp_path / "a", ExportOptions(validate=False, **OPTS), log=QUIET)
+    assert again.source_checksum == manifest.source_checksum
+    other, src2 = t5_factory(0, **FAMILIES["t5-v1_0"])
+    with torch.no_grad():
+        other.lm_head.weight[0, 0] += 1.0
+    other.save_pretrained(src2)
+    changed = export(str(src2), tmp_path / "b", ExportOptions(validate=False, **OPTS), log=QUIET)
+    assert changed.source_checksum != manifest.source_checksum
+
+
+def test_tokenizer_files_copied(t5_factory, tmp_path):
+    _, src = t5_factory(0, **FAMILIES["t5-v1_1"])
+    if SPIECE.is_file():
+        (src / "spiece.model").write_bytes(SPIECE.read_bytes())
+    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    m = export(str(src), tmp_path / "out", ExportOptions(validate=False, **OPTS), log=QUIET)
+    want = {"tokenizer_config.json", "generation_config.json"} | ({"spiece.model"} if SPIECE.is_file() else set())
+    assert set(m.tokenizer_files) == want
+    for f in want:
+        assert (tmp_path / "out" / f).read_bytes() == (src / f).read_bytes()
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_cli_options_and_no_validate(t5_factory, tmp_path):
+    p = argparse.ArgumentParser()
+    add_cli_arguments(p)
+    o = options_from_args(p.parse_args(["--no-validate", "--precision", "bf16", "--max-input-len", "64",
+                                        "--max-output-len", "40", "--cache-update", "inplace", "--opset", "18"]))
+    assert (o.validate, o.precision, o.max_input_len, o.max_output_len, o.cache_update, o.opset) == \
+        (False, "bf16", 64, 40, "inplace", 18)
+    assert o.graph_opset == 24 and options_from_args(p.parse_args([])) == ExportOptions()
+    with pytest.raises(InvalidOptionError, match="max_output_len"):
+        ExportOptions(max_output_len=0)
+    _, src = t5_factory(0, **FAMILIES["t5-v1_0"])
+    lines = []
+    export(str(src), tmp_path / "out", ExportOptions(validate=False, **OPTS), log=lines.append)
+    text = "\n".join(lines)
+    assert "validate: skipped" in text and "max abs" not in text
+    assert all(f"[{i}/5]" in text for i in range(1, 6))
+
+
+def test_options_module_is_torch_free():
+    code = "import sys, t5rt.exporters.options, t5rt; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(ExportError, match="config.json"):
+        export(str(tmp_path), tmp_path / "out", log=QUIET)
+    with pytest.raises(ExportError, match="not a model directory"):
+        export(str(tmp_path / "nope" / "x" / "y"), tmp_path / "out", log=QUIET)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# -- validation and external data ------------------------------------------------------------------
+
+def test_validation_failure_names_graph_and_output(tmp_path):
+    model = make_t5(0, **FAMILIES["t5-v1_1"])
+    module, proto = trace_decoder_step(model, 16, 1.0, opset=17)
+    path = tmp_path / "decoder_step.onnx"
+    onnx.save(proto, str(path))
+    names = [s.name for s in io_spec.decoder_step_io(model.config, "fp32", "write")[0]]
+    inputs = validation_inputs("decoder_step", model.config, 16, 16)
+    validate_graph("decoder_step", path, module, inputs, names, log=QUIET)  # as traced: passes
+    with torch.no_grad():
+        model.lm_head.weight[:5] += 0.5  # corrupt a weight after trace: only logits change
+    with pytest.raises(ExportValidationError, match="decoder_step.onnx output 'logits'") as e:
+        validate_graph("decoder_step", path, module, inputs, names, log=QUIET)
+    assert e.value.graph == "decoder_step" and e.value.output == "logits"
+
+
+def test_export_fails_loudly_and_writes_no_manifest(tmp_path, monkeypatch):
+    """A graph that disagrees with torch stops the export before manifest.json is written."""
+    model = make_t5(0, **FAMILIES["t5-v1_0"])
+    real = patches.fuse_bias_lookup
+
+    def broken(graph):  # corrupt the fused decoder bias table: wrong positions, wrong logits
+        graph = real(graph)
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Constant) and t.name.endswith("by_position") and "decoder" in t.name:
+                t.values = np.ascontiguousarray(t.values[::-1])
+        return graph
+
+    monkeypatch.setattr(patches, "fuse_bias_lookup", broken)
+    with pytest.raises(ExportValidationError) as e:
+        export(model, tmp_path / "out", ExportOptions(**OPTS), log=QUIET)
+    assert e.value.graph == "decoder_step"
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_external_data(tmp_path):
+    model = make_t5(0, **FAMILIES["t5-v1_1"])
+    m = export(model, tmp_path / "out", ExportOptions(external_data_threshold=0, **OPTS), log=QUIET)
+    for name, spec in m.graphs.items():
+        assert spec.external_data == f"{name}.onnx.data"
+        assert (tmp_path / "out" / spec.external_data).stat().st_size > 0
+    assert not list((tmp_path / "out").glob(".t5rt-export-*"))  # staging removed
+    rt = OrtT5(tmp_path / "out")
+    ids, mask = source_batch(model.config.vocab_size, (6,))
+    with torch.no_grad():
+        want = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8)
+    got, _, _, _ = rt.greedy(ids.numpy(), mask.numpy(), 8, min_new_tokens=8)
+    np.testing.assert_array_equal(got, want.numpy())
+
+
+# -- precision ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision_exports_pass_checker(tmp_path, precision):
+    model = make_t5(0, **FAMILIES["t5-v1_1"])
+    m = export(model, tmp_path, ExportOptions(precision=precision, cache_update="inplace", **OPTS), log=QUIET)
+    act = {"fp16": "float16", "bf16": "bfloat16"}[precision]
+    for name, spec in m.graphs.items():
+        path = tmp_path / spec.file
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(tmp_path / f"{name}.inferred.onnx"), strict_mode=True)
+        proto = onnx.load(str(path))
+        for vi, t in zip(list(proto.graph.input) + list(proto.graph.output), spec.inputs + spec.outputs):
+            assert onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name == t.dtype \
+                or t.dtype == "bfloat16" and vi.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+        assert {t.dtype for t in spec.inputs + spec.outputs if t.name not in
+                ("input_ids", "attention_mask", "position", "encoder_attention_mask", "logits")} == {act}
+    assert m.graphs["decoder_step"].output("logits").dtype == "float32"
