@@ -482,3 +482,64 @@ def test_tensorrt_builds_strongly_typed_engine_from_converted_encoder(precision,
         profile.set_shape(network.get_input(i).name, (1, 1), (B, S), (4, 32))
     config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# through the exporter pipeline (t5rt export --precision fp16|bf16)
+# ---------------------------------------------------------------------------------------------
+
+def _export(tmp_path, precision: str, cache_update: str):
+    pipeline = pytest.importorskip("t5rt.exporters.pipeline")
+    from t5rt.exporters.options import ExportOptions
+
+    model = _model("t5-v1_1")
+    out = tmp_path / f"{precision}-{cache_update}"
+    opts = ExportOptions(precision=precision, cache_update=cache_update, max_input_len=16, max_output_len=8,
+                         validate=False)
+    return model, out, pipeline.export(model, out, opts, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("precision,cache_update", [("fp16", "write"), ("bf16", "inplace")])
+def test_pipeline_export_low_precision_graphs_pass_checker_and_match_manifest(precision, cache_update, tmp_path):
+    _, out, manifest = _export(tmp_path, precision, cache_update)
+    assert manifest.precision == precision
+    names = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 9: "bool"}
+    for name, spec in manifest.graphs.items():
+        model = onnx.load(str(out / spec.file))
+        checked(model)
+        got = {t.name: names[t.type.tensor_type.elem_type] for t in [*model.graph.input, *model.graph.output]}
+        want = {t.name: t.dtype for t in [*spec.inputs, *spec.outputs]}
+        assert got == want, name
+        assert all(v in ("int64", "bool", manifest.act_dtype) or k == "logits" for k, v in got.items())
+    assert manifest.graphs["decoder_step"].output("logits").dtype == "float32"
+
+
+def test_pipeline_fp16_decoder_steps_match_hf(tmp_path):
+    """encoder -> cross_kv -> 3 decoder steps of the fp16 export vs HF fp32, teacher-forced on HF's greedy tokens."""
+    model, out, man = _export(tmp_path, "fp16", "write")
+    feeds = _inputs(model, "encoder")
+    with torch.no_grad():
+        hf = model.generate(input_ids=torch.from_numpy(feeds["input_ids"]),
+                            attention_mask=torch.from_numpy(feeds["attention_mask"]),
+                            max_new_tokens=3, min_new_tokens=3, do_sample=False, num_beams=1,
+                            output_logits=True, return_dict_in_generate=True)
+    sess = {g: ort.InferenceSession(str(out / man.graphs[g].file), providers=["CPUExecutionProvider"])
+            for g in man.graphs}
+    hidden = sess["encoder"].run(None, feeds)[0]
+    assert hidden.dtype == np.float16
+    cross = dict(zip([o.name for o in sess["cross_kv"].get_outputs()], sess["cross_kv"].run(None, {"hidden": hidden})))
+    r = man.roles["decoder_step"]
+    cfg = model.config
+    caches = {n: np.zeros((B, cfg.num_heads, 8, cfg.d_kv), np.float16) for n in [*r["self_k"], *r["self_v"]]}
+    tokens = hf.sequences.numpy()          # [B, 1 + 3]: start token, then HF's greedy choices
+    for t in range(3):
+        step_feeds = {r["input_ids"]: tokens[:, t:t + 1], r["position"]: np.full((B,), t, np.int64),
+                      r["encoder_attention_mask"]: feeds["attention_mask"], **cross, **caches}
+        outs = dict(zip([o.name for o in sess["decoder_step"].get_outputs()],
+                        sess["decoder_step"].run(None, step_feeds)))
+        logits = outs[r["logits"]]
+        assert logits.dtype == np.float32
+        assert rel_err(logits, hf.logits[t].numpy()) < 5e-2, (t, rel_err(logits, hf.logits[t].numpy()))
+        assert (logits.argmax(-1) == tokens[:, t + 1]).all()
+        for new, cache in zip([*r["new_self_k"], *r["new_self_v"]], [*r["self_k"], *r["self_v"]]):
+            caches[cache][:, :, t] = outs[new][:, :, 0]
