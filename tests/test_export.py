@@ -26,7 +26,7 @@ from t5rt.exporters.pipeline import export
 from t5rt.exporters.trace import trace_decoder_step
 from t5rt.exporters.validate import validate_graph, validation_inputs
 from t5rt.errors import InvalidOptionError
-from t5rt.manifest import load_manifest, sha256_file
+from t5rt.manifest import TensorSpec, load_manifest, sha256_file
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -330,3 +330,116 @@ def test_low_precision_exports_pass_checker(tmp_path, precision):
         assert {t.dtype for t in spec.inputs + spec.outputs if t.name not in
                 ("input_ids", "attention_mask", "position", "encoder_attention_mask", "logits")} == {act}
     assert m.graphs["decoder_step"].output("logits").dtype == "float32"
+
+
+# -- one test per graphsurgeon pass: same values before/after, the promised structure after --------
+
+@pytest.fixture(scope="module")
+def traced_step():
+    model = make_t5(0, **FAMILIES["odd-dims"])
+    module, proto = trace_decoder_step(model, 16, 1.0, opset=17)
+    inputs = validation_inputs("decoder_step", model.config, 16, 16, seed=2)
+    names = [s.name for s in io_spec.decoder_step_io(model.config, "fp32", "write")[0]]
+    feeds = {n: x.numpy() for n, x in zip(names, inputs)}
+    return model, proto, feeds
+
+
+def run_graph(graph: gs.Graph, feeds) -> dict[str, np.ndarray]:
+    model = gs.export_onnx(graph.copy())
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
+    sess = session_bytes(model.SerializeToString())
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})))
+
+
+def session_bytes(data: bytes):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def assert_same(a: dict, b: dict, names=None):
+    for n in names or a:
+        np.testing.assert_allclose(b[n], a[n], rtol=1e-5, atol=1e-5, err_msg=n)
+
+
+def test_patch_fold_constants(traced_step):
+    _, proto, feeds = traced_step
+    g = gs.import_onnx(proto)
+    g.nodes.append(gs.Node("Identity", inputs=[gs.Constant("dead_c", np.ones(3, np.float32))],
+                           outputs=[gs.Variable("dead", dtype=np.float32)]))  # nobody reads it
+    before = run_graph(g, feeds)
+    n_before = len(g.nodes)
+    g = patches.fold_constants(g)
+    assert len(g.nodes) < n_before
+    assert not any(n.op == "Identity" for n in g.nodes)
+    assert all(any(isinstance(i, gs.Variable) for i in n.inputs) for n in g.nodes if n.inputs), \
+        "a node with only constant inputs survived folding"
+    assert_same(before, run_graph(g, feeds))
+
+
+def test_patch_fuse_bias_lookup(traced_step):
+    _, proto, feeds = traced_step
+    g = patches.fold_constants(gs.import_onnx(proto))
+
+    def double_gathers(graph):
+        return [n for n in graph.nodes if n.op == "Gather" and isinstance(n.inputs[0], gs.Constant)
+                and n.inputs[1].inputs and n.inputs[1].inputs[0].op == "Gather"
+                and isinstance(n.inputs[1].inputs[0].inputs[0], gs.Constant)]
+
+    assert len(double_gathers(g)) == 1  # bucket table -> relative_attention_bias
+    before = run_graph(g, feeds)
+    g = patches.fuse_bias_lookup(g)
+    assert not double_gathers(g)
+    fused = [t for t in g.tensors().values() if t.name.endswith(".by_position")]
+    assert len(fused) == 1 and fused[0].values.shape == (16, 3)  # [max_output_len, H]
+    assert_same(before, run_graph(g, feeds))
+
+
+def test_patch_name_io(traced_step):
+    model, proto, feeds = traced_step
+    g = patches.fold_constants(gs.import_onnx(proto))
+    ins, outs = io_spec.decoder_step_io(model.config, "fp32", "write")
+    before = run_graph(g, feeds)
+    g = patches.name_io(g, ins, outs, "decoder_step")
+    assert [t.name for t in g.inputs] == [s.name for s in ins]
+    assert [t.name for t in g.outputs] == [s.name for s in outs]
+    assert g.outputs[0].shape == ["batch", model.config.vocab_size]
+    assert g.inputs[-1].shape == ["batch", 3, "cache_len", 12]
+    assert {n.name for n in g.nodes if n.op == "Where"} >= {"/decoder/block.0/cache_merge_k", "/decoder/block.0/cache_merge_v"}
+    assert_same(before, run_graph(g, feeds))
+    wrong = [*outs[:1], TensorSpec("k_new.0", outs[1].dtype, outs[1].shape), *outs[2:]]
+    with pytest.raises(ExportError, match=r"missing \['k_new.0'\]"):
+        patches.name_io(g, ins, wrong, "decoder_step")
+
+
+def test_patch_upgrade_opset(traced_step):
+    _, proto, feeds = traced_step
+    g = patches.fold_constants(gs.import_onnx(proto))
+    before = run_graph(g, feeds)
+    assert g.opset == 17 and all(len(n.inputs) == 1 for n in g.nodes if n.op == "ReduceMean")
+    g = patches.upgrade_opset(g, 24)
+    assert g.opset == 24 and all(len(n.inputs) == 2 for n in g.nodes if n.op == "ReduceMean")  # axes input
+    assert_same(before, run_graph(g, feeds))
+
+
+def test_patch_cache_update_inplace(traced_step):
+    model, proto, feeds = traced_step
+    ins, outs = io_spec.decoder_step_io(model.config, "fp32", "write")
+    g = patches.name_io(patches.fold_constants(gs.import_onnx(proto)), ins, outs)
+    with pytest.raises(ExportError, match="opset >= 24"):
+        patches.cache_update_inplace(g.copy(), ["self_k.0"], ["self_v.0"])
+    before = run_graph(g, feeds)
+    g = patches.cache_update_inplace(patches.upgrade_opset(g, 24), ["self_k.0"], ["self_v.0"])
+    scatters = [n for n in g.nodes if n.op == "TensorScatter"]
+    assert len(scatters) == 2 and not any(n.name.endswith(("cache_merge_k", "cache_merge_v")) for n in g.nodes)
+    assert all(n.attrs["axis"] == 2 and n.inputs[2].name == "position" for n in scatters)
+    assert [t.name for t in g.outputs] == ["logits", "present_self_k.0", "present_self_v.0"]
+    after = run_graph(g, feeds)
+    assert_same(before, after, ["logits"])
+    for kind in ("k", "v"):  # present = the cache with row `position` replaced by the new row
+        want = feeds[f"self_{kind}.0"].copy()
+        for b, t in enumerate(feeds["position"]):
+            want[b, :, t] = before[f"new_self_{kind}.0"][b, :, 0]
+        np.testing.assert_allclose(after[f"present_self_{kind}.0"], want, rtol=1e-5, atol=1e-6)
