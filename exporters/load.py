@@ -71,8 +71,11 @@ def resolve_directory(source: str, log=print) -> Path:
         from huggingface_hub import snapshot_download
 
         log(f"  downloading {source} from the Hugging Face hub")
-        return Path(snapshot_download(source, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
+        path = Path(snapshot_download(source, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
                                                               *TOKENIZER_FILES]))
+        if not any(p.name.endswith(".safetensors") for p in path.iterdir()):  # older repos: torch .bin only
+            path = Path(snapshot_download(source, allow_patterns=["pytorch_model*.bin", "pytorch_model.bin.index.json"]))
+        return path
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: all mean "cannot get it"
         raise ExportError(f"cannot download {source!r} from the hub ({type(e).__name__}: {e}); "
                           f"check the id and network, or pass a local save_pretrained directory") from None
