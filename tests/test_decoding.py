@@ -440,3 +440,27 @@ def test_decoding_does_not_import_torch():
     code = ("import sys; import t5rt.decoding, t5rt.decoding.ops, t5rt.decoding.rng; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- primitives and edge cases --------------------------------------------------------------------
+@pytest.mark.parametrize("m", [50, 5000])  # one-sort path and partition path
+def test_topk_sorted_with_ties_to_lower_index(m):
+    from t5rt.decoding import ops
+
+    rs = np.random.default_rng(m)
+    for trial in range(20):
+        x = rs.integers(-4, 4, (3, m)).astype(np.float32)  # many ties
+        x[:, rs.integers(0, m, 10)] = -np.inf
+        k = int(rs.integers(1, 9))
+        v, i = ops.topk(np, x, k)
+        want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(i, want)
+        np.testing.assert_array_equal(v, np.take_along_axis(x, want, -1))
+        vt, it = torch.topk(torch.from_numpy(x), k)  # same values as torch
+        np.testing.assert_array_equal(v, vt.numpy())
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(num_beams=3, num_return_sequences=2)])
+def test_one_new_token(model, batch, opts):
+    seqs, _, _ = assert_same_as_hf(model, *batch, 1, **opts)
+    assert all(len(s) == 1 for s in seqs)

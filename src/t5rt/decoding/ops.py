@@ -21,15 +21,6 @@ Array = Any  # numpy.ndarray | cupy.ndarray
 NEG_INF = float("-inf")
 
 
-def array_module(x: Array) -> Any:
-    """numpy for numpy arrays, cupy for cupy arrays (without importing cupy on CPU)."""
-    if isinstance(x, np.ndarray) or np.isscalar(x):
-        return np
-    import cupy  # noqa: PLC0415 - only reached with cupy arrays
-
-    return cupy.get_array_module(x)
-
-
 def _stable_kind(xp: Any) -> str | None:
     # cupy's sort is always stable and accepts only kind=None.
     return "stable" if xp is np else None
@@ -48,9 +39,24 @@ def argsort_asc(xp: Any, x: Array) -> Array:
 def topk(xp: Any, x: Array, k: int) -> tuple[Array, Array]:
     """(values, indices) of the k largest along the last axis, sorted descending, ties -> lower index.
 
-    x: [..., M] -> values [..., k] (x.dtype), indices [..., k] int64.
+    x: [N, M] -> values [N, k] (x.dtype), indices [N, k] int64. Small rows: one stable sort.
+    Large rows (the beam step's [B, nb*V]): select with a partition, then sort only k.
     """
-    idx = argsort_desc(xp, x)[..., :k].astype(xp.int64)  # [..., k]
+    m = x.shape[-1]
+    if m <= 8 * k or m <= 2048:
+        idx = argsort_desc(xp, x)[..., :k].astype(xp.int64)  # [N, k]
+        return xp.take_along_axis(x, idx, axis=-1), idx
+    thr = kth_largest(xp, x, k)  # [N, 1]
+    gt = x > thr  # [N, M]
+    eq = x == thr
+    room = k - gt.sum(axis=-1, keepdims=True)  # [N, 1] >= 1: how many ties at thr to take
+    chosen = gt | (eq & (xp.cumsum(eq, axis=-1) <= room))  # exactly k per row
+    slot = xp.where(chosen, xp.cumsum(chosen, axis=-1) - 1, k)  # [N, M]; k = spare slot
+    idx = xp.empty((x.shape[0], k + 1), dtype=xp.int64)
+    idx[row_ids(xp, x.shape[0]), slot] = xp.arange(m, dtype=xp.int64)[None, :]  # ascending index
+    idx = idx[:, :k]
+    order = argsort_desc(xp, xp.take_along_axis(x, idx, axis=-1))  # stable: ties keep index order
+    idx = xp.take_along_axis(idx, order, axis=-1)
     return xp.take_along_axis(x, idx, axis=-1), idx
 
 
