@@ -82,9 +82,14 @@ def _gpu_reason() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _trt_reason() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None and importlib.util.find_spec("tensorrt_rtx") is None:
-        return "TensorRT is not installed"
-    return _gpu_reason()
+    gpu = _gpu_reason()
+    if gpu:
+        return gpu
+    from t5rt.engines import trt_compat  # a stub-only `tensorrt` folder does not count
+
+    if trt_compat.pick_backend("cuda")[0] != "trt":
+        return trt_compat.pick_backend("cuda")[1]
+    return None
 
 
 def pytest_collection_modifyitems(config, items):

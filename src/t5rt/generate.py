@@ -79,6 +79,12 @@ class Runtime:
                     "pass input_ids, or re-export from a model directory that has spiece.model"
                 )
             rows = [self.tokenizer.encode(t) for t in texts]
+            vocab = self.manifest.dims.vocab_size
+            if any(tok >= vocab for r in rows for tok in r):
+                raise InvalidInputError(
+                    f"the export's tokenizer makes ids >= the model's vocab_size {vocab}: "
+                    "tokenizer files and model do not match; re-export from a consistent model directory"
+                )
             if attention_mask is not None:
                 raise InvalidInputError("attention_mask goes with input_ids, not with texts")
             masks = [[1] * len(r) for r in rows]

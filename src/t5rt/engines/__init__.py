@@ -7,7 +7,6 @@ of bound buffers) per bucket.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from ..errors import InvalidOptionError
@@ -25,10 +24,9 @@ def pick_backend(requested: str, device: Any) -> tuple[str, str]:
         return requested, "asked for"
     if not device.is_cuda:
         return "ort", "CPU device (TensorRT needs a GPU)"
-    has_trt = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
-    if has_trt:
-        return "trt", "TensorRT imports and a GPU is present"
-    return "ort", "TensorRT is not installed"
+    from . import trt_compat  # imports TensorRT lazily; rejects stub-only installs and unusable GPUs
+
+    return trt_compat.pick_backend("cuda")
 
 
 def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
@@ -40,7 +38,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
         for g in GRAPH_NAMES:
             sessions[g] = OrtSession(
                 m.graph_path(g), m.graphs[g], device,
-                cuda_graph=(g == "decoder_step" and options.cuda_graphs),
+                cuda_graph=options.cuda_graphs,  # one ORT CUDA graph per bucket, every graph
                 threads=options.threads,
                 tf32=options.tf32,
             )

@@ -141,8 +141,10 @@ class T5Runner:
         profile=True (CUDA) brackets the engine and the decoding work of every step with CUDA
         events, splitting device time into Timings.engine_s and Timings.decoding_s.
         """
-        slot = self.decoder_slot(enc, strategy.rows_per_input,
-                                 cache_bucket(max_new_tokens, self.m.max_output_len))
+        # a backend may fix the cache length (TensorRT's in-place KV layer wants a static one)
+        cache_len = getattr(self.sessions["decoder_step"], "static_cache_len", None) \
+            or cache_bucket(max_new_tokens, self.m.max_output_len)
+        slot = self.decoder_slot(enc, strategy.rows_per_input, cache_len)
         bufs, xp = slot.bufs, self.dev.xp
         engine = bufs.engine
         write_form = self.m.cache_update == "write"
