@@ -342,7 +342,7 @@ def convert_precision(graph: gs.Graph, precision: str, plan: PrecisionPlan | Non
         f_out = [t for t in node.outputs if t.name in is_f32]
         if not f_in and not f_out:
             continue
-        hot = any(t.name in tainted or (isinstance(t, gs.Constant) and t.values.size > 1) for t in f_in)
+        hot = any(t.name in tainted or (isinstance(t, gs.Constant) and int(np.prod(t.shape)) > 1) for t in f_in)
         if hot:
             tainted.update(t.name for t in f_out)
         compute[node.name] = low if hot and node.name not in plan.fp32_nodes else FLOAT
