@@ -464,3 +464,24 @@ def test_topk_sorted_with_ties_to_lower_index(m):
 def test_one_new_token(model, batch, opts):
     seqs, _, _ = assert_same_as_hf(model, *batch, 1, **opts)
     assert all(len(s) == 1 for s in seqs)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(repetition_penalty=1.3),
+                                  dict(num_beams=3, num_return_sequences=2, length_penalty=0.5),
+                                  dict(num_beams=2, no_repeat_ngram_size=2)])
+def test_token_scores_match_hf_transition_scores(model, batch, opts):
+    ids, mask = batch
+    T = 10
+    s = drive(model, ids, mask, config(max_new_tokens=T, output_scores=True, **opts), T)
+    seqs, _ = s.result()
+    out = hf_generate(model, ids, mask, T, **opts)
+    assert seqs == hf_sequences(out)
+    if "num_beams" in opts:
+        trans = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)
+    else:
+        trans = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    for n, (sq, ts) in enumerate(zip(seqs, s.token_scores())):
+        assert len(ts) == len(sq)
+        # logits of the full-prefix stepper and HF's cached decoder differ by ~1e-5 of +-64
+        np.testing.assert_allclose(ts, trans[n, : len(sq)].numpy(), rtol=1e-4, atol=5e-4)
+    assert strategy_for(config(max_new_tokens=T, **opts), 3, T).token_scores() is None

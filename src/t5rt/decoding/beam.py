@@ -71,6 +71,11 @@ class BeamSearchStrategy:
         self.fin_flag = xp.zeros((B, nb), dtype=xp.bool_)  # [B, nb]
         self.fin_len = xp.zeros((B, nb), dtype=xp.int64)  # [B, nb] generated tokens
         self.heuristic_unsat = xp.ones((B,), dtype=xp.bool_)  # [B]
+        self.output_scores = bool(config.output_scores)
+        if self.output_scores:  # per-token processed log-probs, carried like the sequences
+            self.token_logprob = xp.zeros((N, T + 1), dtype=xp.float32)  # [N, T+1]
+            self.fin_token_logprob = xp.zeros((B, nb, T + 1), dtype=xp.float32)  # [B, nb, T+1]
+        self.capturable = not self.pipeline.has_user_processors
         self.step_counter = xp.zeros((), dtype=xp.int64)
         self._done = xp.zeros((), dtype=xp.bool_)
         self.host_step = 0
@@ -108,7 +113,13 @@ class BeamSearchStrategy:
         hist = self.history.reshape(B, nb, T + 1)
         cand_seq = xp.take_along_axis(hist, _expand(xp, cand_beam, T + 1), axis=1)  # [B, K, T+1]
         col = xp.minimum(t + 1, T)
-        cand_seq = xp.where(self._cols == col, cand_tok[:, :, None], cand_seq)
+        at_col = self._cols == col  # [T+1]
+        cand_seq = xp.where(at_col, cand_tok[:, :, None], cand_seq)
+        if self.output_scores:
+            cand_lp = xp.take_along_axis(logp.reshape(B, nb * V), cand_idx, axis=1)  # [B, K]
+            cand_tlp = xp.take_along_axis(self.token_logprob.reshape(B, nb, T + 1),
+                                          _expand(xp, cand_beam, T + 1), axis=1)  # [B, K, T+1]
+            cand_tlp = xp.where(at_col, cand_lp[:, :, None], cand_tlp)
 
         # e. running beams for the next step
         run_score = cand_score + hits.astype(xp.float32) * _BIG  # [B, K]
@@ -117,6 +128,9 @@ class BeamSearchStrategy:
         new_parent = xp.take_along_axis(cand_beam, nxt, axis=1) + self._batch_base  # [B, nb]
         new_tokens = xp.take_along_axis(cand_tok, nxt, axis=1)  # [B, nb]
         new_hist = xp.take_along_axis(cand_seq, _expand(xp, nxt, T + 1), axis=1)  # [B, nb, T+1]
+
+        if self.output_scores:
+            new_tlp = xp.take_along_axis(cand_tlp, _expand(xp, nxt, T + 1), axis=1)  # [B, nb, T+1]
 
         # f. finished hypotheses
         gen_len = (t + 1).astype(xp.float64)
@@ -137,6 +151,9 @@ class BeamSearchStrategy:
         new_fin_flag = xp.take_along_axis(merged_flag, keep, axis=1)
         new_fin_len = xp.take_along_axis(merged_len, keep, axis=1)
         new_fin_seq = xp.take_along_axis(merged_seq, _expand(xp, keep, T + 1), axis=1)
+        if self.output_scores:
+            merged_tlp = xp.concatenate([self.fin_token_logprob, cand_tlp], axis=1)
+            new_fin_tlp = xp.take_along_axis(merged_tlp, _expand(xp, keep, T + 1), axis=1)
 
         # g. early-stop heuristic (HF evaluates it with cur_len already advanced: t+2)
         if self.early_stopping == "never" and lp > 0.0:
@@ -163,6 +180,9 @@ class BeamSearchStrategy:
         ops.assign_where(xp, self.fin_len, active, new_fin_len)
         ops.assign_where(xp, self.fin_seq, active, new_fin_seq)
         ops.assign_where(xp, self.heuristic_unsat, active, new_unsat)
+        if self.output_scores:
+            ops.assign_where(xp, self.token_logprob, active, new_tlp.reshape(self.rows, T + 1))
+            ops.assign_where(xp, self.fin_token_logprob, active, new_fin_tlp)
         self.step_counter += active.astype(xp.int64)
         xp.copyto(self._done, self._done | now_done)
         self.host_step += 1
@@ -180,3 +200,12 @@ class BeamSearchStrategy:
                 seqs.append(seq[b, j, 1 : 1 + int(length[b, j])].tolist())
                 scores.append(float(score[b, j]))
         return seqs, scores
+
+    def token_scores(self) -> list[list[float]] | None:
+        """Per returned sequence, each token's processed log-prob (config.output_scores):
+        HF's `compute_transition_scores(sequences, scores, beam_indices)`."""
+        if not self.output_scores:
+            return None
+        length, tlp = _to_host(self.fin_len), _to_host(self.fin_token_logprob)
+        return [tlp[b, j, 1 : 1 + int(length[b, j])].tolist()
+                for b in range(self.batch) for j in range(self.num_return_sequences)]

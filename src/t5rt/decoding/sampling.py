@@ -12,6 +12,8 @@ input b are b*r .. b*r+r-1. Per step t (the position of `tokens`):
 of log_softmax(processed scores)[token] — Hugging Face's
 `compute_transition_scores(..., normalize_logits=True)` summed.
 
+With config.output_scores, `token_scores()` also gives each token's log-prob (the summands).
+
 `step()` is static-shaped and sync-free; once `done()` it changes nothing (like HF's loop
 having stopped), so a runtime that checks `done()` only every few steps stays exact.
 """
@@ -51,6 +53,11 @@ class SamplingStrategy:
         self.tokens = xp.full((N,), decoder_start_token_id, dtype=xp.int64)  # [N]
         self.unfinished = xp.ones((N,), dtype=xp.bool_)  # [N]
         self.seq_logprob = xp.zeros((N,), dtype=xp.float32)  # [N]
+        self.output_scores = bool(config.output_scores)
+        if self.output_scores:  # col j+1 = log-prob of the token at history col j+1
+            self.token_logprob = xp.zeros((N, T + 1), dtype=xp.float32)  # [N, T+1]
+        # a CUDA graph may replay step() only when no user (host) processors run in it
+        self.capturable = not self.pipeline.has_user_processors
         self.step_counter = xp.zeros((), dtype=xp.int64)  # t
         self._done = xp.zeros((), dtype=xp.bool_)
         self.host_step = 0
@@ -77,7 +84,10 @@ class SamplingStrategy:
         ops.assign_where(xp, self.seq_logprob, live, self.seq_logprob + chosen)
         # history[:, t+1] = next (column clamped so a step after done stays in bounds)
         col = xp.minimum(t + 1, self.max_new_tokens)
-        ops.assign_where(xp, self.history, (self._cols == col) & active, nxt[:, None])
+        at_col = (self._cols == col) & active  # [1, T+1]
+        ops.assign_where(xp, self.history, at_col, nxt[:, None])
+        if self.output_scores:
+            ops.assign_where(xp, self.token_logprob, at_col & live[:, None], chosen[:, None])
         ops.assign_where(xp, self.tokens, active, nxt)
         at_max = t + 1 >= self.max_new_tokens
         ops.assign_where(xp, self.unfinished, active, self.unfinished & (nxt != self.eos) & ~at_max)
@@ -99,6 +109,15 @@ class SamplingStrategy:
             seqs.append(_cut_at_eos(hist[n, 1 : t + 1].tolist(), self.eos))
             scores.append(float(lp[n]))
         return seqs, scores
+
+
+    def token_scores(self) -> list[list[float]] | None:
+        """Per returned sequence, the log-prob of each of its tokens (config.output_scores)."""
+        if not self.output_scores:
+            return None
+        seqs, _ = self.result()
+        lp = _to_host(self.token_logprob)
+        return [lp[n, 1 : 1 + len(sq)].tolist() for n, sq in enumerate(seqs)]
 
 
 def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:

@@ -13,7 +13,9 @@ The runtime's loop (numpy on CPU, cupy on GPU; `step()` is CUDA-graph capturable
 
 Every strategy exposes: rows, rows_per_input, tokens [N], parent [N] | None, step_counter
 (0-d int64, t = position of `tokens`), history [N, T+1] (col 0 = decoder start),
-step(logits [N, V]), done() -> 0-d bool, result() -> (list[list[int]], list[float]).
+step(logits [N, V]), done() -> 0-d bool, result() -> (list[list[int]], list[float]),
+token_scores() -> per-token log-probs of each returned sequence (config.output_scores) | None,
+capturable: False when user logits processors (host code) run inside step(): run eagerly.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ class Strategy(Protocol):
     parent: Array | None
     step_counter: Array
     history: Array
+    capturable: bool
 
     def step(self, logits: Array) -> None: ...
 
     def done(self) -> Array: ...
 
     def result(self) -> tuple[list[list[int]], list[float]]: ...
+
+    def token_scores(self) -> list[list[float]] | None: ...
 
 
 def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
