@@ -169,6 +169,26 @@ def save_graph(graph: gs.Graph, path: Path, external_data_threshold: int) -> str
     return data
 
 
+def special_tokens(model: Any) -> tuple[int, int, int]:
+    """(pad, eos, decoder_start) as HF generate() resolves them: generation_config first, then config."""
+    gen, cfg = getattr(model, "generation_config", None), model.config
+
+    def pick(name: str) -> Any:
+        for source in (gen, cfg):
+            v = getattr(source, name, None) if source is not None else None
+            if v is not None:
+                return v[0] if isinstance(v, (list, tuple)) else v
+        return None
+
+    pad, eos = pick("pad_token_id"), pick("eos_token_id")
+    start = pick("decoder_start_token_id")
+    start = pad if start is None else start
+    if pad is None or eos is None or start is None:
+        raise ExportError(f"the model config lacks special tokens (pad {pad}, eos {eos}, decoder_start {start}); "
+                          f"set them in config.json or generation_config.json")
+    return int(pad), int(eos), int(start)
+
+
 def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], options: ExportOptions,
                 staging: Path, out: Path, log: Log) -> Manifest:
     cfg = loaded.config
@@ -186,8 +206,7 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
         copied.append(f.name)
     if copied:
         log(f"  copied {', '.join(copied)}")
-    eos = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, (list, tuple)) else cfg.eos_token_id
-    start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.pad_token_id
+    pad, eos, start = special_tokens(loaded.model)
     manifest = Manifest(
         exporter_version=__version__, source=loaded.source, source_checksum=loaded.checksum,
         model_type=cfg.model_type, config=json.loads(cfg.to_json_string(use_diff=False)),
@@ -196,8 +215,7 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
                   vocab_size=cfg.vocab_size),
         precision=options.precision, max_input_len=options.max_input_len, max_output_len=options.max_output_len,
         cache_update=options.cache_update, opset=options.graph_opset,
-        special_tokens=SpecialTokens(pad_token_id=int(cfg.pad_token_id), eos_token_id=int(eos),
-                                     decoder_start_token_id=int(start)),
+        special_tokens=SpecialTokens(pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=start),
         graphs=graphs, roles=io_spec.roles(cfg, options.cache_update), tokenizer_files=tuple(copied),
         directory=out)
     manifest.validate()

@@ -443,3 +443,18 @@ def test_patch_cache_update_inplace(traced_step):
         for b, t in enumerate(feeds["position"]):
             want[b, :, t] = before[f"new_self_{kind}.0"][b, :, 0]
         np.testing.assert_allclose(after[f"present_self_{kind}.0"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_special_tokens_follow_generate():
+    """decoder_start falls back like HF generate(): generation_config, then config, then pad."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from conftest import TINY
+    from t5rt.exporters.pipeline import special_tokens
+
+    kw = {k: v for k, v in TINY.items() if k != "decoder_start_token_id"}
+    model = T5ForConditionalGeneration(T5Config(**kw))
+    pad, eos, start = special_tokens(model)
+    assert (pad, eos) == (0, 1) and start == (model.generation_config.decoder_start_token_id or 0)
+    model.generation_config.decoder_start_token_id = 5
+    assert special_tokens(model)[2] == 5
