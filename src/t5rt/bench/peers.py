@@ -48,6 +48,7 @@ class HFEager(System):
     _model: Any = field(default=None, repr=False)
     _torch: Any = field(default=None, repr=False)
     _start_id: int = 0
+    _mem_base: int = 0  # torch bytes allocated before this model was loaded (other torch peers)
 
     def setup(self) -> None:
         torch = _require("torch", "Hugging Face peers")
@@ -56,6 +57,9 @@ class HFEager(System):
         if self.device == "cuda" and not torch.cuda.is_available():
             raise Unavailable("torch has no CUDA device (a CPU-only torch build?)")
         dtype = getattr(torch, TORCH_DTYPES[self.precision])
+        if self.device == "cuda":
+            self._mem_base = int(torch.cuda.memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
         model = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir), dtype=dtype)
         self._model = model.to(self.device).eval()
         self._start_id = int(model.config.decoder_start_token_id or 0)
@@ -94,11 +98,10 @@ class HFEager(System):
             self._torch.cuda.synchronize()
 
     def torch_peak_bytes(self) -> int | None:
+        """Peak torch allocation since setup, less what other torch peers held before it."""
         if self.device != "cuda" or self._torch is None:
             return None
-        peak = int(self._torch.cuda.max_memory_allocated())
-        self._torch.cuda.reset_peak_memory_stats()
-        return peak
+        return max(int(self._torch.cuda.max_memory_allocated()) - self._mem_base, 0)
 
     def release_caches(self) -> None:
         if self.device == "cuda" and self._torch is not None:

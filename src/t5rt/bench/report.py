@@ -56,7 +56,8 @@ def format_table(result: BenchResult) -> str:
 def format_header(result: BenchResult) -> str:
     m, o = result.machine, result.options
     where = m.get("gpu") if m.get("device") == "cuda" else f"{m.get('cpu')} ({m.get('cpu_count')} CPUs)"
-    return (f"t5rt bench: model {o.get('model_label')} | device {m.get('device')} ({where}) | "
+    load = f", load {m.get('loadavg_start')}->{m.get('loadavg_end')}" if m.get("loadavg_start") is not None else ""
+    return (f"t5rt bench: model {o.get('model_label')} | device {m.get('device')} ({where}{load}) | "
             f"src {o.get('src_len')} tokens, forced new tokens, {o.get('runs')} timed runs after "
             f"{o.get('warmup')} warm-up (+1 priming), round-robin; speedup = HF eager fp32 p50 / p50")
 

@@ -55,7 +55,8 @@ class BenchResult:
 
 def describe_machine(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "device": device}
+                            "cpu_count": os.cpu_count(), "cpu": _cpu_name(), "device": device,
+                            "loadavg_start": loadavg()}
     if device == "cuda":
         try:
             import cupy
@@ -66,6 +67,14 @@ def describe_machine(device: str) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - description only
             info["gpu"] = f"unknown ({type(e).__name__})"
     return info
+
+
+def loadavg() -> float | None:
+    """1-minute load average: on a shared machine, how many other runnable processes competed."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _cpu_name() -> str:

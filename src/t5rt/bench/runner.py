@@ -22,7 +22,7 @@ from ..errors import InvalidOptionError
 from .options import BenchOptions
 from .peers import CTranslate2, HFEager, OptimumORT
 from .presets import materialize, resolve_model
-from .results import BenchResult, Row, describe_machine
+from .results import BenchResult, Row, describe_machine, loadavg
 from .systems import RunOutput, System, Unavailable, Workload, agreement, make_workload, one_line
 from .t5rt_system import T5rtSystem, exporter_version
 from .timing import Stats, device_memory_used, round_robin
@@ -141,7 +141,6 @@ def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
                 continue
             alive.append(s)
             result.systems[_label(s)] = dict(s.extra)
-            s.torch_peak_bytes()  # reset torch's peak counter
             for w in workloads:
                 t = tracks[(_label(s), w.key)] = _Track()
                 try:
@@ -184,6 +183,7 @@ def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
             s.close()
 
     result.rows = _rows(systems, workloads, tracks, precision)
+    result.machine["loadavg_end"] = loadavg()
     return result
 
 

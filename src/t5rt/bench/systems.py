@@ -78,7 +78,7 @@ class System:
         """Wait for the device work this system queued (no-op on CPU)."""
 
     def torch_peak_bytes(self) -> int | None:
-        """torch.cuda.max_memory_allocated since the last call (torch peers only)."""
+        """Peak torch.cuda allocation of this system since its setup (torch peers only)."""
         return None
 
     def release_caches(self) -> None:

@@ -46,7 +46,7 @@ def export_model(model_dir: Path, out_dir: Path, precision: str, max_input_len: 
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"[bench] exporting {model_dir} ({precision}) -> {out_dir}")
     export(str(model_dir), str(tmp), ExportOptions(precision=precision, max_input_len=max_input_len,
-                                                   max_output_len=max_output_len))
+                                                   max_output_len=max_output_len), log=log)
     tmp.rename(out_dir)
     return out_dir
 
