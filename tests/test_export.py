@@ -35,12 +35,12 @@ OPTS = dict(max_input_len=32, max_output_len=STEPS + 2)
 QUIET = lambda *a: None  # noqa: E731
 
 
-def session(path):
+def session(path, providers=("CPUExecutionProvider",)):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = 1  # tiny graphs; spinning ORT threads would starve torch on CI's 2 CPUs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=list(providers))
 
 
 def rel_err(got, want) -> float:
@@ -70,9 +70,9 @@ def exported(tmp_path_factory):
 class OrtT5:
     """The three graphs of an export, driven through the manifest's roles (as a runtime would)."""
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, providers=("CPUExecutionProvider",)):
         self.m = load_manifest(out_dir)
-        self.s = {g: session(self.m.graph_path(g)) for g in ("encoder", "cross_kv", "decoder_step")}
+        self.s = {g: session(self.m.graph_path(g), providers) for g in ("encoder", "cross_kv", "decoder_step")}
         self.r = self.m.roles
 
     def encode(self, ids, mask):
@@ -88,7 +88,8 @@ class OrtT5:
         r, d, st = self.r["decoder_step"], self.m.dims, self.m.special_tokens
         _, ck, cv = self.encode(ids, mask)
         B, T = ids.shape[0], steps + 1
-        sk = [np.zeros((B, d.num_heads, T, d.d_kv), np.float32) for _ in range(d.num_decoder_layers)]
+        act = {"fp32": np.float32, "fp16": np.float16}[self.m.precision]
+        sk = [np.zeros((B, d.num_heads, T, d.d_kv), act) for _ in range(d.num_decoder_layers)]
         sv = [np.zeros_like(x) for x in sk]
         tok = np.full((B, 1), st.decoder_start_token_id, np.int64)
         seq, all_logits = [tok], []
@@ -458,3 +459,34 @@ def test_special_tokens_follow_generate():
     assert (pad, eos) == (0, 1) and start == (model.generation_config.decoder_start_token_id or 0)
     model.generation_config.decoder_start_token_id = 5
     assert special_tokens(model)[2] == 5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache_update", ["write", "inplace"])
+def test_fp16_export_on_cuda_follows_fp32(tmp_path, cache_update):
+    """On the GPU (ORT CUDA EP): the fp16 export's logits stay close to the fp32 export's, step by step."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    model = make_t5(0, **FAMILIES["t5-v1_1"])
+    for precision in ("fp32", "fp16"):
+        export(model, tmp_path / precision, ExportOptions(precision=precision, cache_update=cache_update, **OPTS),
+               log=QUIET)
+    ids, mask = source_batch(model.config.vocab_size, (9, 4))
+    ref = OrtT5(tmp_path / "fp32")
+    lo = OrtT5(tmp_path / "fp16", providers=("CUDAExecutionProvider",))
+    assert lo.s["decoder_step"].get_providers()[0] == "CUDAExecutionProvider"
+    tokens, ref_logits, _, _ = ref.greedy(ids.numpy(), mask.numpy(), 16, min_new_tokens=16)
+    _, lo_logits, _, _ = lo.greedy(ids.numpy(), mask.numpy(), 16, forced=tokens)
+    assert lo_logits.dtype == np.float32
+    assert rel_err(lo_logits, ref_logits) < 2e-2
+
+
+@pytest.mark.gpu
+def test_bf16_export_loads_on_cuda(tmp_path):
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    model = make_t5(0, **FAMILIES["t5-v1_1"])
+    export(model, tmp_path, ExportOptions(precision="bf16", cache_update="inplace", **OPTS), log=QUIET)
+    rt = OrtT5(tmp_path, providers=("CUDAExecutionProvider",))
+    for s in rt.s.values():
+        assert s.get_providers()[0] == "CUDAExecutionProvider"
