@@ -102,7 +102,7 @@ class BeamSearchStrategy:
         acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
         if self.do_sample:
             u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]
-            cand_score, cand_idx = rng.gumbel_topk(xp, acc, u, K)  # [B, K]
+            cand_score, cand_idx = ops.gumbel_topk(xp, acc, u, K)  # [B, K]
         else:
             cand_score, cand_idx = ops.topk(xp, acc, K)  # [B, K]
         cand_beam = cand_idx // V  # [B, K]

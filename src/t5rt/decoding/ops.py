@@ -115,3 +115,25 @@ def gather_rows(xp: Any, x: Array, idx: Array) -> Array:
 def assign_where(xp: Any, dst: Array, cond: Array, new: Array) -> None:
     """dst[...] = where(cond, new, dst) in place: a masked state update with a static shape."""
     xp.copyto(dst, xp.where(cond, new, dst))
+
+
+def sample_from_probs(xp: Any, probs: Array, u: Array) -> Array:
+    """One token per row by inverse CDF: the first index whose cumulative probability exceeds u * total.
+
+    probs: [N, V] (non-negative, need not be normalised), u: [N] in (0, 1) -> [N] int64.
+    """
+    cdf = xp.cumsum(probs.astype(xp.float64), axis=-1)  # [N, V]
+    target = u[:, None] * cdf[:, -1:]  # [N, 1]
+    idx = (cdf <= target).sum(axis=-1).astype(xp.int64)  # [N]
+    return xp.minimum(idx, probs.shape[-1] - 1)
+
+
+def gumbel_topk(xp: Any, logp: Array, u: Array, k: int) -> tuple[Array, Array]:
+    """k indices per row drawn without replacement from softmax(logp), in draw order.
+
+    logp: [N, M] float32 (log-weights, -inf = impossible), u: [N, M] uniforms.
+    Returns (logp at the drawn indices [N, k], indices [N, k] int64).
+    """
+    keys = logp.astype(xp.float64) - xp.log(-xp.log(u))  # [N, M]
+    _, idx = topk(xp, keys, k)
+    return xp.take_along_axis(logp, idx, axis=-1), idx

@@ -9,11 +9,11 @@ Nothing here keeps hidden state: a uniform is a pure function of (seed, step, ro
 so the step can be read from the device step counter inside a CUDA graph, the same seed gives
 the same numbers on CPU and GPU, and rows/steps never share a stream.
 
-Sampling methods (documented choice):
-- One token per row (`sample_inverse_cdf`): inverse CDF with ONE uniform per row (col = 0)
+Sampling methods (documented choice; the samplers are in ops.py, kernel seams):
+- One token per row (`ops.sample_from_probs`): inverse CDF with ONE uniform per row (col = 0)
   over the probabilities in vocabulary index order: the token is the first index whose
   cumulative probability (float64) exceeds u * total. Tokens of probability 0 are never drawn.
-- k distinct candidates per row without replacement (beam sampling, `gumbel_topk`):
+- k distinct candidates per row without replacement (beam sampling, `ops.gumbel_topk`):
   Gumbel-top-k with one uniform per (row, col): keys = logp - log(-log(u)); the k largest keys
   in descending order are distributed exactly like k successive draws without replacement
   (what `torch.multinomial(..., replacement=False)` does), in draw order.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .ops import Array, topk
+from .ops import Array
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _ROW_MUL = np.uint64(0xBF58476D1CE4E5B9)
@@ -67,28 +67,6 @@ def uniform(xp: Any, seed: Array, step: Array, rows: Array, cols: Array | None =
         x = x.reshape(-1)  # [N]
     z = splitmix64(xp, x)
     return ((z >> _S11).astype(xp.float64) + 0.5) * (2.0**-53)
-
-
-def sample_inverse_cdf(xp: Any, probs: Array, u: Array) -> Array:
-    """One token per row: the first index whose cumulative probability exceeds u * total.
-
-    probs: [N, V] (non-negative, need not be normalised), u: [N] in (0, 1) -> [N] int64.
-    """
-    cdf = xp.cumsum(probs.astype(xp.float64), axis=-1)  # [N, V]
-    target = u[:, None] * cdf[:, -1:]  # [N, 1]
-    idx = (cdf <= target).sum(axis=-1).astype(xp.int64)  # [N]
-    return xp.minimum(idx, probs.shape[-1] - 1)
-
-
-def gumbel_topk(xp: Any, logp: Array, u: Array, k: int) -> tuple[Array, Array]:
-    """k indices per row drawn without replacement from softmax(logp), in draw order.
-
-    logp: [N, M] float32 (log-weights, -inf = impossible), u: [N, M] uniforms.
-    Returns (logp at the drawn indices [N, k], indices [N, k] int64).
-    """
-    keys = logp.astype(xp.float64) - xp.log(-xp.log(u))  # [N, M]
-    _, idx = topk(xp, keys, k)
-    return xp.take_along_axis(logp, idx, axis=-1), idx
 
 
 def seed_array(xp: Any, seed: int) -> Array:

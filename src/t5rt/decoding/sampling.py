@@ -75,7 +75,7 @@ class SamplingStrategy:
         logp = ops.log_softmax(xp, scores)  # [N, V]
         if self.do_sample:
             u = rng.uniform(xp, self._seed, t, self._row_idx)  # [N]
-            nxt = rng.sample_inverse_cdf(xp, xp.exp(logp), u)  # [N]
+            nxt = ops.sample_from_probs(xp, xp.exp(logp), u)  # [N]
         else:
             nxt = ops.argmax(xp, scores)  # [N]
         nxt = xp.where(self.unfinished, nxt, self.pad)
