@@ -6,8 +6,9 @@ reads), so a strategy's `step()` built from them can be captured in a CUDA graph
 the seams where a fused CUDA kernel (kernels/) can replace the generic code: keep the
 signatures and the tie rules documented here.
 
-Tie rule (matches `torch.topk`/`argmax` on the cases Hugging Face relies on): among equal
-values the lower index comes first.
+Tie rule: among equal values the lower index comes first (deterministic, the same on numpy
+and cupy; `argmax` agrees with torch). `torch.topk` leaves its tie order unspecified; in beam
+search exact ties only arise among the -1e9 placeholder entries, which never reach the output.
 """
 
 from __future__ import annotations
