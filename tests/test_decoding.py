@@ -487,3 +487,37 @@ def test_token_scores_match_hf_transition_scores(model, batch, opts):
         # logits of the full-prefix stepper and HF's cached decoder differ by ~1e-5 of +-64
         np.testing.assert_allclose(ts, trans[n, : len(sq)].numpy(), rtol=1e-4, atol=5e-4)
     assert strategy_for(config(max_new_tokens=T, **opts), 3, T).token_scores() is None
+
+
+def test_capture_safe_primitives_equal_sort_based():
+    """The sort-free code cupy runs (CUDA-graph capturable) equals the numpy sort-based code."""
+    from t5rt.decoding import ops
+
+    rs = np.random.default_rng(5)
+    for trial in range(60):
+        n, m = int(rs.integers(1, 5)), int(rs.integers(3, 3000))
+        k = int(min(m - 2, rs.integers(1, 10)))
+        x = rs.integers(-4, 4, (n, m)).astype(np.float32) if trial % 2 else \
+            (rs.standard_normal((n, m)) * 30).astype(np.float32)
+        if trial % 3 == 0:
+            x[:, rs.integers(0, m, 5)] = -np.inf
+        v1, i1 = ops.topk(np, x, k)
+        v2, i2 = ops.topk_capture_safe(np, x, k)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(v1, v2)
+        np.testing.assert_array_equal(ops.kth_largest_key_capture_safe(np, x, k),
+                                      ops.sortable_key(np, ops.kth_largest(np, x, k)))
+        for min_keep in (1, 2):
+            for top_p in (0.3, 0.8, 0.95):
+                cut = float(np.float32(1 - top_p))
+                a = ops.top_p_drop_mask(np, x, cut, min_keep)
+                b = ops.top_p_drop_mask_capture_safe(np, x, cut, min_keep)
+                # float32 cumsum (HF) vs float64 sums: only tokens sitting on the cut may differ
+                order = np.argsort(x, axis=-1, kind="stable")
+                cum = np.empty_like(x)
+                np.put_along_axis(cum, order, np.cumsum(ops.softmax(np, np.take_along_axis(x, order, -1)), -1), -1)
+                assert (np.abs(cum[a != b] - cut) < 1e-5).all(), (trial, min_keep, top_p)
+                assert (a != b).sum() <= n
+    x = np.array([[-np.inf, -3.5, -0.0, 0.0, 1e-30, 2.0, np.inf]], dtype=np.float32)
+    key = ops.sortable_key(np, x)
+    assert (np.diff(key[0]) >= 0).all() and key.min() >= 0 and key.max() < 2**32

@@ -6,6 +6,12 @@ reads), so a strategy's `step()` built from them can be captured in a CUDA graph
 the seams where a fused CUDA kernel (kernels/) can replace the generic code: keep the
 signatures and the tie rules documented here.
 
+Two implementations where it matters: numpy gets sort/partition-based code (fast on CPU);
+other array modules (cupy) get sort-free code built from elementwise ops, reductions, argmax
+and scatters, because cupy's sort/argsort synchronise the stream (cupy issue #9126) and so
+cannot be captured in a CUDA graph. `*_capture_safe` functions are that second path; tests
+run them on numpy against the first.
+
 Tie rule: among equal values the lower index comes first (deterministic, the same on numpy
 and cupy; `argmax` agrees with torch). `torch.topk` leaves its tie order unspecified; in beam
 search exact ties only arise among the -1e9 placeholder entries, which never reach the output.
@@ -37,12 +43,91 @@ def argsort_asc(xp: Any, x: Array) -> Array:
     return xp.argsort(x, axis=-1, kind=_stable_kind(xp))
 
 
+def sortable_key(xp: Any, x: Array) -> Array:
+    """float32 -> int64 in [0, 2**32) with the same order as the floats (-inf lowest)."""
+    b = x.astype(xp.float32, copy=False).view(xp.int32)
+    s = xp.where(b >= 0, b, b ^ xp.int32(0x7FFFFFFF))  # negative floats: flip magnitude bits
+    return s.astype(xp.int64) + (1 << 31)
+
+
+def topk_capture_safe(xp: Any, x: Array, k: int) -> tuple[Array, Array]:
+    """topk without sorting: k rounds of argmax over unique int64 keys (value, then lower index;
+    value key in the high 33 bits, 2**31-1 - index in the low 31, so M < 2**31).
+
+    x: [N, M] -> values [N, k], indices [N, k] int64; the same result as `topk`.
+    """
+    n, m = x.shape
+    key = (sortable_key(xp, x) << 31) | (xp.int64(0x7FFFFFFF) - xp.arange(m, dtype=xp.int64))  # [N, M]
+    rows = xp.arange(n, dtype=xp.int64)
+    idx = xp.empty((n, k), dtype=xp.int64)
+    for j in range(k):  # static loop: k is a config constant
+        best = xp.argmax(key, axis=-1).astype(xp.int64)  # [N]
+        idx[:, j] = best
+        key[rows, best] = -1  # taken
+    return xp.take_along_axis(x, idx, axis=-1), idx
+
+
+def kth_largest_key_capture_safe(xp: Any, x: Array, k: int) -> Array:
+    """sortable_key of the k-th largest value per row by a 32-step radix search: [N, M] -> [N, 1]."""
+    key = sortable_key(xp, x)  # [N, M]
+    tau = xp.zeros((x.shape[0], 1), dtype=xp.int64)
+    for bit in range(31, -1, -1):
+        cand = tau | (1 << bit)
+        tau = xp.where((key >= cand).sum(axis=-1, keepdims=True) >= k, cand, tau)
+    return tau
+
+
+def top_p_drop_mask(xp: Any, scores: Array, cut: float, min_keep: int) -> Array:
+    """HF TopP's removal mask: ascending-sorted tokens whose cumulative probability <= cut,
+    except the last `min_keep`. scores [N, V] -> bool [N, V]."""
+    order = argsort_asc(xp, scores)  # [N, V]
+    cum = xp.cumsum(softmax(xp, xp.take_along_axis(scores, order, axis=-1)), axis=-1)
+    drop_sorted = cum <= cut  # [N, V] in sorted order
+    drop_sorted[:, -min_keep:] = False
+    drop = xp.empty_like(drop_sorted)
+    drop[row_ids(xp, scores.shape[0]), order] = drop_sorted  # back to vocab order
+    return drop
+
+
+def top_p_drop_mask_capture_safe(xp: Any, scores: Array, cut: float, min_keep: int) -> Array:
+    """`top_p_drop_mask` without sorting (equal up to float rounding of the cumulative sums).
+
+    Dropped tokens form a prefix of the ascending (value, index) order. A 32-step radix search
+    finds the largest value key kappa whose mass of tokens with key <= kappa is <= cut (those
+    are all dropped); in the next group of equal values, token i (r-th by index) is dropped
+    while mass + r * p <= cut; the top `min_keep` tokens (value, then higher index) are kept.
+    """
+    n, v = scores.shape
+    p = softmax(xp, scores).astype(xp.float64)  # [N, V]
+    key = sortable_key(xp, scores)  # [N, V]
+    kappa = xp.zeros((n, 1), dtype=xp.int64)
+    for bit in range(31, -1, -1):
+        cand = kappa | (1 << bit)
+        mass = xp.where(key <= cand, p, 0.0).sum(axis=-1, keepdims=True)
+        kappa = xp.where(mass <= cut, cand, kappa)
+    below = key <= kappa  # [N, V] whole groups dropped
+    mass = xp.where(below, p, 0.0).sum(axis=-1, keepdims=True)  # [N, 1]
+    nxt = xp.where(below, xp.int64(1 << 33), key).min(axis=-1, keepdims=True)  # next group's key
+    group = key == nxt  # [N, V]
+    rank = xp.cumsum(group, axis=-1)  # 1-based within the group, by index
+    drop = below | (group & (mass + rank * p <= cut))
+    keep_key = (key << 31) | xp.arange(v, dtype=xp.int64)  # ties: higher index is "later"
+    rows = xp.arange(n, dtype=xp.int64)
+    for _ in range(min_keep):
+        best = xp.argmax(keep_key, axis=-1)
+        drop[rows, best] = False
+        keep_key[rows, best] = -1
+    return drop
+
+
 def topk(xp: Any, x: Array, k: int) -> tuple[Array, Array]:
     """(values, indices) of the k largest along the last axis, sorted descending, ties -> lower index.
 
     x: [N, M] -> values [N, k] (x.dtype), indices [N, k] int64. Small rows: one stable sort.
     Large rows (the beam step's [B, nb*V]): select with a partition, then sort only k.
     """
+    if xp is not np:
+        return topk_capture_safe(xp, x, k)
     m = x.shape[-1]
     if m <= 8 * k or m <= 2048:
         idx = argsort_desc(xp, x)[..., :k].astype(xp.int64)  # [N, k]

@@ -138,8 +138,11 @@ class TopK:
 
     def __call__(self, history: Array, scores: Array, t: Array) -> Array:
         xp = self.xp
-        thr = ops.kth_largest(xp, scores, self.k)  # [N, 1]
-        return xp.where(scores < thr, xp.float32(NEG_INF), scores)
+        if xp is np:
+            thr = ops.kth_largest(xp, scores, self.k)  # [N, 1]
+            return xp.where(scores < thr, xp.float32(NEG_INF), scores)
+        thr_key = ops.kth_largest_key_capture_safe(xp, scores, self.k)  # [N, 1]
+        return xp.where(ops.sortable_key(xp, scores) < thr_key, xp.float32(NEG_INF), scores)
 
 
 class TopP:
@@ -147,17 +150,12 @@ class TopP:
 
     def __init__(self, xp: Any, top_p: float, min_keep: int, rows: int):
         self.xp, self.min_keep = xp, min_keep
-        self.cut = np.float32(1.0 - top_p)
-        self.rows = ops.row_ids(xp, rows)
+        self.cut = np.float32(1.0 - top_p)  # HF compares float32 cumsums with 1 - top_p
 
     def __call__(self, history: Array, scores: Array, t: Array) -> Array:
         xp = self.xp
-        order = ops.argsort_asc(xp, scores)  # [N, V]
-        cum = xp.cumsum(ops.softmax(xp, xp.take_along_axis(scores, order, axis=-1)), axis=-1)
-        drop_sorted = cum <= self.cut  # [N, V] in sorted order
-        drop_sorted[:, -self.min_keep:] = False
-        drop = xp.empty_like(drop_sorted)
-        ops.scatter_rows(xp, drop, order, drop_sorted, self.rows)  # back to vocab order
+        mask_fn = ops.top_p_drop_mask if xp is np else ops.top_p_drop_mask_capture_safe
+        drop = mask_fn(xp, scores, float(self.cut), self.min_keep)
         return xp.where(drop, xp.float32(NEG_INF), scores)
 
 
