@@ -16,6 +16,11 @@ Every strategy exposes: rows, rows_per_input, tokens [N], parent [N] | None, ste
 step(logits [N, V]), done() -> 0-d bool, result() -> (list[list[int]], list[float]),
 token_scores() -> per-token log-probs of each returned sequence (config.output_scores) | None,
 capturable: False when user logits processors (host code) run inside step(): run eagerly.
+
+step() is sync-free and static-shaped: state buffers are allocated in __init__ and updated in
+place; the step counter lives on the device; on cupy no sort is used (ops.*_capture_safe), so
+it can be captured in a CUDA graph (temporaries come from the capturing allocator). Once done()
+is true, step() changes nothing (parent = identity), so checking done() every few steps is exact.
 """
 
 from __future__ import annotations
