@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-cuda-graphs", action="store_true")
+    ap.add_argument("--ort-ops", action="store_true", help="print op counts of ORT's optimized CUDA graphs")
     args = ap.parse_args()
 
     import torch
@@ -59,7 +61,20 @@ def main() -> int:
                                                          opset=24 if args.cache_update == "inplace" else 17,
                                                          validate=False), log=lambda *a, **k: None)
     print(f"export {time.perf_counter() - t0:.1f}s", flush=True)
-    rt = t5rt.load(tmp / "exp", backend="ort", device="cuda", profile=True)
+    if args.ort_ops:
+        import collections
+
+        import onnx
+        import onnxruntime as ort
+
+        for g in ("encoder", "cross_kv", "decoder_step"):
+            so = ort.SessionOptions()
+            so.optimized_model_filepath = str(tmp / f"{g}.opt.onnx")
+            ort.InferenceSession(str(tmp / "exp" / f"{g}.onnx"), so, providers=["CUDAExecutionProvider"])
+            mm = onnx.load(str(tmp / f"{g}.opt.onnx"), load_external_data=False)
+            c = collections.Counter(n.op_type for n in mm.graph.node)
+            print(f"ORT-optimized {g}: {len(mm.graph.node)} nodes {dict(c.most_common())}", flush=True)
+    rt = t5rt.load(tmp / "exp", backend="ort", device="cuda", profile=True, cuda_graphs=not args.no_cuda_graphs)
     rng = np.random.default_rng(0)
     ids = rng.integers(2, 32000, (args.batch, args.src_len)).astype(np.int64)
     mask = np.ones_like(ids)
