@@ -132,15 +132,16 @@ def topk(xp: Any, x: Array, k: int) -> tuple[Array, Array]:
     if m <= 8 * k or m <= 2048:
         idx = argsort_desc(xp, x)[..., :k].astype(xp.int64)  # [N, k]
         return xp.take_along_axis(x, idx, axis=-1), idx
+    # numpy only from here (host code may branch on data): exactly k chosen per row
     thr = kth_largest(xp, x, k)  # [N, 1]
     gt = x > thr  # [N, M]
     eq = x == thr
     room = k - gt.sum(axis=-1, keepdims=True)  # [N, 1] >= 1: how many ties at thr to take
-    chosen = gt | (eq & (xp.cumsum(eq, axis=-1) <= room))  # exactly k per row
-    slot = xp.where(chosen, xp.cumsum(chosen, axis=-1) - 1, k)  # [N, M]; k = spare slot
-    idx = xp.empty((x.shape[0], k + 1), dtype=xp.int64)
-    idx[row_ids(xp, x.shape[0]), slot] = xp.arange(m, dtype=xp.int64)[None, :]  # ascending index
-    idx = idx[:, :k]
+    if (eq.sum(axis=-1, keepdims=True) == room).all():
+        chosen = gt | eq
+    else:  # ties at the threshold: the lowest indices win
+        chosen = gt | (eq & (xp.cumsum(eq, axis=-1) <= room))
+    idx = xp.nonzero(chosen)[1].reshape(x.shape[0], k).astype(xp.int64)  # ascending index
     order = argsort_desc(xp, xp.take_along_axis(x, idx, axis=-1))  # stable: ties keep index order
     idx = xp.take_along_axis(idx, order, axis=-1)
     return xp.take_along_axis(x, idx, axis=-1), idx
