@@ -521,3 +521,21 @@ def test_capture_safe_primitives_equal_sort_based():
     x = np.array([[-np.inf, -3.5, -0.0, 0.0, 1e-30, 2.0, np.inf]], dtype=np.float32)
     key = ops.sortable_key(np, x)
     assert (np.diff(key[0]) >= 0).all() and key.min() >= 0 and key.max() < 2**32
+
+
+def test_first_input_gives_each_chunk_its_own_stream():
+    """Rows 3..5 of a 6-row request sampled as a second chunk (offset 3) = rows 3..5 sampled together."""
+    rs = np.random.default_rng(1)
+    logits = (rs.standard_normal((12, V)) * 2).astype(np.float32)  # 6 inputs x 2 samples
+
+    def sample(lg, offset):
+        s = make_strategy(np, config(do_sample=True, seed=5, top_k=0, max_new_tokens=3,
+                                     num_return_sequences=2), batch=lg.shape[0] // 2,
+                          vocab_size=V, max_new_tokens=3, pad_token_id=PAD, eos_token_id=EOS,
+                          decoder_start_token_id=START, first_input=offset)
+        s.step(lg)
+        return s.tokens.copy()
+
+    whole = sample(logits, 0)
+    np.testing.assert_array_equal(sample(logits[6:], 3), whole[6:])
+    assert (sample(logits[6:], 0) != whole[6:]).any()

@@ -44,7 +44,7 @@ class BeamSearchStrategy:
 
     def __init__(self, xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
                  max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                 decoder_start_token_id: int):
+                 decoder_start_token_id: int, first_input: int = 0):
         self.xp, self.config = xp, config
         nb = config.num_beams
         self.batch, self.num_beams, self.rows_per_input, self.rows = batch, nb, nb, batch * nb
@@ -87,7 +87,7 @@ class BeamSearchStrategy:
         self._flat_idx = xp.arange(nb * V, dtype=xp.int64)  # [nb*V] (sampling keys)
         self.seed = config.seed if config.seed is not None else rng.fresh_seed()
         self._seed = rng.seed_array(xp, self.seed)
-        self._batch_rows = xp.arange(B, dtype=xp.int64)
+        self._batch_rows = xp.arange(B, dtype=xp.int64) + first_input  # RNG stream per input
 
     # --- one step -------------------------------------------------------------------------
     def step(self, logits: Array) -> None:

@@ -37,7 +37,7 @@ class SamplingStrategy:
 
     def __init__(self, xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
                  max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                 decoder_start_token_id: int):
+                 decoder_start_token_id: int, first_input: int = 0):
         self.xp, self.config = xp, config
         self.do_sample = config.do_sample
         r = config.num_return_sequences if config.do_sample else 1
@@ -63,7 +63,7 @@ class SamplingStrategy:
         self.host_step = 0
         # constants
         self._cols = xp.arange(T + 1, dtype=xp.int64)[None, :]  # [1, T+1]
-        self._row_idx = xp.arange(N, dtype=xp.int64)  # [N]
+        self._row_idx = xp.arange(N, dtype=xp.int64) + first_input * r  # [N] RNG stream per row
         self.seed = config.seed if config.seed is not None else rng.fresh_seed()
         self._seed = rng.seed_array(xp, self.seed)  # [1] uint64
 

@@ -54,8 +54,12 @@ class Strategy(Protocol):
 
 def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
                   max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                  decoder_start_token_id: int) -> Strategy:
-    """Greedy / sampling / beam search / beam sampling for `config` on array module `xp`."""
+                  decoder_start_token_id: int, first_input: int = 0) -> Strategy:
+    """Greedy / sampling / beam search / beam sampling for `config` on array module `xp`.
+
+    first_input: the request-wide index of this batch's first input; the RNG (sampling only)
+    is keyed on request-wide rows, so a request split into chunks samples exactly as one batch.
+    """
     config.validate(vocab_size=vocab_size)
     if not isinstance(batch, int) or batch < 1:
         raise InvalidOptionError(f"batch={batch!r} is invalid: must be an integer >= 1")
@@ -66,7 +70,7 @@ def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: 
                                  f"2 * num_beams candidates, more than vocab_size={vocab_size}")
     kw = dict(batch=batch, vocab_size=vocab_size, max_new_tokens=max_new_tokens,
               pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-              decoder_start_token_id=decoder_start_token_id)
+              decoder_start_token_id=decoder_start_token_id, first_input=first_input)
     if config.num_beams > 1:
         return BeamSearchStrategy(xp, config, **kw)
     return SamplingStrategy(xp, config, **kw)
