@@ -211,6 +211,7 @@ class OptimumORT(System):
     python: str = ""  # interpreter that has optimum-onnx; "" = this one
     log_path: Path | None = None
     _proc: Any = field(default=None, repr=False)
+    _log: Any = field(default=None, repr=False)
     _start_id: int = 0
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -227,11 +228,13 @@ class OptimumORT(System):
 
     def setup(self) -> None:
         python = self.python or os.environ.get(OPTIMUM_PYTHON_ENV) or sys.executable
-        log = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(self.log_path, "a") if self.log_path else None  # noqa: SIM115
         try:
             self._proc = subprocess.Popen([python, str(WORKER)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=log, text=True)
+                                          stdout=subprocess.PIPE, text=True,
+                                          stderr=self._log or subprocess.DEVNULL)
         except OSError as e:
+            self.close()
             raise Unavailable(f"cannot start optimum worker with {python}: {one_line(e)}") from None
         self._start_id = int(json.loads((self.model_dir / "config.json").read_text())
                              .get("decoder_start_token_id") or 0)
@@ -264,3 +267,6 @@ class OptimumORT(System):
             except Exception:  # noqa: BLE001 - a stuck worker is killed below
                 self._proc.kill()
             self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
