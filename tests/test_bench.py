@@ -159,7 +159,7 @@ def test_systems_ran_and_match_hf_tokens(tiny_run):
     # fp32 with the same weights: t5rt must be token-identical to HF (greedy and beam)
     for r in by["t5rt"]:
         assert r["status"] == "ok", r["reason"]
-        assert r["agreement"] == 1.0 and r["encode_ms"] > 0 and r["step_ms"] > 0
+        assert r["agreement"] == 1.0 and r["encode_ms"] > 0 and r["step_ms"] > 0 and r["host_step_ms"] > 0
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["new_tokens"] / (r["p50_ms"] / 1e3))
     for name, present in (("ct2", HAS_CT2), ("optimum", bool(OPTIMUM_PY))):
         for r in by[name]:

@@ -23,6 +23,7 @@ class Row:
     runs: int = 0
     encode_ms: float | None = None  # median encoder latency (HF: encoder called alone)
     step_ms: float | None = None  # median decoder-step latency (HF: derived, see README)
+    host_step_ms: float | None = None  # t5rt: host time to issue one step (JSON/CSV only)
     p50_ms: float | None = None  # full generate() latency
     p90_ms: float | None = None
     mean_ms: float | None = None

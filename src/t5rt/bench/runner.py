@@ -86,6 +86,7 @@ class _Track:
     seconds: list[float] = dataclasses.field(default_factory=list)
     encode: list[float] = dataclasses.field(default_factory=list)
     step: list[float] = dataclasses.field(default_factory=list)
+    host_step: list[float] = dataclasses.field(default_factory=list)
     sequences: list[list[int]] | None = None
     mem_bytes: int | None = None
 
@@ -95,6 +96,8 @@ class _Track:
             self.encode.append(out.encode_s)
         if out.step_s is not None:
             self.step.append(out.step_s)
+        if out.host_step_s is not None:
+            self.host_step.append(out.host_step_s)
 
 
 def _label(s: System) -> str:
@@ -207,6 +210,7 @@ def _rows(systems: list[System], workloads: list[Workload], tracks: dict, precis
                 row.tokens_per_s = w.batch * w.new_tokens / st.p50
                 row.encode_ms = Stats.of(t.encode).p50 * 1e3 if t.encode else None
                 row.step_ms = Stats.of(t.step).p50 * 1e3 if t.step else None
+                row.host_step_ms = Stats.of(t.host_step).p50 * 1e3 if t.host_step else None
                 row.speedup_vs_hf_fp32 = base32 / st.p50 if base32 else None
                 same = base_same if s.precision == precision else (base32 if s.precision == "fp32" else None)
                 row.speedup_vs_hf_same = same / st.p50 if same else None

@@ -56,6 +56,7 @@ class RunOutput:
     sequences: list[list[int]]  # [B][new_tokens] generated ids (decoder start token removed)
     encode_s: float | None = None  # encoder (and cross K/V) time, where the system reports it
     step_s: float | None = None  # mean decoder-step time, where the system reports it
+    host_step_s: float | None = None  # t5rt: host time issuing one step (launch cost)
 
 
 @dataclass

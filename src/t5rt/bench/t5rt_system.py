@@ -81,7 +81,14 @@ class T5rtSystem(System):
 
             self._xp_sync = cupy.cuda.Device().synchronize
         self.extra = {"t5rt": t5rt.__version__, "backend": getattr(self._rt, "backend", self.backend),
+                      "backend_reason": str(getattr(self._rt, "backend_reason", "")),
                       "export": str(self.export_dir)}
+        try:
+            import onnxruntime
+
+            self.extra["onnxruntime"] = onnxruntime.__version__
+        except ImportError:
+            pass
         self.note = f"backend {self.extra['backend']}"
 
     def run(self, w: Workload) -> RunOutput:
@@ -93,8 +100,10 @@ class T5rtSystem(System):
         step_s = float(t["decode_s"]) / steps if steps and t.get("decode_s") is not None else None
         enc = t.get("encode_s")
         seqs = [list(map(int, s)) for s in out.sequences]
+        host = t.get("host_s")
         return RunOutput(seconds, strip_start(seqs, w.new_tokens, self._start_id),
-                         encode_s=float(enc) if enc is not None else None, step_s=step_s)
+                         encode_s=float(enc) if enc is not None else None, step_s=step_s,
+                         host_step_s=float(host) / steps if steps and host is not None else None)
 
     def sync(self) -> None:
         if self._xp_sync is not None:
