@@ -199,3 +199,35 @@ def test_tiny_run_on_gpu_has_memory_and_parity(tmp_path):
             assert t.speedup_vs_hf_fp32 == pytest.approx(h.p50_ms / t.p50_ms)
             c = rows[("hf-compile", b, k)]  # runs or says why (DESIGN.md §7: it failed on the H100)
             assert c.status == "ok" or c.reason
+
+
+def test_round_robin_rotates_and_drops_failures():
+    seen: list[tuple[str, int]] = []
+
+    def step(name, i):
+        seen.append((name, i))
+        return not (name == "b" and i == 1)
+
+    from t5rt.bench.timing import round_robin
+
+    round_robin(["a", "b", "c"], 3, step)
+    assert [n for n, i in seen if i == 0] == ["a", "b", "c"]
+    assert [n for n, i in seen if i == 1] == ["b", "c", "a"]  # rotated; b fails here
+    assert [n for n, i in seen if i == 2] == ["a", "c"]  # b left out afterwards
+
+
+def test_ct2_vocabulary_made_injective(tmp_path):
+    from t5rt.bench.peers import ct2_vocabulary, make_vocabulary_injective
+
+    (tmp_path / "shared_vocabulary.json").write_text(json.dumps(["<pad>", "</s>", "a", "<x>", "<x>", "a"]))
+    make_vocabulary_injective(tmp_path)
+    v = ct2_vocabulary(tmp_path)
+    assert len(v) == 6 and len(set(v)) == 6 and v[:4] == ["<pad>", "</s>", "a", "<x>"]
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-m", "t5rt.bench", "--model", "no-such-org/no-such-t5",
+                        "--device", "cpu", "--cache-dir", str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "is not a preset" in p.stderr and "Traceback" not in p.stderr

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidOptionError
+
 # Shared by every T5-family config below (t5-small's config.json).
 _COMMON: dict[str, Any] = dict(
     vocab_size=32128, relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -102,7 +104,13 @@ def materialize(source: ModelSource, hf_dir: Path, log=print) -> Path:
         log(f"[bench] loading {source.name} from the hub -> {hf_dir}")
         from transformers import AutoModelForSeq2SeqLM
 
-        model = AutoModelForSeq2SeqLM.from_pretrained(source.name).eval()
+        try:
+            model = AutoModelForSeq2SeqLM.from_pretrained(source.name).eval()
+        except Exception as e:  # noqa: BLE001 - offline, unknown id, not a seq2seq model...
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            raise InvalidOptionError(
+                f"--model {source.name!r} is not a preset ({', '.join(PRESETS)}), not a local "
+                f"directory, and could not be loaded from the hub ({type(e).__name__}: {msg})") from None
     model.save_pretrained(tmp)
     if source.kind == "hub":
         try:

@@ -53,14 +53,18 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, ob
 
 
 def round_robin(names: Sequence[str], rounds: int, step: Callable[[str, int], bool]) -> None:
-    """Call step(name, round) for `rounds` rounds, each round visiting every name in order.
+    """Call step(name, round) for `rounds` rounds, each round visiting every name once.
 
-    A name whose step returned False (it failed; the caller recorded why) is left out of the
-    rounds after it; the others carry on.
+    The order rotates by one each round, so no system always runs first (right after another
+    system's allocations) or last. A name whose step returned False (it failed; the caller
+    recorded why) is left out of the rounds after it; the others carry on.
     """
     alive = list(names)
     for i in range(rounds):
-        for name in list(alive):
+        if not alive:
+            return
+        k = i % len(alive)
+        for name in alive[k:] + alive[:k]:
             if not step(name, i):
                 alive.remove(name)
 
