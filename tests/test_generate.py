@@ -222,3 +222,19 @@ def test_generate_works_with_torch_unimportable(v11):
     import json
 
     assert json.loads(res.stdout.strip().splitlines()[-1]) == ref
+
+
+def test_output_scores_and_beam_sampling(v11, rt_v11):
+    model, _ = v11
+    ids, mask = _inputs(10, lens=(6, 9))
+    out = rt_v11.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, output_scores=True)
+    _, hf = _hf(model, ids, mask, max_new_tokens=12, num_beams=1)
+    ref = model.compute_transition_scores(hf.sequences, hf.scores, normalize_logits=True).numpy()
+    for i, (seq, tok) in enumerate(zip(out.sequences, out.token_scores)):
+        assert len(tok) == len(seq)
+        np.testing.assert_allclose(tok, ref[i, : len(seq)], rtol=1e-4, atol=1e-4)
+        assert abs(sum(tok) - out.scores[i]) < 1e-3
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=True, num_beams=3,
+              num_return_sequences=2)
+    a = rt_v11.generate(seed=7, **kw).sequences
+    assert len(a) == 4 and a == rt_v11.generate(seed=7, **kw).sequences

@@ -34,6 +34,7 @@ class GenerateOutput:
     sequences: list[list[int]]
     scores: list[float] | None = None
     texts: list[str] | None = None
+    token_scores: list[list[float]] | None = None  # output_scores=True: log-prob of each token
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -143,15 +144,13 @@ class Runtime:
         cfg = GenerationConfig.from_options(config or self.generation_config, **options)
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
-        if cfg.do_sample and cfg.num_beams > 1:
-            raise InvalidOptionError("do_sample=True with num_beams > 1 (beam sampling) is not supported; "
-                                     "use one of them")
         ids, mask = self._inputs(texts, input_ids, attention_mask)
         max_new = cfg.max_new_tokens or m.max_output_len
         from .decoding import make_strategy
 
         sequences: list[list[int]] = []
         scores: list[float] = []
+        token_scores: list[list[float]] = []
         agg: dict[str, float] = {}
         step = self.options.max_batch
         for lo in range(0, ids.shape[0], step):
@@ -159,9 +158,10 @@ class Runtime:
             # trim the chunk's padding to its own longest input
             s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
             chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
-            seqs, scs = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy)
+            seqs, scs, tok = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo)
             sequences += seqs
             scores += scs
+            token_scores += tok or []
             for k, v in self.runner.timings.as_dict().items():
                 if not k.endswith("step_s"):
                     agg[k] = agg.get(k, 0.0) + v
@@ -172,21 +172,24 @@ class Runtime:
         texts_out = None
         if self.tokenizer is not None:
             texts_out = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
-        return GenerateOutput(sequences=sequences, scores=scores, texts=texts_out, timings=dict(agg))
+        return GenerateOutput(sequences=sequences, scores=scores, texts=texts_out,
+                              token_scores=token_scores if cfg.output_scores else None, timings=dict(agg))
 
     def _generate_chunk(self, ids: np.ndarray, mask: np.ndarray, cfg: GenerationConfig, max_new: int,
-                        make_strategy: Any) -> tuple[list[list[int]], list[float]]:
+                        make_strategy: Any, first_input: int) -> tuple[list[list[int]], list[float], Any]:
         st = self.manifest.special_tokens
         strategy = make_strategy(
             self.device.xp, cfg, batch=ids.shape[0], vocab_size=self.manifest.dims.vocab_size,
             max_new_tokens=max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
             decoder_start_token_id=st.decoder_start_token_id,
+            first_input=first_input,  # a chunked request samples exactly like one batch
         )
         enc = self.runner.encode(ids, mask)
-        eager = bool(cfg.logits_processors)  # user hooks run Python per step: no CUDA graph
+        eager = not strategy.capturable  # user hooks run Python per step: no CUDA graph
         self.runner.decode(enc, strategy, max_new, eager=eager, profile=self.options.profile)
         seqs, scores = strategy.result()
-        return [list(map(int, s)) for s in seqs], [float(x) for x in scores]
+        tok = strategy.token_scores() if cfg.output_scores else None
+        return [list(map(int, s)) for s in seqs], [float(x) for x in scores], tok
 
 
 def _load_tokenizer(m: Manifest) -> Any:
