@@ -120,8 +120,9 @@ def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
     max_input_len = max(512, opts.src_len)
     max_output_len = max(256, max(opts.new_tokens) + 1)
 
+    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731 - "1,1,8" measures 1 once
     workloads = [make_workload(b, k, opts.src_len, n, vocab, opts.seed)
-                 for k in opts.beams for b in opts.batch_sizes for n in opts.new_tokens]
+                 for k in uniq(opts.beams) for b in uniq(opts.batch_sizes) for n in uniq(opts.new_tokens)]
     systems = build_systems(opts, device, precision, hf_dir, cache, max_input_len, max_output_len, log)
     tracks: dict[tuple[str, tuple], _Track] = {}
     alive: list[System] = []
@@ -129,58 +130,12 @@ def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
     result = BenchResult(machine=machine, options=_options_json(opts, device, precision, source.label))
 
     try:
-        # -- phase 2: setup + priming, one system at a time (its memory window) ------------
-        for s in systems:
-            before = device_memory_used(device)
-            log(f"[bench] setting up {_label(s)}")
-            try:
-                s.setup()
-            except Exception as e:  # noqa: BLE001 - any failure is reported, never fatal
-                reason = one_line(e)
-                log(f"[bench] {_label(s)} unavailable: {reason}")
-                for w in workloads:
-                    tracks[(_label(s), w.key)] = _Track(status="unavailable", reason=reason)
-                s.close()
-                continue
-            alive.append(s)
-            result.systems[_label(s)] = dict(s.extra)
-            for w in workloads:
-                t = tracks[(_label(s), w.key)] = _Track()
-                try:
-                    out = s.run(w)
-                    t.sequences = out.sequences
-                except Exception as e:  # noqa: BLE001
-                    t.status, t.reason = "failed", one_line(e)
-                    log(f"[bench] {_label(s)} failed on {w.key}: {t.reason}")
-                    continue
-                after = device_memory_used(device)
-                torch_peak = s.torch_peak_bytes()
-                if torch_peak is not None:
-                    t.mem_bytes = torch_peak
-                elif before is not None and after is not None:
-                    t.mem_bytes = max(after - before, 0)
-            s.release_caches()
-
-        # -- phase 3: timed, round-robin per case ----------------------------------------
-        by_label = {_label(s): s for s in alive}
-        for w in workloads:
-            names = [n for n in by_label if tracks[(n, w.key)].status == "ok"]
-            log(f"[bench] batch {w.batch} beams {w.beams} new {w.new_tokens}: "
-                f"{opts.warmup}+{opts.runs} rounds of {', '.join(names)}")
-
-            def step(name: str, i: int, w: Workload = w) -> bool:
-                t = tracks[(name, w.key)]
-                try:
-                    out = by_label[name].run(w)
-                except Exception as e:  # noqa: BLE001
-                    t.status, t.reason = "failed", one_line(e)
-                    log(f"[bench] {name} failed on {w.key}: {t.reason}")
-                    return False
-                if i >= opts.warmup:
-                    t.add(out)
-                return True
-
-            round_robin(names, opts.warmup + opts.runs, step)
+        for s in systems:  # phase 2: one system at a time (its memory window)
+            if _setup_and_prime(s, workloads, device, tracks, log):
+                alive.append(s)
+                result.systems[_label(s)] = dict(s.extra)
+        for w in workloads:  # phase 3
+            _time_case(w, alive, tracks, opts.warmup, opts.runs, log)
     finally:
         for s in systems:
             s.close()
@@ -190,10 +145,64 @@ def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
     return result
 
 
+def _setup_and_prime(s: System, workloads: list[Workload], device: str,
+                     tracks: dict[tuple[str, tuple], _Track], log: Log) -> bool:
+    """Set `s` up and run each case once (untimed), reading its device memory; False: unavailable."""
+    before = device_memory_used(device)
+    log(f"[bench] setting up {_label(s)}")
+    try:
+        s.setup()
+    except Exception as e:  # noqa: BLE001 - any failure is reported, never fatal
+        reason = one_line(e)
+        log(f"[bench] {_label(s)} unavailable: {reason}")
+        for w in workloads:
+            tracks[(_label(s), w.key)] = _Track(status="unavailable", reason=reason)
+        s.close()
+        return False
+    for w in workloads:
+        t = tracks[(_label(s), w.key)] = _Track()
+        try:
+            t.sequences = s.run(w).sequences
+        except Exception as e:  # noqa: BLE001
+            t.status, t.reason = "failed", one_line(e)
+            log(f"[bench] {_label(s)} failed on {w.key}: {t.reason}")
+            continue
+        after = device_memory_used(device)
+        torch_peak = s.torch_peak_bytes()
+        if torch_peak is not None:
+            t.mem_bytes = torch_peak
+        elif before is not None and after is not None:
+            t.mem_bytes = max(after - before, 0)
+    s.release_caches()
+    return True
+
+
+def _time_case(w: Workload, systems: list[System], tracks: dict[tuple[str, tuple], _Track],
+               warmup: int, runs: int, log: Log) -> None:
+    """`warmup` untimed then `runs` timed round-robin rounds of case `w` over the systems."""
+    by_label = {_label(s): s for s in systems if tracks[(_label(s), w.key)].status == "ok"}
+    log(f"[bench] batch {w.batch} beams {w.beams} new {w.new_tokens}: "
+        f"{warmup}+{runs} rounds of {', '.join(by_label)}")
+
+    def step(name: str, i: int) -> bool:
+        t = tracks[(name, w.key)]
+        try:
+            out = by_label[name].run(w)
+        except Exception as e:  # noqa: BLE001
+            t.status, t.reason = "failed", one_line(e)
+            log(f"[bench] {name} failed on {w.key}: {t.reason}")
+            return False
+        if i >= warmup:
+            t.add(out)
+        return True
+
+    round_robin(list(by_label), warmup + runs, step)
+
+
 def _rows(systems: list[System], workloads: list[Workload], tracks: dict, precision: str) -> list[Row]:
     rows: list[Row] = []
     for w in workloads:
-        hf32 = tracks.get((f"hf@fp32", w.key))
+        hf32 = tracks.get(("hf@fp32", w.key))
         hf_same = tracks.get((f"hf@{precision}", w.key))
         base32 = Stats.of(hf32.seconds).p50 if hf32 and hf32.status == "ok" and hf32.seconds else None
         base_same = Stats.of(hf_same.seconds).p50 if hf_same and hf_same.status == "ok" and hf_same.seconds else None
