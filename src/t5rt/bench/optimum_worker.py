@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 STATE: dict = {}
 
@@ -78,6 +79,9 @@ def run(input_ids, attention_mask, new_tokens: int, beams: int) -> dict:
     return {"seconds": seconds, "sequences": out.tolist()}
 
 
+HANDLERS: dict[str, Callable[..., dict]] = {"setup": setup, "run": run}
+
+
 def main() -> None:
     # Replies go to the original stdout; anything the libraries print goes to stderr.
     reply = os.fdopen(os.dup(1), "w")
@@ -89,7 +93,7 @@ def main() -> None:
         if op == "quit":
             break
         try:
-            result = {"setup": setup, "run": run}[op](**msg)
+            result = HANDLERS[op](**msg)
             result["ok"] = True
         except Exception as e:  # noqa: BLE001 - every failure goes back as a one-line reason
             result = {"ok": False, "error": _one_line(e)}

@@ -74,7 +74,7 @@ class HFEager(System):
             # HF compiles only on accelerators unless told; on CPU ask for it, without CUDA graphs.
             cc = CompileConfig() if self.device == "cuda" else CompileConfig(mode="default")
             if self.device != "cuda":
-                cc._compile_all_devices = True
+                cc._compile_all_devices = True  # type: ignore[assignment]
             kw.update(cache_implementation="static", compile_config=cc)
         return kw
 

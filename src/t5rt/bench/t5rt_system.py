@@ -19,8 +19,9 @@ from .timing import timed
 def exporter_version() -> str:
     """Version stamp of the exporter, part of the export cache key."""
     try:
-        from t5rt import exporters
+        import importlib
 
+        exporters = importlib.import_module("t5rt.exporters")
         return str(getattr(exporters, "__version__", None) or _t5rt_version())
     except ImportError:
         return _t5rt_version()

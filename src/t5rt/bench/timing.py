@@ -15,6 +15,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def percentile(sorted_xs: Sequence[float], q: float) -> float:
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
-def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, object]:
+def timed(fn: Callable[[], T], sync: Callable[[], None]) -> tuple[float, T]:
     """(seconds, result) of fn(), with the device synchronised before and after."""
     sync()
     t0 = time.perf_counter()
