@@ -65,12 +65,8 @@ class OrtSession:
             providers: list[Any] = [("CUDAExecutionProvider", opts)]
         else:
             providers = ["CPUExecutionProvider"]
-        # ORT fuses RMSNorm into SimplifiedLayerNormalization, which has no CUDA kernel for the
-        # mixed bf16/fp32 types of a bf16 graph's fp32 islands: keep the unfused subgraph there.
-        disabled = ["SimplifiedLayerNormFusion"] if _has_bf16(spec) else []
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers,
-                                                disabled_optimizers=disabled)
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"ONNX Runtime could not load {path.name}: {e}") from None
         self._ort = ort
@@ -82,10 +78,6 @@ class OrtSession:
             gid = self._next_graph_id
             self._next_graph_id += 1
         return OrtEngine(self, gid)
-
-
-def _has_bf16(spec: GraphSpec) -> bool:
-    return any(t.dtype == "bfloat16" for t in spec.inputs + spec.outputs)
 
 
 class OrtEngine:
