@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..generation_config import GenerationConfig
-from . import ops, rng
+from . import ops, rng, step_kernels
 from .ops import Array
 from .processors import LogitsPipeline
 from .sampling import _to_host
@@ -44,9 +44,14 @@ class BeamSearchStrategy:
 
     def __init__(self, xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
                  max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                 decoder_start_token_id: int, first_input: int = 0):
+                 decoder_start_token_id: int, first_input: int = 0, kernels: Any = None,
+                 fused: Any = None):
         self.xp, self.config = xp, config
         nb = config.num_beams
+        # cupy: one fused kernel for everything after candidate selection (step_kernels), and
+        # t5rt.kernels' beam_step / beam_topk for the candidates (K <= 64)
+        self._sk = step_kernels.make_step_kernels(xp, fused) if 2 * nb <= step_kernels.BEAM_MAX_K else None
+        self._kernels = kernels if self._sk is not None else None
         self.batch, self.num_beams, self.rows_per_input, self.rows = batch, nb, nb, batch * nb
         self.num_return_sequences = config.num_return_sequences
         self.K = 2 * nb
@@ -57,7 +62,7 @@ class BeamSearchStrategy:
         self.early_stopping = config.early_stopping
         B, N, T, K, V = batch, self.rows, max_new_tokens, self.K, vocab_size
         self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=V, history_len=T + 1,
-                                       eos_token_id=eos_token_id, beams=True)
+                                       eos_token_id=eos_token_id, beams=True, step_kernels=self._sk)
         # running beams
         self.history = xp.full((N, T + 1), pad_token_id, dtype=xp.int64)  # [N, T+1]
         self.history[:, 0] = decoder_start_token_id
@@ -88,10 +93,32 @@ class BeamSearchStrategy:
         self.seed = config.seed if config.seed is not None else rng.fresh_seed()
         self._seed = rng.seed_array(xp, self.seed)
         self._batch_rows = xp.arange(B, dtype=xp.int64) + first_input  # RNG stream per input
+        if self._sk is not None:
+            self._init_fused()
+
+    def _init_fused(self) -> None:
+        """Scratch and constants of the fused path (allocated once, reused every step)."""
+        xp, B, N, T, nb, lp = self.xp, self.batch, self.rows, self.max_new_tokens, self.num_beams, self.length_penalty
+        # float32((t+1)**lp) for t = 0..T, computed like the array code (float64 power, then cast)
+        self._denom = xp.asarray(np.power(np.arange(1, T + 2, dtype=np.float64), lp).astype(np.float32))
+        self._use_best_denom = self.early_stopping == "never" and lp > 0.0
+        self._best_denom = np.float32(float(T) ** lp if self._use_best_denom else 1.0)
+        self._scratch_hist = xp.zeros((N, T + 1), dtype=xp.int64)  # [N, T+1]
+        self._scratch_fin = xp.zeros((N, T + 1), dtype=xp.int64)  # [B*nb, T+1]
+        if self.output_scores:
+            self._scratch_tlp = xp.zeros((N, T + 1), dtype=xp.float32)
+            self._scratch_fin_tlp = xp.zeros((N, T + 1), dtype=xp.float32)
+        self._sel_run = xp.zeros((B, nb), dtype=xp.int32)  # [B, nb]
+        self._sel_fin = xp.zeros((B, nb), dtype=xp.int32)  # [B, nb]
+        self._ws = None
+        if self._kernels is not None:
+            self._ws = self._kernels.TopKWorkspace(B, nb * self.vocab_size, self.K, nb)
 
     # --- one step -------------------------------------------------------------------------
     def step(self, logits: Array) -> None:
         """Consume logits [N, V] of position t; choose parents/tokens; t += 1 (until done)."""
+        if self._sk is not None:
+            return self._step_fused(logits)
         xp, t = self.xp, self.step_counter
         B, nb, K, V, T = self.batch, self.num_beams, self.K, self.vocab_size, self.max_new_tokens
         lp = self.length_penalty
@@ -185,6 +212,54 @@ class BeamSearchStrategy:
             ops.assign_where(xp, self.fin_token_logprob, active, new_fin_tlp)
         self.step_counter += active.astype(xp.int64)
         xp.copyto(self._done, self._done | now_done)
+        self.host_step += 1
+
+    def _step_fused(self, logits: Array) -> None:
+        """step() as candidate selection + ONE update kernel (t5rt_dec_beam_update).
+
+        Candidates: t5rt.kernels.beam_step (log_softmax + beam score + top-K fused, 3 launches)
+        when no processor is configured; else log_softmax + processors in array code, then
+        beam_topk (kernels) / ops.topk; beam sampling keeps ops.gumbel_topk (float64 keys).
+        """
+        xp, t = self.xp, self.step_counter
+        B, nb, K, V, T = self.batch, self.num_beams, self.K, self.vocab_size, self.max_new_tokens
+        k = self._kernels
+        logits = logits.astype(xp.float32, copy=False)
+        cand_lp = None
+        if k is not None and not self.do_sample and self.pipeline.is_identity:
+            logits = xp.ascontiguousarray(logits)  # [N, V]
+            cand_score, cand_idx = k.beam_step(logits, self.running_score.reshape(-1), nb, K, self._ws)
+            if self.output_scores:  # log_softmax(logits)[row, token] from the kernel's row stats
+                rows = cand_idx // V + self._batch_base  # [B, K]
+                cand_lp = (logits[rows, cand_idx % V] - self._ws.row_max[rows]) - self._ws.row_logsum[rows]
+        else:
+            logp = ops.log_softmax(xp, logits)  # [N, V]
+            logp = self.pipeline(self.history, logp, t, self.host_step)
+            acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
+            if self.do_sample:
+                u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]
+                cand_score, cand_idx = ops.gumbel_topk(xp, acc, u, K)  # [B, K]
+            elif k is not None:
+                cand_score, cand_idx = k.beam_topk(xp.ascontiguousarray(acc), K, self._ws)
+            else:
+                cand_score, cand_idx = ops.topk(xp, acc, K)  # [B, K]
+            if self.output_scores:
+                cand_lp = xp.take_along_axis(logp.reshape(B, nb * V), cand_idx, axis=1)  # [B, K]
+        cand_score = xp.ascontiguousarray(cand_score, dtype=xp.float32)
+        cand_idx = xp.ascontiguousarray(cand_idx, dtype=xp.int64)
+        if cand_lp is not None:
+            cand_lp = xp.ascontiguousarray(cand_lp, dtype=xp.float32)
+        out = self.output_scores
+        self._sk.launch("t5rt_dec_beam_update", 1, step_kernels.BLOCK_THREADS, (
+            cand_score, cand_idx, cand_lp, self._denom, self._best_denom,
+            np.int32(self._use_best_denom), np.int32(self.early_stopping is True),
+            self.history, self.tokens, self.parent, self.running_score, self.fin_seq,
+            self.fin_score, self.fin_flag, self.fin_len, self.heuristic_unsat,
+            self.token_logprob if out else None, self.fin_token_logprob if out else None,
+            self._scratch_hist, self._scratch_fin, self._scratch_tlp if out else None,
+            self._scratch_fin_tlp if out else None, self._sel_run, self._sel_fin,
+            self.step_counter, self._done,
+            np.int32(B), np.int32(nb), np.int32(V), np.int32(T), np.int64(self.eos)))
         self.host_step += 1
 
     def done(self) -> Array:

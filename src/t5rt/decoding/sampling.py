@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..generation_config import GenerationConfig
-from . import ops, rng
+from . import ops, rng, step_kernels
 from .ops import Array
 from .processors import LogitsPipeline
 
@@ -37,8 +37,12 @@ class SamplingStrategy:
 
     def __init__(self, xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
                  max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                 decoder_start_token_id: int, first_input: int = 0):
+                 decoder_start_token_id: int, first_input: int = 0, kernels: Any = None,
+                 fused: Any = None):
         self.xp, self.config = xp, config
+        # cupy: one fused kernel for the state update (step_kernels); t5rt.kernels for the choice
+        self._sk = step_kernels.make_step_kernels(xp, fused)
+        self._kernels = kernels if self._sk is not None else None
         self.do_sample = config.do_sample
         r = config.num_return_sequences if config.do_sample else 1
         self.batch, self.rows_per_input, self.rows = batch, r, batch * r
@@ -46,7 +50,8 @@ class SamplingStrategy:
         self.pad, self.eos = pad_token_id, eos_token_id
         N, T = self.rows, max_new_tokens
         self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=vocab_size,
-                                       history_len=T + 1, eos_token_id=eos_token_id, beams=False)
+                                       history_len=T + 1, eos_token_id=eos_token_id, beams=False,
+                                       step_kernels=self._sk)
         # state, updated in place by step()
         self.history = xp.full((N, T + 1), pad_token_id, dtype=xp.int64)  # [N, T+1]
         self.history[:, 0] = decoder_start_token_id
@@ -66,9 +71,15 @@ class SamplingStrategy:
         self._row_idx = xp.arange(N, dtype=xp.int64) + first_input * r  # [N] RNG stream per row
         self.seed = config.seed if config.seed is not None else rng.fresh_seed()
         self._seed = rng.seed_array(xp, self.seed)  # [1] uint64
+        if self._sk is not None:  # buffers the fused path writes (never reallocated)
+            self._nxt = xp.zeros((N,), dtype=xp.int64)  # [N] chosen token before padding
+            self._row_max = xp.zeros((N,), dtype=xp.float32)  # [N]
+            self._row_logsum = xp.zeros((N,), dtype=xp.float32)  # [N]
 
     def step(self, logits: Array) -> None:
         """Consume logits [N, V] of position t; append one token per row; t += 1 (until done)."""
+        if self._sk is not None:
+            return self._step_fused(logits)
         xp, t = self.xp, self.step_counter
         active = ~self._done  # 0-d
         scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step)
@@ -93,6 +104,37 @@ class SamplingStrategy:
         ops.assign_where(xp, self.unfinished, active, self.unfinished & (nxt != self.eos) & ~at_max)
         self.step_counter += active.astype(xp.int64)
         xp.copyto(self._done, ~self.unfinished.any())
+        self.host_step += 1
+
+    def _step_fused(self, logits: Array) -> None:
+        """step() in 2-3 launches: choice (t5rt.kernels or array code) + one state-update kernel.
+
+        Same semantics as the array code; the summed log-probs may differ in the last float bits
+        (the row log-sum-exp is summed in another order)."""
+        xp, t, N, V = self.xp, self.step_counter, self.rows, self.vocab_size
+        k = self._kernels
+        scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step)
+        scores = xp.ascontiguousarray(scores)  # [N, V]
+        if self.do_sample:
+            mx = scores.max(axis=-1)  # [N]
+            shifted = scores - mx[:, None]  # [N, V]
+            xp.copyto(self._row_max, mx)
+            xp.copyto(self._row_logsum, xp.log(xp.exp(shifted).sum(axis=-1)))
+            u = rng.uniform(xp, self._seed, t, self._row_idx)  # [N]
+            probs = xp.exp(shifted - self._row_logsum[:, None])  # = exp(log_softmax), as unfused
+            xp.copyto(self._nxt, ops.sample_from_probs(xp, probs, u))
+        elif k is not None:
+            k.argmax_rows(scores, out=self._nxt)
+            row_logsumexp(k, scores, self._row_max, self._row_logsum)
+        else:
+            xp.copyto(self._nxt, xp.argmax(scores, axis=-1))
+            xp.copyto(self._row_max, scores.max(axis=-1))
+            xp.copyto(self._row_logsum, xp.log(xp.exp(scores - self._row_max[:, None]).sum(axis=-1)))
+        self._sk.launch("t5rt_dec_sample_update", 1, step_kernels.BLOCK_THREADS, (
+            scores, self._row_max, self._row_logsum, None, self._nxt, self.history, self.tokens,
+            self.unfinished, self.seq_logprob, self.token_logprob if self.output_scores else None,
+            self.step_counter, self._done, np.int32(N), np.int32(V), np.int32(self.max_new_tokens),
+            np.int64(self.pad), np.int64(self.eos)))
         self.host_step += 1
 
     def done(self) -> Array:
@@ -126,3 +168,11 @@ def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:
 
 def _to_host(x: Array) -> np.ndarray:
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def row_logsumexp(kernels: Any, x: Array, row_max: Array, row_logsum: Array) -> None:
+    """t5rt.kernels' t5rt_row_logsumexp: row_max [N] = max, row_logsum [N] = log(sum(exp(x - max)))
+    of x [N, V] fp32 C-contiguous, one launch (the first half of its fused beam_step)."""
+    n, v = x.shape
+    kernels.get_function("t5rt_row_logsumexp")(
+        (n,), (int(kernels.Geometry.TOPK_THREADS),), (x, np.int32(v), row_max, row_logsum))

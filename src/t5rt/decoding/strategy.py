@@ -54,11 +54,16 @@ class Strategy(Protocol):
 
 def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: int,
                   max_new_tokens: int, pad_token_id: int, eos_token_id: int,
-                  decoder_start_token_id: int, first_input: int = 0) -> Strategy:
+                  decoder_start_token_id: int, first_input: int = 0, kernels: Any = None,
+                  fused: Any = None) -> Strategy:
     """Greedy / sampling / beam search / beam sampling for `config` on array module `xp`.
 
     first_input: the request-wide index of this batch's first input; the RNG (sampling only)
     is keyed on request-wide rows, so a request split into chunks samples exactly as one batch.
+    kernels: the loaded `t5rt.kernels` module (cupy only; None = array code for the token
+    choice): greedy uses argmax_rows + row_logsumexp, beam search beam_step / beam_topk.
+    fused: the per-step state update as one kernel (step_kernels.py): None = on cupy
+    ($T5RT_DECODING_FUSED=0 turns it off), False = array code, or a StepKernels launcher.
     """
     config.validate(vocab_size=vocab_size)
     if not isinstance(batch, int) or batch < 1:
@@ -70,7 +75,8 @@ def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: 
                                  f"2 * num_beams candidates, more than vocab_size={vocab_size}")
     kw = dict(batch=batch, vocab_size=vocab_size, max_new_tokens=max_new_tokens,
               pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-              decoder_start_token_id=decoder_start_token_id, first_input=first_input)
+              decoder_start_token_id=decoder_start_token_id, first_input=first_input,
+              kernels=kernels, fused=fused)
     if config.num_beams > 1:
         return BeamSearchStrategy(xp, config, **kw)
     return SamplingStrategy(xp, config, **kw)
