@@ -69,13 +69,13 @@ _UNIT_SUFFIX = {CopyUnit.U16: "u16", CopyUnit.U32: "u32", CopyUnit.U64: "u64", C
 # Every kernel the wrappers launch (tests check each is in the build and in the NVRTC source).
 KERNEL_NAMES: tuple[str, ...] = tuple(
     [f"t5rt_{op}_{s}" for op in ("kv_write", "beam_gather", "beam_scatter") for s in _UNIT_SUFFIX.values()]
-    + ["t5rt_topk_topp_sample", "t5rt_argmax_rows", "t5rt_topk_partial", "t5rt_topk_merge",
+    + ["t5rt_topk_topp_sample", "t5rt_sample_logprob", "t5rt_argmax_rows", "t5rt_topk_partial", "t5rt_topk_merge",
        "t5rt_row_logsumexp", f"t5rt_abi_{ABI}"]
 )
 
 __all__ = [
     "ABI", "CopyUnit", "Geometry", "KERNEL_NAMES", "PointerTable", "SampleOptions", "TopKWorkspace",
-    "argmax_rows", "beam_reorder", "beam_step", "beam_topk", "fatbin_path", "get_function",
+    "argmax_rows", "beam_reorder", "row_logsumexp", "sample_logprob", "beam_step", "beam_topk", "fatbin_path", "get_function",
     "kernel_sources", "kv_write", "load", "nvrtc_source", "reorder_scratch", "source",
     "topk_topp_sample",
 ]
@@ -412,6 +412,44 @@ def topk_topp_sample(logits: Any, seed: Any, step: Any, options: SampleOptions, 
          np.float32(options.top_p), seed, step, out),
     )
     return out
+
+
+def sample_logprob(logits: Any, seed: Any, step: Any, options: SampleOptions, row_offset: int = 0,
+                   out: Any = None, out_logprob: Any = None) -> tuple[Any, Any]:
+    """topk_topp_sample's draw plus the token's log-probability under the warped distribution.
+
+    The RNG row of logits row n is row_offset + n (a request split into batch chunks draws as
+    one batch). logprob = (x[token] - max x) - log(sum of kept exp(x - max x)), x = logits /
+    temperature: log_softmax of Hugging Face's warped scores at the token.
+    Returns (out [N] int64, out_logprob [N] fp32).
+    """
+    rows, v, stride = _check_logits(logits)
+    _check_array(seed, "seed", np.uint64)
+    _check_array(step, "step", np.int64)
+    _require(seed.size == 1 and step.size == 1, "seed and step must each hold one element")
+    _require(int(row_offset) >= 0, f"row_offset={row_offset} must be >= 0")
+    out = _out(out, (rows,), np.int64, "out")
+    out_logprob = _out(out_logprob, (rows,), np.float32, "out_logprob")
+    top_k = int(options.top_k) if 0 < options.top_k < v else 0
+    get_function("t5rt_sample_logprob")(
+        (rows,), (int(Geometry.SAMPLE_THREADS),),
+        (logits, np.int64(stride), np.int32(v), np.float32(options.temperature), np.int32(top_k),
+         np.float32(options.top_p), seed, step, np.int64(row_offset), out, out_logprob),
+    )
+    return out, out_logprob
+
+
+def row_logsumexp(logits: Any, row_max: Any = None, row_logsum: Any = None) -> tuple[Any, Any]:
+    """Per row of logits [N, V] fp32 (C-contiguous): row_max [N] = max, row_logsum [N] =
+    log(sum(exp(x - max))), so log_softmax = (x - row_max) - row_logsum (beam_step's first half)."""
+    _check_array(logits, "logits", np.float32, ndim=2)
+    _check_contiguous(logits, "logits")
+    rows, v = (int(d) for d in logits.shape)
+    row_max = _out(row_max, (rows,), np.float32, "row_max")
+    row_logsum = _out(row_logsum, (rows,), np.float32, "row_logsum")
+    get_function("t5rt_row_logsumexp")((rows,), (int(Geometry.TOPK_THREADS),),
+                                       (logits, np.int32(v), row_max, row_logsum))
+    return row_max, row_logsum
 
 
 def argmax_rows(logits: Any, out: Any = None) -> Any:

@@ -110,6 +110,21 @@ def topk_topp_sample(logits: np.ndarray, seed: int, step: int, temperature: floa
     return tokens
 
 
+def sample_logprob(logits: np.ndarray, seed: int, step: int, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [N] int64, logprob [N] float64): topk_topp_sample's draw with RNG rows
+    row_offset + n, and log(probability of the token) under the warped distribution."""
+    probs = sample_probs(logits, temperature, top_k, top_p)  # [N, V]
+    tokens = np.empty(probs.shape[0], dtype=np.int64)
+    for i, p in enumerate(probs):
+        cdf = np.cumsum(p)
+        idx = int((cdf <= uniform(seed, step, row_offset + i) * cdf[-1]).sum())
+        tokens[i] = min(idx, int(np.nonzero(p)[0][-1]))
+    with np.errstate(divide="ignore"):
+        logprob = np.log(probs[np.arange(len(tokens)), tokens])
+    return tokens, logprob
+
+
 def argmax_rows(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=-1).astype(np.int64)
 

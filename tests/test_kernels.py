@@ -447,3 +447,57 @@ def test_wrappers_reject_bad_arguments(kernel_source):
     with pytest.raises(InvalidInputError):
         K.kv_write(K.PointerTable(c), K.PointerTable([cp.zeros((2, 2, 1, 8), dtype=np.float32)]),
                    cp.zeros(2, dtype=np.int64))
+
+
+# ==============================================================================================
+# sample_logprob / row_logsumexp (used by t5rt.decoding on cupy)
+# ==============================================================================================
+
+
+def test_reference_sample_logprob_is_the_sampler_with_row_offset():
+    g = np.random.default_rng(21)
+    logits = (g.standard_normal((6, 50)) * 2).astype(np.float32)
+    for case in SAMPLE_CASES:
+        tok, lp = R.sample_logprob(logits, 3, 4, *case)
+        np.testing.assert_array_equal(tok, R.topk_topp_sample(logits, 3, 4, *case))
+        probs = R.sample_probs(logits, *case)
+        np.testing.assert_allclose(np.exp(lp), probs[np.arange(6), tok], rtol=1e-12)
+        tail, _ = R.sample_logprob(logits[2:], 3, 4, *case, row_offset=2)
+        np.testing.assert_array_equal(tail, tok[2:])  # rows keep their RNG stream
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,v", [(1, 32128), (5, 384), (8, 32128)])
+def test_sample_logprob_matches_reference(kernel_source, n, v):
+    cp = _cp()
+    g = np.random.default_rng(v + 7 * n)
+    logits = (g.standard_normal((n, v)) * 3).astype(np.float32)
+    d_logits = cp.asarray(logits)
+    seed, step, offset = 99, 6, 3
+    d_seed, d_step = cp.asarray([seed], dtype=np.uint64), cp.asarray([step], dtype=np.int64)
+    for case in SAMPLE_CASES:
+        tok, lp = K.sample_logprob(d_logits, d_seed, d_step, K.SampleOptions(*case), row_offset=offset)
+        tok, lp = tok.get(), lp.get()
+        want_tok, _ = R.sample_logprob(logits, seed, step, *case, row_offset=offset)
+        probs = R.sample_probs(logits, *case)
+        for i in range(n):
+            if tok[i] != want_tok[i]:  # only where u sits within float error of a CDF edge
+                cdf = np.cumsum(probs[i])
+                u = R.uniform(seed, step, offset + i)
+                assert probs[i, tok[i]] > 0 and abs(cdf[min(tok[i], want_tok[i])] - u) < 1e-5, (case, i)
+        want_lp = np.log(probs[np.arange(n), tok])
+        np.testing.assert_allclose(lp, want_lp, rtol=0, atol=2e-4)
+        tok0, _ = K.sample_logprob(d_logits, d_seed, d_step, K.SampleOptions(*case))
+        same = K.topk_topp_sample(d_logits, d_seed, d_step, K.SampleOptions(*case))
+        np.testing.assert_array_equal(tok0.get(), same.get())  # offset 0: the same draw
+
+
+@pytest.mark.gpu
+def test_row_logsumexp_matches_reference(kernel_source):
+    cp = _cp()
+    g = np.random.default_rng(4)
+    logits = (g.standard_normal((6, 32128)) * 5).astype(np.float32)
+    mx, ls = K.row_logsumexp(cp.asarray(logits))
+    want = R.log_softmax(logits)
+    got = (logits - mx.get()[:, None]) - ls.get()[:, None]
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
