@@ -211,12 +211,14 @@ class LogitsPipeline:
         """No processor or warper is configured: __call__ returns the scores unchanged."""
         return not (self.pre or self.user or self.warp)
 
-    def __call__(self, history: Array, scores: Array, t: Array, host_t: int) -> Array:
-        """scores [N, V] float32 at position t -> processed scores [N, V] float32."""
+    def __call__(self, history: Array, scores: Array, t: Array, host_t: int, warp: bool = True) -> Array:
+        """scores [N, V] float32 at position t -> processed scores [N, V] float32.
+
+        warp=False stops before the sampling warpers (a fused sampling kernel applies them)."""
         for p in self.pre:
             scores = p(history, scores, t)
         for fn in self.user:  # research hook: eager only, host step
             scores = fn(history[:, : host_t + 1], scores, host_t)
-        for p in self.warp:
+        for p in self.warp if warp else ():
             scores = p(history, scores, t)
         return scores

@@ -75,6 +75,11 @@ class SamplingStrategy:
             self._nxt = xp.zeros((N,), dtype=xp.int64)  # [N] chosen token before padding
             self._row_max = xp.zeros((N,), dtype=xp.float32)  # [N]
             self._row_logsum = xp.zeros((N,), dtype=xp.float32)  # [N]
+        if self._kernels is not None and self.do_sample:  # t5rt.kernels.sample_logprob
+            self._lp = xp.zeros((N,), dtype=xp.float32)  # [N] log-prob of the drawn token
+            self._row_offset = first_input * r  # request-wide RNG rows
+            self._sample_options = kernels.SampleOptions(
+                temperature=float(config.temperature), top_k=int(config.top_k or 0), top_p=float(config.top_p))
 
     def step(self, logits: Array) -> None:
         """Consume logits [N, V] of position t; append one token per row; t += 1 (until done)."""
@@ -107,15 +112,27 @@ class SamplingStrategy:
         self.host_step += 1
 
     def _step_fused(self, logits: Array) -> None:
-        """step() in 2-3 launches: choice (t5rt.kernels or array code) + one state-update kernel.
+        """step() as the token choice + ONE state-update kernel (t5rt_dec_sample_update).
 
-        Same semantics as the array code; the summed log-probs may differ in the last float bits
-        (the row log-sum-exp is summed in another order)."""
+        With t5rt.kernels: greedy = argmax_rows + row_logsumexp (3 launches in all), sampling =
+        sample_logprob (2 launches); configured processors add theirs. Greedy is token-identical
+        to the array code and its summed log-probs differ only in the last float bits (the
+        log-sum-exp is summed in another order). Sampling draws with the same RNG numbers from
+        the same distribution, but the kernel sums probabilities in float32 chunks (array code:
+        float64 cumsum) and keeps a top-p boundary tie group whole, so a draw whose uniform lies
+        within float error of a CDF edge can pick the neighbouring token (tests: statistical).
+        Without kernels the choice is the array code, then the same update kernel."""
         xp, t, N, V = self.xp, self.step_counter, self.rows, self.vocab_size
         k = self._kernels
-        scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step)
+        lp_in = None
+        scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step,
+                               warp=not (self.do_sample and k is not None))
         scores = xp.ascontiguousarray(scores)  # [N, V]
-        if self.do_sample:
+        if self.do_sample and k is not None:  # warpers + draw + log-prob in one kernel
+            k.sample_logprob(scores, self._seed, t, self._sample_options, row_offset=self._row_offset,
+                             out=self._nxt, out_logprob=self._lp)
+            scores, lp_in = None, self._lp
+        elif self.do_sample:
             mx = scores.max(axis=-1)  # [N]
             shifted = scores - mx[:, None]  # [N, V]
             xp.copyto(self._row_max, mx)
@@ -125,13 +142,13 @@ class SamplingStrategy:
             xp.copyto(self._nxt, ops.sample_from_probs(xp, probs, u))
         elif k is not None:
             k.argmax_rows(scores, out=self._nxt)
-            row_logsumexp(k, scores, self._row_max, self._row_logsum)
+            k.row_logsumexp(scores, self._row_max, self._row_logsum)
         else:
             xp.copyto(self._nxt, xp.argmax(scores, axis=-1))
             xp.copyto(self._row_max, scores.max(axis=-1))
             xp.copyto(self._row_logsum, xp.log(xp.exp(scores - self._row_max[:, None]).sum(axis=-1)))
         self._sk.launch("t5rt_dec_sample_update", 1, step_kernels.BLOCK_THREADS, (
-            scores, self._row_max, self._row_logsum, None, self._nxt, self.history, self.tokens,
+            scores, self._row_max, self._row_logsum, lp_in, self._nxt, self.history, self.tokens,
             self.unfinished, self.seq_logprob, self.token_logprob if self.output_scores else None,
             self.step_counter, self._done, np.int32(N), np.int32(V), np.int32(self.max_new_tokens),
             np.int64(self.pad), np.int64(self.eos)))
@@ -169,10 +186,3 @@ def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:
 def _to_host(x: Array) -> np.ndarray:
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
-
-def row_logsumexp(kernels: Any, x: Array, row_max: Array, row_logsum: Array) -> None:
-    """t5rt.kernels' t5rt_row_logsumexp: row_max [N] = max, row_logsum [N] = log(sum(exp(x - max)))
-    of x [N, V] fp32 C-contiguous, one launch (the first half of its fused beam_step)."""
-    n, v = x.shape
-    kernels.get_function("t5rt_row_logsumexp")(
-        (n,), (int(kernels.Geometry.TOPK_THREADS),), (x, np.int32(v), row_max, row_logsum))
