@@ -147,3 +147,19 @@ def test_fused_matches_hf_generate(host_kernels, opts):
         row = row[1:]
         want.append(row[: row.index(EOS) + 1] if EOS in row else row)
     assert s.result()[0] == want
+
+
+def test_decoding_step_bench_runs_on_cpu(tmp_path):
+    """bench/decoding_step.py (run on the H100 for the real table) works end to end on numpy."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "decoding_step.py"
+    spec = importlib.util.spec_from_file_location("decoding_step_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "table.md"
+    assert bench.main(["--cpu", "--vocab", "64", "--steps", "6", "--repeats", "1", "--out", str(out)]) == 0
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert len(rows) == 3 * 2  # cases x batches
+    assert all(float(r.split("|")[5]) > 0 for r in rows)
