@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from t5rt import __version__
 from t5rt.manifest import GRAPH_NAMES, Dims, GraphSpec, Manifest, SpecialTokens, TensorSpec, sha256_file
 
-from . import io_spec, patches
+from . import fusion, io_spec, patches
 from .errors import ExportError
 from .load import LoadedModel, load_model
 from .options import ExportOptions
@@ -46,10 +46,15 @@ class GraphArtifact:
     external_data: str | None = None
 
 
-def export(model: Any, out_dir: str | Path, options: ExportOptions | None = None, log: Log = print) -> Manifest:
-    """Export `model` (hub id, save_pretrained directory, or a loaded HF T5 model) to `out_dir`."""
+def export(model: Any, out_dir: str | Path, options: ExportOptions | None = None, log: Log = print,
+           fusion_options: fusion.FusionOptions | None = None) -> Manifest:
+    """Export `model` (hub id, save_pretrained directory, or a loaded HF T5 model) to `out_dir`.
+
+    fusion_options: the speed passes of exporters/fusion.py; None reads T5RT_FUSION (default: all).
+    """
     options = options or ExportOptions()
     options.check()
+    fusion_options = fusion_options or fusion.FusionOptions.from_env()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".t5rt-export-", dir=out))
@@ -68,9 +73,10 @@ def export(model: Any, out_dir: str | Path, options: ExportOptions | None = None
         stage(2, f"trace (opset {min(options.opset, TRACE_MAX_OPSET)})")
         artifacts = trace_all(loaded, options, staging)
 
-        stage(3, f"patch ({options.cache_update} cache, {options.precision}, opset {options.graph_opset})")
+        stage(3, f"patch ({options.cache_update} cache, {options.precision}, opset {options.graph_opset}, "
+                 f"fusion: {', '.join(fusion_options.enabled) or 'none'})")
         for a in artifacts.values():
-            patch_fp32(a, cfg, options)
+            patch_fp32(a, cfg, options, fusion_options)
             write_artifact(a, staging, options, log)
 
         if options.validate:
@@ -104,10 +110,12 @@ def trace_all(loaded: LoadedModel, options: ExportOptions, workdir: Path) -> dic
     return out
 
 
-def patch_fp32(a: GraphArtifact, cfg: Any, options: ExportOptions) -> None:
+def patch_fp32(a: GraphArtifact, cfg: Any, options: ExportOptions,
+               fusion_options: fusion.FusionOptions | None = None) -> None:
     """The fp32 passes, in order; a.graph ends as the validated parity reference."""
     g = patches.fold_constants(a.graph)
     g = patches.fuse_bias_lookup(g)
+    g = fusion.apply_fusion(g, fusion_options)
     g = patches.upgrade_opset(g, options.graph_opset)
     roles = io_spec.roles(cfg, options.cache_update)
     if a.name == "decoder_step":
