@@ -21,6 +21,18 @@ step() is sync-free and static-shaped: state buffers are allocated in __init__ a
 place; the step counter lives on the device; on cupy no sort is used (ops.*_capture_safe), so
 it can be captured in a CUDA graph (temporaries come from the capturing allocator). Once done()
 is true, step() changes nothing (parent = identity), so checking done() every few steps is exact.
+
+On cupy the per-step bookkeeping is one fused kernel per strategy (step_kernels.py) and, given
+`kernels=` (the loaded t5rt.kernels module), the token choice is t5rt.kernels too:
+
+    greedy     argmax_rows + row_logsumexp + t5rt_dec_sample_update          3 launches
+    sampling   sample_logprob (temperature/top-k/top-p/draw) + update         2 launches
+    beam       beam_step (log_softmax + score + top-2nb) + t5rt_dec_beam_update  4 launches
+    + one launch per configured processor group (min_new_tokens: 1 tiny in-place kernel;
+      repetition_penalty, no_repeat_ngram_size, bad_words_ids: array code, only when set)
+
+With step kernels, step() may overwrite `logits` in place (min_new_tokens): pass a buffer the
+caller rewrites every step (the engine's output), as the runtime does.
 """
 
 from __future__ import annotations
