@@ -7,7 +7,7 @@ Cases: greedy, beam 4, sampling (top_k=50, top_p=0.9) at batch 1 and 8, vocab 32
 Modes (t5rt.decoding.make_strategy):
   array    fused=False, kernels=None: the array code only (cupy elementwise ops, sort-free top-k)
   fused    one state-update kernel per step (step_kernels.py); token choice still array code
-  kernels  fused + t5rt.kernels for the choice (argmax_rows + row_logsumexp, sample_logprob,
+  kernels  fused + t5rt.kernels for the choice (argmax_logsumexp, sample_logprob,
            beam_step)
 Per case: a fresh strategy with max_new_tokens = --steps; step 0 runs eagerly (compiles and
 loads everything), step 1 is captured as a CUDA graph, then the graph is replayed for the

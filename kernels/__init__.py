@@ -69,13 +69,13 @@ _UNIT_SUFFIX = {CopyUnit.U16: "u16", CopyUnit.U32: "u32", CopyUnit.U64: "u64", C
 # Every kernel the wrappers launch (tests check each is in the build and in the NVRTC source).
 KERNEL_NAMES: tuple[str, ...] = tuple(
     [f"t5rt_{op}_{s}" for op in ("kv_write", "beam_gather", "beam_scatter") for s in _UNIT_SUFFIX.values()]
-    + ["t5rt_topk_topp_sample", "t5rt_sample_logprob", "t5rt_argmax_rows", "t5rt_topk_partial", "t5rt_topk_merge",
+    + ["t5rt_topk_topp_sample", "t5rt_sample_logprob", "t5rt_argmax_rows", "t5rt_argmax_logsumexp", "t5rt_topk_partial", "t5rt_topk_merge",
        "t5rt_row_logsumexp", f"t5rt_abi_{ABI}"]
 )
 
 __all__ = [
     "ABI", "CopyUnit", "Geometry", "KERNEL_NAMES", "PointerTable", "SampleOptions", "TopKWorkspace",
-    "argmax_rows", "beam_reorder", "row_logsumexp", "sample_logprob", "beam_step", "beam_topk", "fatbin_path", "get_function",
+    "argmax_logsumexp", "argmax_rows", "beam_reorder", "row_logsumexp", "sample_logprob", "beam_step", "beam_topk", "fatbin_path", "get_function",
     "kernel_sources", "kv_write", "load", "nvrtc_source", "reorder_scratch", "source",
     "topk_topp_sample",
 ]
@@ -437,6 +437,20 @@ def sample_logprob(logits: Any, seed: Any, step: Any, options: SampleOptions, ro
          np.float32(options.top_p), seed, step, np.int64(row_offset), out, out_logprob),
     )
     return out, out_logprob
+
+
+def argmax_logsumexp(logits: Any, out: Any = None, row_max: Any = None,
+                     row_logsum: Any = None) -> tuple[Any, Any, Any]:
+    """Greedy's token choice in one pass: logits [N, V] fp32 -> (out [N] int64 first argmax,
+    row_max [N], row_logsum [N] = log(sum(exp(x - max)))); log-prob of the argmax token =
+    (logits[n, out] - row_max) - row_logsum. One launch, one block per row."""
+    rows, v, stride = _check_logits(logits)
+    out = _out(out, (rows,), np.int64, "out")
+    row_max = _out(row_max, (rows,), np.float32, "row_max")
+    row_logsum = _out(row_logsum, (rows,), np.float32, "row_logsum")
+    get_function("t5rt_argmax_logsumexp")((rows,), (int(Geometry.ARGMAX_THREADS),),
+                                          (logits, np.int64(stride), np.int32(v), out, row_max, row_logsum))
+    return out, row_max, row_logsum
 
 
 def row_logsumexp(logits: Any, row_max: Any = None, row_logsum: Any = None) -> tuple[Any, Any]:

@@ -129,6 +129,15 @@ def argmax_rows(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=-1).astype(np.int64)
 
 
+def argmax_logsumexp(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first argmax [N] int64, row max [N] fp32, log(sum(exp(x - max))) [N] fp64)."""
+    x = logits.astype(np.float32)
+    mx = x.max(axis=-1)
+    with np.errstate(divide="ignore"):
+        logsum = np.log(np.exp(x.astype(np.float64) - mx[:, None]).sum(axis=-1))
+    return argmax_rows(x), mx, logsum
+
+
 # ---- beam search ----
 
 

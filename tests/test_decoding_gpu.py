@@ -3,7 +3,7 @@ CUDA graph (capture fails on any host synchronisation) replays to the same token
 
 Every case runs in three modes: "array" (array code only, fused=False), "fused" (one
 state-update kernel per step, step_kernels.py) and "kernels" (that + t5rt.kernels for the token
-choice: argmax_rows/row_logsumexp, sample_logprob, beam_step/beam_topk).
+choice: argmax_logsumexp, sample_logprob, beam_step/beam_topk).
 
 Logits come from a fixed random "bigram model" (logits = table[last token] + noise[t]) so the
 numpy and cupy runs see identical inputs without a network; model parity with Hugging Face

@@ -501,3 +501,22 @@ def test_row_logsumexp_matches_reference(kernel_source):
     want = R.log_softmax(logits)
     got = (logits - mx.get()[:, None]) - ls.get()[:, None]
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,v", [(1, 32128), (8, 32128), (3, 1001), (2, 5)])
+def test_argmax_logsumexp_matches_reference(kernel_source, n, v):
+    cp = _cp()
+    g = np.random.default_rng(n * v)
+    logits = (g.standard_normal((n, v)) * 4).astype(np.float32)
+    logits[:, g.integers(0, v, 3)] = -np.inf  # banned tokens add nothing
+    if n > 1:
+        logits[1] = np.round(logits[1])  # many ties: the first maximum wins
+        logits[-1, :] = -np.inf
+        logits[-1, v // 2] = 0.5
+    idx, mx, ls = K.argmax_logsumexp(cp.asarray(logits))
+    want_i, want_m, want_l = R.argmax_logsumexp(logits)
+    np.testing.assert_array_equal(idx.get(), want_i)
+    np.testing.assert_array_equal(mx.get(), want_m)
+    np.testing.assert_allclose(ls.get(), want_l, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(idx.get(), K.argmax_rows(cp.asarray(logits)).get())

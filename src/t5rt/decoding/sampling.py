@@ -114,7 +114,7 @@ class SamplingStrategy:
     def _step_fused(self, logits: Array) -> None:
         """step() as the token choice + ONE state-update kernel (t5rt_dec_sample_update).
 
-        With t5rt.kernels: greedy = argmax_rows + row_logsumexp (3 launches in all), sampling =
+        With t5rt.kernels: greedy = argmax_logsumexp (2 launches in all), sampling =
         sample_logprob (2 launches); configured processors add theirs. Greedy is token-identical
         to the array code and its summed log-probs differ only in the last float bits (the
         log-sum-exp is summed in another order). Sampling draws with the same RNG numbers from
@@ -141,8 +141,7 @@ class SamplingStrategy:
             probs = xp.exp(shifted - self._row_logsum[:, None])  # = exp(log_softmax), as unfused
             xp.copyto(self._nxt, ops.sample_from_probs(xp, probs, u))
         elif k is not None:
-            k.argmax_rows(scores, out=self._nxt)
-            k.row_logsumexp(scores, self._row_max, self._row_logsum)
+            k.argmax_logsumexp(scores, out=self._nxt, row_max=self._row_max, row_logsum=self._row_logsum)
         else:
             xp.copyto(self._nxt, xp.argmax(scores, axis=-1))
             xp.copyto(self._row_max, scores.max(axis=-1))

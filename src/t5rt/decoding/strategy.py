@@ -25,7 +25,7 @@ is true, step() changes nothing (parent = identity), so checking done() every fe
 On cupy the per-step bookkeeping is one fused kernel per strategy (step_kernels.py) and, given
 `kernels=` (the loaded t5rt.kernels module), the token choice is t5rt.kernels too:
 
-    greedy     argmax_rows + row_logsumexp + t5rt_dec_sample_update          3 launches
+    greedy     argmax_logsumexp (argmax + row log-sum-exp, one pass) + update  2 launches
     sampling   sample_logprob (temperature/top-k/top-p/draw) + update         2 launches
     beam       beam_step (log_softmax + score + top-2nb) + t5rt_dec_beam_update  4 launches
     + one launch per configured processor group (min_new_tokens: 1 tiny in-place kernel;
@@ -73,9 +73,10 @@ def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: 
     first_input: the request-wide index of this batch's first input; the RNG (sampling only)
     is keyed on request-wide rows, so a request split into chunks samples exactly as one batch.
     kernels: the loaded `t5rt.kernels` module (cupy only; None = array code for the token
-    choice): greedy uses argmax_rows + row_logsumexp, beam search beam_step / beam_topk.
+    choice): greedy argmax_logsumexp, sampling sample_logprob, beam search beam_step / beam_topk.
     fused: the per-step state update as one kernel (step_kernels.py): None = on cupy
-    ($T5RT_DECODING_FUSED=0 turns it off), False = array code, or a StepKernels launcher.
+    ($T5RT_DECODING_FUSED=0 turns it off), False = array code (kernels then unused too), or a
+    StepKernels launcher (tests: HostStepKernels runs the same kernels on numpy).
     """
     config.validate(vocab_size=vocab_size)
     if not isinstance(batch, int) or batch < 1:
