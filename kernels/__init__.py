@@ -492,6 +492,7 @@ class TopKWorkspace:
         self.candidates = cupy.empty((batch, self.chunks, k), dtype=np.uint64)  # [B, chunks, k]
         self.row_max = cupy.empty((batch * num_beams,), dtype=np.float32)       # [B*nb]
         self.row_logsum = cupy.empty((batch * num_beams,), dtype=np.float32)    # [B*nb]
+        self.row_argmax = cupy.empty((batch * num_beams,), dtype=np.int64)      # [B*nb] (by-product)
         self.values = cupy.empty((batch, k), dtype=np.float32)                  # [B, k]
         self.indices = cupy.empty((batch, k), dtype=np.int64)                   # [B, k]
 
@@ -547,6 +548,9 @@ def beam_step(logits: Any, beam_scores: Any, num_beams: int, k: int,
     ws = workspace or TopKWorkspace(b, num_beams * v, k, num_beams)
     _require(ws.matches(b, num_beams * v, k) and ws.num_beams == num_beams,
              f"workspace is for {(ws.batch, ws.width, ws.k, ws.num_beams)}, call is {(b, num_beams * v, k, num_beams)}")
-    get_function("t5rt_row_logsumexp")((rows,), (int(Geometry.TOPK_THREADS),),
-                                       (logits, np.int32(v), ws.row_max, ws.row_logsum))
+    # row statistics in one pass of 1024 threads (t5rt_row_logsumexp: two passes of 256, which
+    # is latency-bound with few rows)
+    get_function("t5rt_argmax_logsumexp")((rows,), (int(Geometry.ARGMAX_THREADS),),
+                                          (logits, np.int64(v), np.int32(v), ws.row_argmax, ws.row_max,
+                                           ws.row_logsum))
     return _topk_launch(logits, ws, (ws.row_max, ws.row_logsum, beam_scores), v, num_beams)
