@@ -183,6 +183,7 @@ class Runtime:
             max_new_tokens=max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
             decoder_start_token_id=st.decoder_start_token_id,
             first_input=first_input,  # a chunked request samples exactly like one batch
+            kernels=self.runner.kernels,  # fused token choice on the GPU (None: array code)
         )
         enc = self.runner.encode(ids, mask)
         eager = not strategy.capturable  # user hooks run Python per step: no CUDA graph
