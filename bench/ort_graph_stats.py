@@ -50,10 +50,10 @@ def export_variant(model, out: Path, precision: str, variant: str, args):
     from t5rt.exporters.fusion import FusionOptions
     from t5rt.exporters.options import ExportOptions
     from t5rt.exporters.pipeline import export
-    from t5rt.manifest import Manifest
+    from t5rt.manifest import load_manifest
 
     if (out / "manifest.json").exists() and not args.fresh:
-        return Manifest.load(out)
+        return load_manifest(out)
     opts = ExportOptions(precision=precision, max_input_len=args.max_input_len, max_output_len=args.cache_len,
                          validate=False)
     return export(model, out, opts, log=lambda *a: None, fusion_options=FusionOptions.from_spec(variant))

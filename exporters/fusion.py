@@ -5,6 +5,9 @@ H100: ~0.42 ms per step against a ~0.05 ms memory floor, ~1.5-4 us per kernel ev
 graph). These passes cut the number of nodes ORT turns into kernels while keeping the graph
 standard ONNX (TensorRT must parse it) and the values equal within fp32 rounding:
 
+    drop_noop_casts        Cast(to=float) of a float tensor -> its input (the tracer routes T5's
+                           residual stream through RMSNorm's `.to(float32)`; in fp16 exports that
+                           became a fp16->fp32->fp16 Cast round trip per norm)
     static_reshapes        Reshape shapes computed from Shape/Slice/Concat -> constants with 0 / -1
     fuse_sibling_matmuls   MatMuls that read the same activation with constant weights -> one
                            MatMul on the concatenated weight + Split (q/k/v, gated wi_0/wi_1,
@@ -34,7 +37,7 @@ import onnx_graphsurgeon as gs
 
 from t5rt.errors import InvalidOptionError
 
-PASSES = ("static_reshapes", "fuse_sibling_matmuls", "fuse_head_transposes")
+PASSES = ("drop_noop_casts", "static_reshapes", "fuse_sibling_matmuls", "fuse_head_transposes")
 ENV = "T5RT_FUSION"
 _INT64_MAX = 2**63 - 1
 
@@ -43,6 +46,7 @@ _INT64_MAX = 2**63 - 1
 class FusionOptions:
     """Which speed passes run (all by default). See the module docstring for what each does."""
 
+    drop_noop_casts: bool = True
     static_reshapes: bool = True
     fuse_sibling_matmuls: bool = True
     fuse_head_transposes: bool = True
@@ -84,6 +88,37 @@ def apply_fusion(graph: gs.Graph, options: FusionOptions | None = None) -> gs.Gr
 
 
 # ---------------------------------------------------------------------------------------------
+# drop_noop_casts
+# ---------------------------------------------------------------------------------------------
+
+def drop_noop_casts(graph: gs.Graph) -> gs.Graph:
+    """Casts to the dtype their input already has are removed.
+
+    before: x -> Cast(to=FLOAT) -> xf; RMSNorm reads xf and so does the next residual Add (a no-op
+            `.to(float32)` returns the same tensor, and the tracer records later uses of it as xf).
+            precision.py then makes that Cast fp16->fp32 and adds fp32->fp16 for the residual Add:
+            two Cast kernels per norm on the residual stream.
+    after:  every reader of xf reads x; in fp16/bf16 exports the norm gets the one fp32 Cast it needs.
+    A Cast that produces a graph output is kept (its name is the output's).
+    """
+    elems = {name: e for name, (_, e) in _infer(graph).items()}
+    outputs = {id(t) for t in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "Cast" or id(node.outputs[0]) in outputs:
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        src = elems.get(x.name) if not isinstance(x, gs.Constant) else None
+        if src is None or src != node.attrs.get("to"):
+            continue
+        for consumer in list(y.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is y:
+                    consumer.inputs[i] = x
+        node.outputs.clear()
+    return graph.cleanup().toposort()
+
+
+# ---------------------------------------------------------------------------------------------
 # static_reshapes
 # ---------------------------------------------------------------------------------------------
 
@@ -97,7 +132,7 @@ def static_reshapes(graph: gs.Graph) -> gs.Graph:
     Only rewrites a target whose every entry is a literal or input dim i placed at position i;
     at most one other input-derived entry becomes -1.
     """
-    ranks = _ranks(graph)
+    ranks = {name: r for name, (r, _) in _infer(graph).items() if r is not None}
     for node in graph.nodes:
         if node.op != "Reshape" or isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0):
             continue
@@ -172,8 +207,8 @@ def _shape_expr(t: gs.Tensor, ranks: dict[str, int]) -> list | None:
     return None
 
 
-def _ranks(graph: gs.Graph) -> dict[str, int]:
-    """Rank of every tensor ONNX shape inference can type (weights' bytes left out)."""
+def _infer(graph: gs.Graph) -> dict[str, tuple[int | None, int]]:
+    """(rank or None, ONNX elem type) of every tensor ONNX shape inference can type (weights' bytes left out)."""
     g = graph.copy()
     for t in list(g.tensors().values()):
         if isinstance(t, gs.Constant) and int(np.prod(t.shape)) > 64:
@@ -181,12 +216,11 @@ def _ranks(graph: gs.Graph) -> dict[str, int]:
             t.type = "tensor_type"
             g.inputs.append(t)
     model = onnx.shape_inference.infer_shapes(gs.export_onnx(g, do_type_check=False))
-    ranks = {}
+    out = {}
     for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
         tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            ranks[vi.name] = len(tt.shape.dim)
-    return ranks
+        out[vi.name] = (len(tt.shape.dim) if tt.HasField("shape") else None, tt.elem_type)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
