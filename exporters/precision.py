@@ -126,7 +126,7 @@ def apply_precision(graph: gs.Graph, precision: str, options: PrecisionOptions |
         clamp_residuals(graph, options.clamp_value)
     plan = PrecisionPlan(fp32_outputs=set(options.logits_outputs))
     if options.rmsnorm_fp32:
-        keep_rmsnorm_fp32(graph, plan, with_weight=(precision == "bf16"))
+        keep_rmsnorm_fp32(graph, plan)
     if options.logits_fp32:
         keep_logits_fp32(graph, plan, options.logits_outputs)
     if options.ffn_output_fp32:
@@ -238,21 +238,16 @@ def clamp_residuals(graph: gs.Graph, limit: float = DEFAULT_CLAMP) -> gs.Graph:
     return graph.cleanup().toposort()
 
 
-def keep_rmsnorm_fp32(graph: gs.Graph, plan: PrecisionPlan, with_weight: bool = False) -> gs.Graph:
+def keep_rmsnorm_fp32(graph: gs.Graph, plan: PrecisionPlan) -> gs.Graph:
     """Plan every RMSNorm's statistics and normalisation in fp32 (HF: x.to(float32)...).
 
     before (after conversion, without this pass): Cast(x, to=low) -> Pow -> ReduceMean ... in low
     after (after conversion): Cast(x, to=FLOAT) -> Pow -> ReduceMean -> Add(eps) -> Sqrt ->
           Div(1, .) -> Mul(x) all fp32 -> Cast(to=low) -> Mul(weight) in low, as HF does
           (`hidden_states.to(self.weight.dtype)` before the weight multiply).
-    with_weight (bf16): the weight Mul joins the fp32 island (-> Cast(to=low) after it), so ONNX
-          Runtime's SimplifiedLayerNormalization fusion gets one dtype; its CUDA kernel has no
-          fp32-input / bf16-scale variant and a bf16 session would otherwise fail to load.
     """
     for norm in find_rmsnorms(graph):
         plan.keep(norm.body)
-        if with_weight and norm.weight_mul is not None:
-            plan.keep([norm.weight_mul])
     return graph.cleanup().toposort()
 
 

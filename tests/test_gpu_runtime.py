@@ -6,6 +6,8 @@ Marked `gpu`: skipped where there is no CUDA device. Run on the lent H100 with t
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -106,7 +108,8 @@ def test_gpu_sampling_is_seeded(fp32_model):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_low_precision_agreement(fp32_model, tmp_path_factory, precision):
-    """fp16/bf16 against HF fp32: report token agreement and max logit error (first step)."""
+    """fp16/bf16 against HF fp32: token agreement and first-step logit error, reported; the error
+    is bounded by what Hugging Face's own model makes in the same precision on the same GPU."""
     model, _ = fp32_model
     d = _export(model, tmp_path_factory, precision, precision=precision)
     rt = t5rt.load(d, backend="ort", device="cuda")
@@ -114,22 +117,26 @@ def test_low_precision_agreement(fp32_model, tmp_path_factory, precision):
     ref, _ = _hf(model, ids, mask, max_new_tokens=32, min_new_tokens=32, num_beams=1)
     out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, min_new_tokens=32)
     agree = np.mean([a == b for r, o in zip(ref, out.sequences) for a, b in zip(r, o)])
-    # first-step logits through the runtime's buffers vs HF fp32
+    start = torch.zeros((4, 1), dtype=torch.long)
     with torch.no_grad():
         ref_logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                           decoder_input_ids=torch.zeros((4, 1), dtype=torch.long)).logits[:, 0].numpy()
+                           decoder_input_ids=start).logits[:, 0].numpy()
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        low = copy.deepcopy(model).to("cuda", dtype)
+        hf_low = low(input_ids=torch.from_numpy(ids).cuda(), attention_mask=torch.from_numpy(mask).cuda(),
+                     decoder_input_ids=start.cuda()).logits[:, 0].float().cpu().numpy()
     rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1)
     slot = list(rt.runner._dec.values())[-1]  # the most recently used buffers: this 1-step request
     got = rt.device.to_host(slot.bufs.logits)
     err = float(np.abs(got - ref_logits).max())
-    print(f"\n[{precision}] token agreement vs HF fp32: {agree:.3f}; first-step max |logit err| {err:.4f} "
-          f"(logit scale {np.abs(ref_logits).max():.2f})")
+    hf_err = float(np.abs(hf_low - ref_logits).max())
+    print(f"\n[{precision}] token agreement vs HF fp32: {agree:.3f}; first-step max |logit err| t5rt "
+          f"{err:.4f}, HF {precision} {hf_err:.4f} (logit scale {np.abs(ref_logits).max():.2f})")
     assert np.isfinite(got).all()
-    # greedy sequences diverge for good after one flipped near-tie, so the rate is reported, and
-    # the bound is on the first token (no divergence yet) and on the logit error
-    first = np.mean([r[0] == o[0] for r, o in zip(ref, out.sequences)])
-    assert first >= 0.75
-    assert err < 0.05 * np.abs(ref_logits).max()
+    # greedy sequences diverge for good after one flipped near-tie, so the rate is reported; the
+    # bound is on the first token (no divergence yet) and on the logit error
+    assert np.mean([r[0] == o[0] for r, o in zip(ref, out.sequences)]) >= 0.75
+    assert err <= 2.0 * hf_err + 1e-3 * np.abs(ref_logits).max()
 
 
 def test_t5_large_shaped_fp16_is_finite(tmp_path_factory):

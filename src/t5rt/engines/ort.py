@@ -66,7 +66,8 @@ class OrtSession:
         else:
             providers = ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers,
+                                                disabled_optimizers=disabled_optimizers(spec, device.is_cuda))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"ONNX Runtime could not load {path.name}: {e}") from None
         self._ort = ort
@@ -78,6 +79,17 @@ class OrtSession:
             gid = self._next_graph_id
             self._next_graph_id += 1
         return OrtEngine(self, gid)
+
+
+def disabled_optimizers(spec: GraphSpec, cuda: bool) -> list[str]:
+    """ORT graph optimizers a t5rt graph must run without.
+
+    On CUDA, ORT folds a bf16 graph's fp32 RMSNorm island (Cast -> Pow -> ... -> Mul(weight))
+    into SimplifiedLayerNormalization with mixed bf16/fp32 types, for which ORT 1.31's CUDA EP has
+    no kernel: the session would fail to load (seen on the H100). The unfused subgraph is exact.
+    """
+    bf16 = any(t.dtype == "bfloat16" for t in spec.inputs + spec.outputs)
+    return ["SimplifiedLayerNormFusion"] if cuda and bf16 else []
 
 
 class OrtEngine:
