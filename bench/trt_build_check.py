@@ -53,6 +53,42 @@ def make_export(size: str, precision: str, form: str, work: Path, max_in: int, m
 
 
 def check_one(export_dir: Path, options, label: dict) -> list[dict]:
+    """Build in a child process: a builder that crashes the interpreter (seen: TensorRT-RTX 1.7 on
+    the H100, SIGSEGV) becomes a FAIL row naming the signal and the Python frame it died in."""
+    import dataclasses
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "job.json"
+        spec.write_text(json.dumps({"export_dir": str(export_dir), "label": label,
+                                    "options": dataclasses.asdict(options)}, default=str))
+        proc = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--child", str(spec)],
+                              capture_output=True, text=True)
+        out = Path(tmp) / "rows.json"
+        if proc.returncode == 0 and out.is_file():
+            return json.loads(out.read_text())
+    tail = " / ".join(line.strip() for line in proc.stderr.strip().splitlines()[-6:])
+    why = f"child exited {proc.returncode}" + (f" (signal {-proc.returncode})" if proc.returncode < 0 else "")
+    return [dict(label, graph=g, ok=False, cached=False, build_s=None, engine_bytes=None, profiles=None,
+                 error=f"{why}: {tail}"[:600]) for g in options.graphs]
+
+
+def _child(spec_path: str) -> int:
+    from t5rt.engines import trt_build
+
+    job = json.loads(Path(spec_path).read_text())
+    fields = {f.name for f in __import__("dataclasses").fields(trt_build.BuildOptions)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in job["options"].items() if k in fields}
+    if kw.get("timing_cache"):
+        kw["timing_cache"] = Path(kw["timing_cache"])
+    opts = trt_build.BuildOptions(**kw)
+    rows = _check_in_process(Path(job["export_dir"]), opts, job["label"])
+    (Path(spec_path).parent / "rows.json").write_text(json.dumps(rows))
+    return 0
+
+
+def _check_in_process(export_dir: Path, options, label: dict) -> list[dict]:
     from t5rt.engines import trt_build
 
     rows = []
@@ -183,4 +219,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        sys.exit(_child(sys.argv[2]))
     sys.exit(main())
