@@ -68,7 +68,11 @@ def check_one(export_dir: Path, options, label: dict) -> list[dict]:
         out = Path(tmp) / "rows.json"
         if proc.returncode == 0 and out.is_file():
             return json.loads(out.read_text())
-    tail = " / ".join(line.strip() for line in proc.stderr.strip().splitlines()[-6:])
+    lines = proc.stderr.strip().splitlines()
+    # faulthandler: "Current thread ... (most recent call first):" then the innermost frames
+    at = next((i for i, line in enumerate(lines) if "most recent call first" in line), None)
+    picked = lines[at + 1:at + 4] if at is not None else lines[-6:]
+    tail = " / ".join(line.strip() for line in picked)
     why = f"child exited {proc.returncode}" + (f" (signal {-proc.returncode})" if proc.returncode < 0 else "")
     return [dict(label, graph=g, ok=False, cached=False, build_s=None, engine_bytes=None, profiles=None,
                  error=f"{why}: {tail}"[:600]) for g in options.graphs]
