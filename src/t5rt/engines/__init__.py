@@ -41,6 +41,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 cuda_graph=options.cuda_graphs,  # one ORT CUDA graph per bucket, every graph
                 threads=options.threads,
                 tf32=options.tf32,
+                rewrite=getattr(options, "ort_rewrite", True),  # Add + RMSNorm -> one ORT kernel
             )
     else:
         from .trt import open_trt_sessions  # noqa: PLC0415 - TensorRT only when asked for

@@ -4,16 +4,22 @@ CPU: CPUExecutionProvider, buffers are numpy arrays bound by address (no copies)
 CUDA: CUDAExecutionProvider on the runtime's own stream (`user_compute_stream`), buffers are cupy
 arrays bound by device address, no host synchronisation after a run, and optionally ONNX Runtime's
 own CUDA graph (`enable_cuda_graph`), one graph per bucket (`gpu_graph_id`).
+With `rewrite=True` (RuntimeOptions.ort_rewrite) the graph is first rewritten in memory by
+ort_rewrite.py (residual Add + RMSNorm -> com.microsoft.SkipSimplifiedLayerNormalization, fp32
+only, exact); the export on disk is never changed.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, MissingDependencyError
 from ..manifest import GraphSpec
 from ..runtime.device import Device, data_ptr, onnx_elem_type
+
+log = logging.getLogger("t5rt.ort")
 
 
 def _import_ort() -> Any:
@@ -28,7 +34,8 @@ class OrtSession:
     """An ONNX Runtime InferenceSession for one graph of an export. Makes per-bucket engines."""
 
     def __init__(self, path: Path, spec: GraphSpec, device: Device, *, cuda_graph: bool = False,
-                 threads: int | None = None, optimization: str = "all", tf32: bool = False):
+                 threads: int | None = None, optimization: str = "all", tf32: bool = False,
+                 rewrite: bool = False):
         ort = _import_ort()
         self.spec = spec
         self.device = device
@@ -65,8 +72,17 @@ class OrtSession:
             providers: list[Any] = [("CUDAExecutionProvider", opts)]
         else:
             providers = ["CPUExecutionProvider"]
+        model: str | bytes = str(path)
+        self.rewrite_note = "off"
+        if rewrite:
+            from .ort_rewrite import rewrite_model_file
+
+            data, self.rewrite_note = rewrite_model_file(path)
+            log.info("ort_rewrite %s: %s", path.name, self.rewrite_note)
+            if data is not None:
+                model = data
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers,
+            self.session = ort.InferenceSession(model, sess_options=so, providers=providers,
                                                 disabled_optimizers=disabled_optimizers(spec, device.is_cuda))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"ONNX Runtime could not load {path.name}: {e}") from None

@@ -1,0 +1,212 @@
+"""ort_rewrite: residual Add + RMSNorm -> com.microsoft.SkipSimplifiedLayerNormalization.
+
+Real exports of tiny T5 models (conftest families), rewritten in memory, run by ONNX Runtime's
+CPU EP (which implements the contrib op) against the unrewritten graphs, and end to end through
+t5rt.load(..., backend="ort") against Hugging Face generate().
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import t5rt
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest import FAMILIES, make_t5  # noqa: E402
+from t5rt.engines.ort_rewrite import FUSED_OP, fuse_skip_rmsnorm, rewrite_model_file  # noqa: E402
+from t5rt.manifest import GRAPH_NAMES, load_manifest  # noqa: E402
+
+# nodes of one residual Add + RMSNorm: Add, Pow, ReduceMean, Add(eps), Sqrt, Div(1, .), Mul(x), Mul(w)
+NODES_PER_FUSION = 8
+
+
+def _export(model, tmp_path_factory, name, **opts):
+    from t5rt.exporters.options import ExportOptions
+    from t5rt.exporters.pipeline import export
+
+    src = tmp_path_factory.mktemp(f"{name}-src")
+    model.save_pretrained(src)
+    out = tmp_path_factory.mktemp(f"{name}-export")
+    kw = dict(max_input_len=64, max_output_len=48, validate=False)
+    kw.update(opts)
+    export(str(src), out, ExportOptions(**kw), log=lambda *a, **k: None)
+    return out
+
+
+CASES = {
+    # name: (seed, config overrides, export options)
+    "v11": (21, FAMILIES["t5-v1_1"], {}),
+    "odd": (22, FAMILIES["odd-dims"], {}),
+    # opset 24: ReduceMean takes its axes as an input; in-place cache (TensorScatter)
+    "v10-inplace": (23, dict(FAMILIES["t5-v1_0"], num_layers=3, num_decoder_layers=2),
+                    dict(cache_update="inplace", opset=24)),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request, tmp_path_factory):
+    seed, cfg, opts = CASES[request.param]
+    model = make_t5(seed, **cfg)
+    return model, _export(model, tmp_path_factory, request.param, **opts)
+
+
+def _expected_fusions(cfg, graph: str) -> int:
+    """Every norm but the first of a stack reads a residual Add (the first reads the embedding)."""
+    if graph == "encoder":
+        return 2 * cfg.num_layers          # 2 sublayers per block; the final norm is the last one's
+    if graph == "decoder_step":
+        return 3 * cfg.num_decoder_layers
+    return 0                               # cross_kv: projections of the encoder output only
+
+
+def _op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def _feeds(spec, m, rng, batch=3, src_len=7):
+    """Random inputs for one graph, named and shaped by the manifest."""
+    cache_len = min(m.max_output_len, 11)
+    sizes = {"batch": batch, "src_len": src_len, "cache_len": cache_len}
+    feeds = {}
+    for t in spec.inputs:
+        shape = [sizes.get(d, d) if isinstance(d, str) else d for d in t.shape]
+        assert all(isinstance(d, int) for d in shape), f"unknown dim in {t.name}: {t.shape}"
+        if t.name in ("input_ids",):
+            feeds[t.name] = rng.integers(2, m.config["vocab_size"], shape).astype(np.int64)
+        elif "mask" in t.name:
+            mask = np.ones(shape, np.int64)
+            mask[0, shape[1] // 2:] = 0          # one padded row
+            feeds[t.name] = mask
+        elif t.name == "position":
+            feeds[t.name] = rng.integers(0, cache_len, shape).astype(np.int64)
+        else:
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _session(model_or_path):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    src = model_or_path if isinstance(model_or_path, (str, bytes)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def test_node_counts_drop_by_the_fused_norms(exported):
+    model, d = exported
+    m = load_manifest(d)
+    for g in GRAPH_NAMES:
+        graph = onnx.load(str(m.graph_path(g)))
+        before = _op_counts(graph)
+        report = fuse_skip_rmsnorm(graph)
+        after = _op_counts(graph)
+        want = _expected_fusions(model.config, g)
+        assert report.fused == want, (g, report.summary())
+        assert after.get(FUSED_OP, 0) == want
+        # each fusion: 8 real nodes -> 1 (Constant nodes for eps / 2 / 1 may go too)
+        real = lambda c: sum(v for k, v in c.items() if k != "Constant")  # noqa: E731
+        assert real(before) - real(after) == (NODES_PER_FUSION - 1) * want, g
+        assert after.get("Pow", 0) == before.get("Pow", 0) - want
+        if want:
+            onnx.checker.check_model(graph)
+            # the first norm of each stack stays, for ORT's own SimplifiedLayerNormFusion
+            assert report.skipped == {"norm input comes from Gather, not a residual Add": 1}
+
+
+def test_outputs_equal_unrewritten_graph(exported):
+    _, d = exported
+    m = load_manifest(d)
+    rng = np.random.default_rng(0)
+    for g in GRAPH_NAMES:
+        path = str(m.graph_path(g))
+        data, why = rewrite_model_file(path)
+        if g == "cross_kv":
+            assert data is None and "nothing to fuse" in why
+            continue
+        assert data is not None, why
+        feeds = _feeds(m.graphs[g], m, rng)
+        ref = _session(path).run(None, feeds)
+        got = _session(data).run(None, feeds)
+        names = [t.name for t in m.graphs[g].outputs]
+        for name, r, o in zip(names, ref, got):
+            assert o.shape == r.shape, name
+            scale = max(float(np.abs(r).max()), 1e-30)
+            err = float(np.abs(o.astype(np.float64) - r).max()) / scale
+            assert err <= 1e-5, f"{g}:{name} differs by {err:.2e} (relative to max |x|)"
+
+
+def _inputs(seed=0, lens=(7, 12, 3), vocab=384):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lens), max(lens)), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lens):
+        ids[i, :n] = rng.integers(2, vocab, n)
+        ids[i, n - 1] = 1
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def _hf(model, ids, mask, **kw):
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                             do_sample=False, **kw)
+    pad = model.config.pad_token_id
+    seqs = []
+    for s in out[:, 1:].tolist():
+        while s and s[-1] == pad:
+            s = s[:-1]
+        seqs.append(s)
+    return seqs
+
+
+@pytest.mark.parametrize("how", [dict(num_beams=1), dict(num_beams=3, num_return_sequences=2, length_penalty=0.8)])
+def test_generate_with_rewrite_matches_hf(exported, how):
+    model, d = exported
+    rt = t5rt.load(d, backend="ort", device="cpu")  # ort_rewrite defaults to on
+    dec = rt.runner.sessions["decoder_step"]
+    assert dec.rewrite_note.startswith(f"{3 * model.config.num_decoder_layers} fused"), dec.rewrite_note
+    assert any(n.op_type == FUSED_OP for n in onnx.load_model_from_string(
+        rewrite_model_file(load_manifest(d).graph_path("decoder_step"))[0]).graph.node)
+    ids, mask = _inputs(3)
+    ref = _hf(model, ids, mask, max_new_tokens=20, min_new_tokens=20, **how)
+    out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, **how)
+    assert out.sequences == ref
+
+
+def test_rewrite_can_be_switched_off(exported):
+    _, d = exported
+    rt = t5rt.load(d, backend="ort", device="cpu", ort_rewrite=False)
+    assert all(s.rewrite_note == "off" for s in rt.runner.sessions.values())
+
+
+def test_fp16_export_is_left_alone(tmp_path_factory, caplog):
+    """fp16 clips the residual sum between the Add and the norm: a fused kernel would normalise
+    the unclipped sum, so nothing is rewritten (and the reason is logged)."""
+    model = make_t5(24, **FAMILIES["t5-v1_1"])
+    d = _export(model, tmp_path_factory, "fp16", precision="fp16")
+    m = load_manifest(d)
+    for g in GRAPH_NAMES:
+        data, why = rewrite_model_file(m.graph_path(g))
+        assert data is None, (g, why)
+    with caplog.at_level(logging.INFO, logger="t5rt.ort"):
+        rt = t5rt.load(d, backend="ort", device="cpu")
+    assert all(s.rewrite_note.startswith("nothing to fuse") for s in rt.runner.sessions.values())
+    assert "ort_rewrite decoder_step.onnx: nothing to fuse" in caplog.text
+
+
+def test_missing_onnx_means_no_rewrite(exported, monkeypatch):
+    import t5rt.engines.ort_rewrite as rw
+
+    monkeypatch.setattr(rw, "_import_onnx", lambda: None)
+    _, d = exported
+    data, why = rw.rewrite_model_file(load_manifest(d).graph_path("decoder_step"))
+    assert data is None and "onnx package is not installed" in why
