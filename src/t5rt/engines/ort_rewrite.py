@@ -138,15 +138,16 @@ class _Graph:
 
         # Infer on a copy without weight bytes: only the initializers' dims matter here, and
         # copying t5-base's weights through protobuf twice would double the load time.
-        light = self.onnx.ModelProto()
-        light.CopyFrom(model)
-        light.graph.ClearField("initializer")
-        for t in model.graph.initializer:
-            if t.raw_data and len(t.raw_data) > 4096:
-                vi = light.graph.input.add()
-                vi.CopyFrom(self.onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        light = self.onnx.ModelProto(ir_version=model.ir_version)
+        light.opset_import.extend(model.opset_import)
+        src, dst = model.graph, light.graph
+        for f in ("node", "input", "output", "value_info"):
+            getattr(dst, f).extend(getattr(src, f))
+        for t in src.initializer:
+            if len(t.raw_data) > 4096:
+                dst.input.append(self.onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
             else:
-                light.graph.initializer.add().CopyFrom(t)
+                dst.initializer.append(t)
         try:
             inferred = shape_inference.infer_shapes(light)
         except Exception as e:  # noqa: BLE001 - inference is best effort; no types means no rewrite
@@ -347,10 +348,9 @@ def fuse_skip_rmsnorm(model: Any) -> RewriteReport:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {i for n in nodes for i in n.input} | {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]  # eps / 2 / 1 of the old norms
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+    dead = [k for k, t in enumerate(model.graph.initializer) if t.name not in used]  # eps / 2 / 1
+    for k in reversed(dead):  # in place: re-adding the kept weights would copy them all
+        del model.graph.initializer[k]
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     report.removed_nodes = before - len(model.graph.node)
