@@ -50,6 +50,8 @@ log = logging.getLogger("t5rt.ort_rewrite")
 FUSED_OP = "SkipSimplifiedLayerNormalization"
 MS_DOMAIN = "com.microsoft"
 _FLOAT = 1  # onnx.TensorProto.FLOAT
+# Why fp16 / bf16 norms are left alone (see the module docstring).
+LOW_PRECISION = "low-precision residual stream (fp16/bf16 norm island: fusing would not be exact)"
 
 
 @dataclass
@@ -246,6 +248,8 @@ def _match_norm(G: _Graph, pow_: Any) -> tuple[_Match | None, str | None]:
     body.append(normed)
     wmul = G.only_consumer(normed.output[0], "Mul")
     if wmul is None:
+        if G.only_consumer(normed.output[0], "Cast") is not None:
+            return None, LOW_PRECISION
         return None, "no weight Mul after the norm"
     gamma = next((i for i in wmul.input if i != normed.output[0]), None)
     gval = G.const(gamma) if gamma else None
@@ -268,7 +272,7 @@ def _match_norm(G: _Graph, pow_: Any) -> tuple[_Match | None, str | None]:
     p = G.producer.get(xf)
     if p is not None and p.op_type == "Cast":
         if _attr(p, "to") != _FLOAT or G.types.get(p.input[0], (None,))[0] != _FLOAT:
-            return None, "residual stream is not float32 (low-precision norm island)"
+            return None, LOW_PRECISION
         if len(G.consumers.get(xf, [])) != 2 or xf in G.outputs:
             return None, "the norm's entry Cast has other consumers"
         body.insert(0, p)
