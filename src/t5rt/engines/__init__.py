@@ -29,6 +29,11 @@ def pick_backend(requested: str, device: Any) -> tuple[str, str]:
     return trt_compat.pick_backend("cuda")
 
 
+def _ort_rewrite(options: Any, device: Any) -> bool:
+    choice = getattr(options, "ort_rewrite", None)
+    return (not device.is_cuda) if choice is None else bool(choice)
+
+
 def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
     backend, reason = pick_backend(requested, device)
     sessions: dict[str, Any] = {}
@@ -41,7 +46,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 cuda_graph=options.cuda_graphs,  # one ORT CUDA graph per bucket, every graph
                 threads=options.threads,
                 tf32=options.tf32,
-                rewrite=getattr(options, "ort_rewrite", True),  # Add + RMSNorm -> one ORT kernel
+                rewrite=_ort_rewrite(options, device),  # Add + RMSNorm -> one ORT kernel
             )
     else:
         from .trt import open_trt_sessions  # noqa: PLC0415 - TensorRT only when asked for

@@ -497,6 +497,27 @@ class TimingCache:
         _atomic_write(self.path, bytes(self.cache.serialize()))
 
 
+def _static_cache_model(path: Path, cache_len: int) -> bytes | None:
+    """The graph with its symbolic "cache_len" dims set to `cache_len`, as bytes (None: onnx missing).
+
+    TensorRT's parser maps TensorScatter to its KV-cache update layer only for caches whose sequence
+    dim is static in the ONNX graph itself ("The KV cache tensor must have a static sequence length
+    dimension", TensorRT-RTX 1.7 on the H100); pinning it in the optimization profile is too late.
+    Weights in external data stay where they are (the parser resolves them from `path`).
+    """
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param == "cache_len":
+                d.dim_value = cache_len
+    return model.SerializeToString()
+
+
 def build_plan(m: Manifest, graph: str, profiles: list[Profile], options: BuildOptions,
                timing: TimingCache | None = None, *, stream: TextIO | None = None) -> bytes:
     """Parse graph `graph` of export `m` and build a serialized engine (the plan bytes)."""
@@ -521,11 +542,13 @@ def build_plan(m: Manifest, graph: str, profiles: list[Profile], options: BuildO
                            f"TensorRT >= 10 ('pip install -U tensorrt')")
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
+    T = pinned_cache_len(m, options) if graph == "decoder_step" else None
+    static = _static_cache_model(path, T) if T else None
+    parsed = parser.parse(static, str(path)) if static is not None else parser.parse_from_file(str(path))
+    if not parsed:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise BackendError(f"TensorRT could not parse {path.name}: " + " | ".join(errs or errors))
     check_network_io(network, spec)
-    T = pinned_cache_len(m, options) if graph == "decoder_step" else None
     if T:
         _pin_cache_inputs(network, m, T)
 

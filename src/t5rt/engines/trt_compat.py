@@ -152,7 +152,9 @@ def features_of(mod: Any, name: str) -> TrtInfo:
         has_user_managed_memory=strategy is not None and hasattr(strategy, "USER_MANAGED")
         and ctx is not None and hasattr(ctx, "set_device_memory"),
         has_device_memory_v2=eng is not None and hasattr(eng, "device_memory_size_v2"),
-        has_timing_cache=cfg is not None and hasattr(cfg, "create_timing_cache")
+        # TensorRT-RTX 1.7 has the calls, but serialising its timing cache after a build crashed the
+        # process (SIGSEGV in ITimingCache.serialize, seen on the H100): RTX builds use none.
+        has_timing_cache=not is_rtx and cfg is not None and hasattr(cfg, "create_timing_cache")
         and hasattr(cfg, "set_timing_cache"),
         has_optimization_level=cfg is not None and hasattr(cfg, "builder_optimization_level"),
         has_compute_capability_api=cfg is not None and hasattr(cfg, "set_compute_capability"),
