@@ -120,6 +120,28 @@ def test_feature_checks():
     assert rtx.is_rtx and rtx.has_in_place_kv and not rtx.has_strongly_typed
     assert not rtx.has_device_memory_v2 and not rtx.has_progress_monitor
     assert "tensorrt_rtx 1.7.1.0" in rtx.describe()
+    # TensorRT-RTX 1.7 segfaulted serialising its timing cache on the H100: never used there
+    assert not rtx.has_timing_cache and new.has_timing_cache
+
+
+def test_inplace_graph_is_parsed_with_a_static_cache_length(exports):
+    """TensorRT's TensorScatter import wants the cache's sequence dim static in the ONNX graph."""
+    import onnx
+
+    from t5rt.engines.trt_build import _static_cache_model
+
+    path = exports["inplace"] / "decoder_step.onnx"
+    before = onnx.load(str(path), load_external_data=False)
+    dims = lambda m: [d for vi in list(m.graph.input) + list(m.graph.output)  # noqa: E731
+                      for d in vi.type.tensor_type.shape.dim]
+    assert any(d.dim_param == "cache_len" for d in dims(before))
+    after = onnx.load_from_string(_static_cache_model(path, 32))
+    assert not any(d.dim_param == "cache_len" for d in dims(after))
+    names = {vi.name for vi in after.graph.input if vi.name.startswith("self_k")}
+    for vi in after.graph.input:
+        if vi.name in names:
+            assert vi.type.tensor_type.shape.dim[2].dim_value == 32
+    onnx.checker.check_model(after)
 
 
 # -- engine file header -------------------------------------------------------------------------------
