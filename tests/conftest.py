@@ -98,3 +98,51 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"gpu: {why}"))
         if "trt" in item.keywords and (why := _trt_reason()):
             item.add_marker(pytest.mark.skip(reason=f"trt: {why}"))
+
+
+# -- helpers shared by the runtime tests -------------------------------------------------------
+
+
+def export_tiny(model, tmp_path_factory, name, **opts):
+    """Save `model` in save_pretrained layout and export it with t5rt's exporter; -> export dir."""
+    from t5rt.exporters.options import ExportOptions
+    from t5rt.exporters.pipeline import export
+
+    src = tmp_path_factory.mktemp(f"{name}-src")
+    model.save_pretrained(src)
+    out = tmp_path_factory.mktemp(f"{name}-export")
+    kw = dict(max_input_len=64, max_output_len=48, validate=False)
+    kw.update(opts)
+    export(str(src), out, ExportOptions(**kw), log=lambda *a, **k: None)
+    return out
+
+
+def padded_inputs(seed=0, lens=(7, 12, 3), vocab=384):
+    """Right-padded random token ids ending in eos, and their mask: ([B, S] int64, [B, S] int64)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lens), max(lens)), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lens):
+        ids[i, :n] = rng.integers(2, vocab, n)
+        ids[i, n - 1] = 1  # eos, as the tokenizer appends it
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def hf_generate(model, ids, mask, **kw):
+    """Hugging Face generate() on numpy inputs -> (sequences without start token and padding, raw output)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(ids).to(model.device),
+                             attention_mask=torch.from_numpy(mask).to(model.device),
+                             do_sample=False, return_dict_in_generate=True, output_scores=True, **kw)
+    pad = model.config.pad_token_id
+    seqs = []
+    for s in out.sequences[:, 1:].tolist():
+        while s and s[-1] == pad:
+            s = s[:-1]
+        seqs.append(s)
+    return seqs, out

@@ -18,20 +18,7 @@ import t5rt
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import make_t5  # noqa: E402
-
-
-def _export(model, tmp_path_factory, name, **opts):
-    from t5rt.exporters.options import ExportOptions
-    from t5rt.exporters.pipeline import export
-
-    src = tmp_path_factory.mktemp(f"{name}-src")
-    model.save_pretrained(src)
-    out = tmp_path_factory.mktemp(f"{name}-export")
-    kw = dict(max_input_len=64, max_output_len=48, validate=False)
-    kw.update(opts)
-    export(str(src), out, ExportOptions(**kw), log=lambda *a, **k: None)
-    return out
+from conftest import export_tiny as _export, hf_generate as _hf, make_t5, padded_inputs as _inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +37,6 @@ def v10_inplace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rt_v11(v11):
     return t5rt.load(v11[1], backend="ort", device="cpu")
-
-
-def _inputs(seed=0, lens=(7, 12, 3), vocab=384):
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lens), max(lens)), np.int64)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lens):
-        ids[i, :n] = rng.integers(2, vocab, n)
-        ids[i, n - 1] = 1  # eos, as the tokenizer appends it
-        mask[i, :n] = 1
-    return ids, mask
-
-
-def _hf(model, ids, mask, **kw):
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                             do_sample=False, return_dict_in_generate=True, output_scores=True, **kw)
-    seqs = out.sequences[:, 1:].tolist()  # drop the decoder start token
-    pad = model.config.pad_token_id
-    trimmed = []
-    for s in seqs:
-        while s and s[-1] == pad:
-            s = s[:-1]
-        trimmed.append(s)
-    return trimmed, out
 
 
 @pytest.mark.parametrize("new", [1, 20])

@@ -16,45 +16,13 @@ import t5rt
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import make_t5  # noqa: E402
+from conftest import export_tiny, hf_generate as _hf, make_t5, padded_inputs as _inputs  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 
 def _export(model, tmp_path_factory, name, **opts):
-    from t5rt.exporters.options import ExportOptions
-    from t5rt.exporters.pipeline import export
-
-    src = tmp_path_factory.mktemp(f"{name}-src")
-    model.save_pretrained(src)
-    out = tmp_path_factory.mktemp(f"{name}-export")
-    kw = dict(max_input_len=64, max_output_len=64, validate=False)
-    kw.update(opts)
-    export(str(src), out, ExportOptions(**kw), log=lambda *a, **k: None)
-    return out
-
-
-def _inputs(seed, lens, vocab):
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lens), max(lens)), np.int64)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lens):
-        ids[i, :n] = rng.integers(2, vocab, n)
-        ids[i, n - 1] = 1
-        mask[i, :n] = 1
-    return ids, mask
-
-
-def _hf(model, ids, mask, **kw):
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                             do_sample=False, return_dict_in_generate=True, output_scores=True, **kw)
-    res = []
-    for s in out.sequences[:, 1:].tolist():
-        while s and s[-1] == model.config.pad_token_id:
-            s = s[:-1]
-        res.append(s)
-    return res, out
+    return export_tiny(model, tmp_path_factory, name, **{"max_output_len": 64, **opts})
 
 
 SMALLISH = dict(vocab_size=2048, d_model=128, d_kv=32, d_ff=256, num_layers=3, num_decoder_layers=3,

@@ -19,25 +19,13 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import FAMILIES, make_t5  # noqa: E402
+from conftest import FAMILIES, export_tiny as _export, make_t5, padded_inputs as _inputs  # noqa: E402
+from conftest import hf_generate  # noqa: E402
 from t5rt.engines.ort_rewrite import FUSED_OP, fuse_skip_rmsnorm, rewrite_model_file  # noqa: E402
 from t5rt.manifest import GRAPH_NAMES, load_manifest  # noqa: E402
 
 # nodes of one residual Add + RMSNorm: Add, Pow, ReduceMean, Add(eps), Sqrt, Div(1, .), Mul(x), Mul(w)
 NODES_PER_FUSION = 8
-
-
-def _export(model, tmp_path_factory, name, **opts):
-    from t5rt.exporters.options import ExportOptions
-    from t5rt.exporters.pipeline import export
-
-    src = tmp_path_factory.mktemp(f"{name}-src")
-    model.save_pretrained(src)
-    out = tmp_path_factory.mktemp(f"{name}-export")
-    kw = dict(max_input_len=64, max_output_len=48, validate=False)
-    kw.update(opts)
-    export(str(src), out, ExportOptions(**kw), log=lambda *a, **k: None)
-    return out
 
 
 CASES = {
@@ -144,30 +132,6 @@ def test_outputs_equal_unrewritten_graph(exported):
             assert err <= 1e-5, f"{g}:{name} differs by {err:.2e} (relative to max |x|)"
 
 
-def _inputs(seed=0, lens=(7, 12, 3), vocab=384):
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lens), max(lens)), np.int64)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lens):
-        ids[i, :n] = rng.integers(2, vocab, n)
-        ids[i, n - 1] = 1
-        mask[i, :n] = 1
-    return ids, mask
-
-
-def _hf(model, ids, mask, **kw):
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                             do_sample=False, **kw)
-    pad = model.config.pad_token_id
-    seqs = []
-    for s in out[:, 1:].tolist():
-        while s and s[-1] == pad:
-            s = s[:-1]
-        seqs.append(s)
-    return seqs
-
-
 @pytest.mark.parametrize("how", [dict(num_beams=1), dict(num_beams=3, num_return_sequences=2, length_penalty=0.8)])
 def test_generate_with_rewrite_matches_hf(exported, how):
     model, d = exported
@@ -177,7 +141,7 @@ def test_generate_with_rewrite_matches_hf(exported, how):
     assert any(n.op_type == FUSED_OP for n in onnx.load_model_from_string(
         rewrite_model_file(load_manifest(d).graph_path("decoder_step"))[0]).graph.node)
     ids, mask = _inputs(3)
-    ref = _hf(model, ids, mask, max_new_tokens=20, min_new_tokens=20, **how)
+    ref = hf_generate(model, ids, mask, max_new_tokens=20, min_new_tokens=20, **how)[0]
     out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, **how)
     assert out.sequences == ref
 
@@ -261,6 +225,6 @@ def test_cuda_generate_with_rewrite_matches_hf(exported, how):
     assert rt.runner.sessions["decoder_step"].rewrite_note.startswith(
         f"{3 * model.config.num_decoder_layers} fused")
     ids, mask = _inputs(4)
-    ref = _hf(model, ids, mask, max_new_tokens=20, min_new_tokens=20, **how)
+    ref = hf_generate(model, ids, mask, max_new_tokens=20, min_new_tokens=20, **how)[0]
     out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, **how)
     assert out.sequences == ref
