@@ -510,10 +510,7 @@ def _lower_float_constant_nodes(graph: gs.Graph) -> None:
         old = node.outputs[0]
         const = gs.Constant(old.name, v.values)
         old.name = f"{old.name}/lowered"
-        for c in list(old.outputs):
-            for i, inp in enumerate(c.inputs):
-                if inp is old:
-                    c.inputs[i] = const
+        _replace_uses(old, const)
         node.outputs.clear()
     graph.cleanup()
 
@@ -524,13 +521,17 @@ def _fold_constant_identities(graph: gs.Graph) -> None:
     for node in list(graph.nodes):
         if node.op != "Identity" or not isinstance(node.inputs[0], gs.Constant) or id(node.outputs[0]) in outs:
             continue
-        old, const = node.outputs[0], node.inputs[0]
-        for c in list(old.outputs):
-            for i, inp in enumerate(c.inputs):
-                if inp is old:
-                    c.inputs[i] = const
+        _replace_uses(node.outputs[0], node.inputs[0])
         node.outputs.clear()
     graph.cleanup()
+
+
+def _replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node that reads `old` reads `new` instead."""
+    for c in list(old.outputs):
+        for i, inp in enumerate(c.inputs):
+            if inp is old:
+                c.inputs[i] = new
 
 
 def _unique_node_names(graph: gs.Graph) -> None:
