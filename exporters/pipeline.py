@@ -130,13 +130,8 @@ def patch_fp32(a: GraphArtifact, cfg: Any, options: ExportOptions,
 
 def lower_precision(graph: gs.Graph, precision: str) -> gs.Graph:
     """The fp32 graph in fp16/bf16: exporters/precision.py's passes (fp32 RMSNorm and logits, fp16 clamps)."""
-    try:
-        from . import precision as prec
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("exporters.precision"):
-            raise ExportError(f"--precision {precision} needs exporters/precision.py, which this t5rt "
-                              f"does not have; export fp32 instead") from None
-        raise
+    from . import precision as prec
+
     return prec.apply_precision(graph, precision)
 
 
