@@ -201,3 +201,17 @@ def test_output_scores_and_beam_sampling(v11, rt_v11):
               num_return_sequences=2)
     a = rt_v11.generate(seed=7, **kw).sequences
     assert len(a) == 4 and a == rt_v11.generate(seed=7, **kw).sequences
+
+
+def test_load_options_precedence(v11):
+    _, d = v11
+    opts = t5rt.RuntimeOptions(backend="ort", device="cpu", done_check_interval=3)
+    rt = t5rt.load(d, options=opts, max_batch=2)
+    assert (rt.options.backend, rt.options.device, rt.options.done_check_interval, rt.options.max_batch) == \
+        ("ort", "cpu", 3, 2)
+    assert opts.max_batch == 64  # the caller's object is left alone
+    assert t5rt.load(d, device="cpu", options=opts).options.device == "cpu"
+    with pytest.raises(t5rt.InvalidOptionError, match="cuda_graph"):
+        t5rt.load(d, device="cpu", cuda_graph=False)
+    with pytest.raises(t5rt.InvalidOptionError, match="backend"):
+        t5rt.load(d, backend="tensorflow", device="cpu")

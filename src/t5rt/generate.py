@@ -12,6 +12,7 @@ the runtime ready for the next one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,13 +219,20 @@ def _load_kernels() -> Any:
     return kernels
 
 
-def load(directory: str | Path, backend: str = "auto", device: str = "auto",
+def load(directory: str | Path, backend: str | None = None, device: str | None = None,
          options: RuntimeOptions | None = None, **kwargs: Any) -> Runtime:
-    """Load an export made by `t5rt export` (see RuntimeOptions for the other knobs)."""
-    opts = options or RuntimeOptions()
-    opts.backend, opts.device = backend, device
-    for k, v in kwargs.items():
-        if not hasattr(opts, k):
-            raise InvalidOptionError(f"unknown runtime option {k!r}; known: {', '.join(RuntimeOptions.__dataclass_fields__)}")
-        setattr(opts, k, v)
+    """Load an export made by `t5rt export`.
+
+    backend / device / kwargs override the fields of `options` (a RuntimeOptions, default: all
+    defaults: backend "auto", device "auto"); the caller's `options` object is not modified.
+    """
+    known = RuntimeOptions.__dataclass_fields__
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise InvalidOptionError(f"unknown runtime option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if backend is not None:
+        kwargs["backend"] = backend
+    if device is not None:
+        kwargs["device"] = device
+    opts = dataclasses.replace(options or RuntimeOptions(), **kwargs)
     return Runtime(load_manifest(directory), opts)
