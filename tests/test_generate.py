@@ -215,3 +215,26 @@ def test_load_options_precedence(v11):
         t5rt.load(d, device="cpu", cuda_graph=False)
     with pytest.raises(t5rt.InvalidOptionError, match="backend"):
         t5rt.load(d, backend="tensorflow", device="cpu")
+
+
+def test_mt5_and_umt5(tmp_path_factory):
+    """mT5 (its own model class, gated-gelu, untied-era config) exports and generates like HF; UMT5,
+    whose every layer owns a position bias, is refused with a clear error."""
+    import torch
+    from transformers import MT5Config, MT5ForConditionalGeneration, UMT5Config, UMT5ForConditionalGeneration
+
+    from conftest import TINY, export_tiny
+
+    torch.manual_seed(31)
+    model = MT5ForConditionalGeneration(MT5Config(**dict(TINY, feed_forward_proj="gated-gelu"))).eval()
+    with torch.no_grad():  # widen the random init as conftest.make_t5 does (else it emits pad ids only)
+        for p in model.parameters():
+            p.mul_(4.0)
+    rt = t5rt.load(export_tiny(model, tmp_path_factory, "mt5"), backend="ort", device="cpu")
+    ids, mask = _inputs(11, lens=(5, 9))
+    for beams in (1, 3):
+        ref, _ = _hf(model, ids, mask, max_new_tokens=16, num_beams=beams)
+        assert rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, num_beams=beams).sequences == ref
+    umt5 = UMT5ForConditionalGeneration(UMT5Config(**TINY)).eval()
+    with pytest.raises(t5rt.T5rtError, match="(?i)umt5|position bias"):
+        export_tiny(umt5, tmp_path_factory, "umt5")
