@@ -124,14 +124,7 @@ class BeamSearchStrategy:
         lp = self.length_penalty
         active = ~self._done
 
-        logp = ops.log_softmax(xp, logits)  # [N, V]
-        logp = self.pipeline(self.history, logp, t, self.host_step)
-        acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
-        if self.do_sample:
-            u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]
-            cand_score, cand_idx = ops.gumbel_topk(xp, acc, u, K)  # [B, K]
-        else:
-            cand_score, cand_idx = ops.topk(xp, acc, K)  # [B, K]
+        logp, cand_score, cand_idx = self._array_candidates(logits, t)
         cand_beam = cand_idx // V  # [B, K]
         cand_tok = cand_idx % V  # [B, K]
         hits = (cand_tok == self.eos) | (t + 1 >= T)  # [B, K]
@@ -214,6 +207,26 @@ class BeamSearchStrategy:
         xp.copyto(self._done, self._done | now_done)
         self.host_step += 1
 
+    def _array_candidates(self, logits: Array, t: Array, kernels: Any = None) -> tuple[Array, Array, Array]:
+        """log_softmax -> processors -> + running beam score -> the top K candidates per input.
+
+        -> (logp [N, V], cand_score [B, K], cand_idx [B, K] into [nb*V]); beam sampling draws K
+        without replacement (Gumbel-top-k); `kernels` (t5rt.kernels) does the top-K on the GPU.
+        """
+        xp = self.xp
+        B, nb, K, V = self.batch, self.num_beams, self.K, self.vocab_size
+        logp = ops.log_softmax(xp, logits)  # [N, V]
+        logp = self.pipeline(self.history, logp, t, self.host_step)
+        acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
+        if self.do_sample:
+            u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]
+            cand_score, cand_idx = ops.gumbel_topk(xp, acc, u, K)  # [B, K]
+        elif kernels is not None:
+            cand_score, cand_idx = kernels.beam_topk(xp.ascontiguousarray(acc), K, self._ws)
+        else:
+            cand_score, cand_idx = ops.topk(xp, acc, K)  # [B, K]
+        return logp, cand_score, cand_idx
+
     def _step_fused(self, logits: Array) -> None:
         """step() as candidate selection + ONE update kernel (t5rt_dec_beam_update).
 
@@ -233,16 +246,7 @@ class BeamSearchStrategy:
                 rows = cand_idx // V + self._batch_base  # [B, K]
                 cand_lp = (logits[rows, cand_idx % V] - self._ws.row_max[rows]) - self._ws.row_logsum[rows]
         else:
-            logp = ops.log_softmax(xp, logits)  # [N, V]
-            logp = self.pipeline(self.history, logp, t, self.host_step)
-            acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
-            if self.do_sample:
-                u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]
-                cand_score, cand_idx = ops.gumbel_topk(xp, acc, u, K)  # [B, K]
-            elif k is not None:
-                cand_score, cand_idx = k.beam_topk(xp.ascontiguousarray(acc), K, self._ws)
-            else:
-                cand_score, cand_idx = ops.topk(xp, acc, K)  # [B, K]
+            logp, cand_score, cand_idx = self._array_candidates(logits, t, k)
             if self.output_scores:
                 cand_lp = xp.take_along_axis(logp.reshape(B, nb * V), cand_idx, axis=1)  # [B, K]
         cand_score = xp.ascontiguousarray(cand_score, dtype=xp.float32)
