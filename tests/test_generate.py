@@ -238,3 +238,10 @@ def test_mt5_and_umt5(tmp_path_factory):
     umt5 = UMT5ForConditionalGeneration(UMT5Config(**TINY)).eval()
     with pytest.raises(t5rt.T5rtError, match="(?i)umt5|position bias"):
         export_tiny(umt5, tmp_path_factory, "umt5")
+
+
+def test_one_dimensional_inputs(rt_v11):
+    ids, mask = _inputs(12, lens=(6,))
+    two_d = rt_v11.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4).sequences
+    assert rt_v11.generate(input_ids=ids[0], attention_mask=mask[0], max_new_tokens=4).sequences == two_d
+    assert rt_v11.generate(input_ids=ids[0].tolist(), max_new_tokens=4).sequences == two_d

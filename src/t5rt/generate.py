@@ -99,6 +99,8 @@ class Runtime:
                     raise InvalidInputError(f"input_ids must be 2-D [batch, length], got shape {arr.shape}")
                 rows = [list(map(int, r)) for r in arr]
             else:
+                if len(input_ids) and isinstance(input_ids[0], (int, np.integer)):
+                    input_ids = [input_ids]  # one flat list of ids is one input
                 try:
                     rows = [list(map(int, r)) for r in input_ids]
                 except (TypeError, ValueError):
@@ -106,8 +108,10 @@ class Runtime:
             if len(rows) == 0:
                 raise InvalidInputError("no input: input_ids is empty")
             if attention_mask is not None:
-                am = [list(map(int, r)) for r in np.asarray(attention_mask).tolist()] \
-                    if hasattr(attention_mask, "__array__") else [list(map(int, r)) for r in attention_mask]
+                src = np.asarray(attention_mask).tolist() if hasattr(attention_mask, "__array__") else attention_mask
+                if src and not isinstance(src[0], (list, tuple)):
+                    src = [src]  # one 1-D mask goes with one 1-D input_ids
+                am = [list(map(int, r)) for r in src]
                 if len(am) != len(rows) or any(len(a) != len(r) for a, r in zip(am, rows)):
                     raise InvalidInputError("attention_mask must have the shape of input_ids")
                 if any(v not in (0, 1) for a in am for v in a):
