@@ -99,7 +99,7 @@ class Runtime:
                     raise InvalidInputError(f"input_ids must be 2-D [batch, length], got shape {arr.shape}")
                 rows = [list(map(int, r)) for r in arr]
             else:
-                if len(input_ids) and isinstance(input_ids[0], (int, np.integer)):
+                if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (int, np.integer)):
                     input_ids = [input_ids]  # one flat list of ids is one input
                 try:
                     rows = [list(map(int, r)) for r in input_ids]
