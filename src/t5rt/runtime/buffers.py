@@ -135,7 +135,7 @@ class DecoderBuffers:
             dst.reshape((enc.batch, r) + src.shape[1:])[...] = src[:, None]
         self.encoder_attention_mask.reshape(enc.batch, r, -1)[...] = enc.attention_mask[:, None]
 
-    def clear_caches(self, xp: Any) -> None:
+    def clear_caches(self) -> None:
         """Zero the self-attention caches (rows beyond the current position are masked anyway;
         zeroing keeps stale values of a previous request out of reach of any bug)."""
         for buf in self.self_k + self.self_v:

@@ -148,7 +148,7 @@ class T5Runner:
         cache_len = getattr(self.sessions["decoder_step"], "static_cache_len", None) \
             or cache_bucket(max_new_tokens, self.m.max_output_len)
         slot = self.decoder_slot(enc, strategy.rows_per_input, cache_len)
-        bufs, xp = slot.bufs, self.dev.xp
+        bufs = slot.bufs
         engine = bufs.engine
         write_form = self.m.cache_update == "write"
         reorder = getattr(strategy, "parent", None) is not None
@@ -161,6 +161,10 @@ class T5Runner:
             if reorder:
                 # rows 0..t are valid after step t; step_counter is now t+1
                 slot.cache.reorder(strategy.parent, strategy.step_counter)
+            feed()
+
+        def feed() -> None:
+            # the chosen tokens and their position become the next step's engine inputs
             bufs.input_ids[:, 0] = strategy.tokens
             bufs.position[...] = strategy.step_counter
 
@@ -176,9 +180,8 @@ class T5Runner:
             import cupy
         with self.dev.use():
             bufs.expand_from(enc)
-            bufs.clear_caches(xp)
-            bufs.input_ids[:, 0] = strategy.tokens
-            bufs.position[...] = strategy.step_counter
+            bufs.clear_caches()
+            feed()
             for t in range(max_new_tokens):
                 if profile:
                     ev = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Event())
@@ -212,8 +215,6 @@ class T5Runner:
         self.timings.steps = steps
         self.timings.host_s = total - waited
         if profile:
-            import cupy
-
             # step 0 is eager (kernel compilation); steps >= 1 are what a request costs
             steady = events[1:] or events
             scale = len(events) / len(steady) / 1e3
