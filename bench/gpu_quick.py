@@ -18,14 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPES = {
-    "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64, feed_forward_proj="relu",
-                     tie_word_embeddings=True),
-    "t5-base": dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, feed_forward_proj="relu",
-                    tie_word_embeddings=True),
-}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="t5-small")
@@ -46,12 +38,12 @@ def main() -> int:
     from transformers import T5Config, T5ForConditionalGeneration
 
     import t5rt
+    from t5rt.bench.presets import PRESETS
     from t5rt.exporters.options import ExportOptions
     from t5rt.exporters.pipeline import export
 
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=32128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                   dropout_rate=0.0, **SHAPES[args.shape])
+    cfg = T5Config(**PRESETS[args.shape])  # the shapes python -m t5rt.bench uses
     model = T5ForConditionalGeneration(cfg).eval()
     tmp = Path(tempfile.mkdtemp())
     model.save_pretrained(tmp / "src")
