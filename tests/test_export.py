@@ -41,9 +41,11 @@ def session(path, providers=("CPUExecutionProvider",)):
     so.intra_op_num_threads = 1  # tiny graphs; spinning ORT threads would starve torch on CI's 2 CPUs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # the same optimizer opt-outs the runtime uses (bf16 RMSNorm fusion has no CUDA kernel)
+    from t5rt.engines.ort import disabled_optimizers
+
     bf16 = any(i.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
                for i in onnx.load(str(path), load_external_data=False).graph.input)
-    disabled = ["SimplifiedLayerNormFusion"] if bf16 and "CUDAExecutionProvider" in providers else []
+    disabled = disabled_optimizers({"bfloat16"} if bf16 else set(), "CUDAExecutionProvider" in providers)
     return ort.InferenceSession(str(path), so, providers=list(providers), disabled_optimizers=disabled)
 
 

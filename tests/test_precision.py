@@ -432,8 +432,10 @@ def test_low_precision_graphs_on_ort_cuda_match_fp32_torch(precision, graph, tmp
         pytest.skip("onnxruntime-gpu (CUDAExecutionProvider) is not installed")
     fam = "t5-v1_1"
     model = convert(fp32_graph(tmp_path_factory, fam, graph), precision)
-    # as the runtime does (engines/ort.py disabled_optimizers): no fused bf16 RMSNorm on CUDA
-    disabled = ["SimplifiedLayerNormFusion"] if precision == "bf16" else []
+    # as the runtime does: no fused bf16 RMSNorm on CUDA
+    from t5rt.engines.ort import disabled_optimizers
+
+    disabled = disabled_optimizers({"bfloat16"} if precision == "bf16" else set(), cuda=True)
     sess = ort.InferenceSession(_fp32_io(model).SerializeToString(), providers=["CUDAExecutionProvider"],
                                 disabled_optimizers=disabled)
     got = sess.run(None, _inputs(_model(fam), graph))[0]

@@ -12,6 +12,7 @@ only, exact); the export on disk is never changed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ class OrtSession:
                 model = data
         try:
             self.session = ort.InferenceSession(model, sess_options=so, providers=providers,
-                                                disabled_optimizers=disabled_optimizers(spec, device.is_cuda))
+                                                disabled_optimizers=disabled_optimizers(_dtypes(spec), device.is_cuda))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"ONNX Runtime could not load {path.name}: {e}") from None
         self._ort = ort
@@ -97,15 +98,18 @@ class OrtSession:
         return OrtEngine(self, gid)
 
 
-def disabled_optimizers(spec: GraphSpec, cuda: bool) -> list[str]:
+def _dtypes(spec: GraphSpec) -> set[str]:
+    return {t.dtype for t in spec.inputs + spec.outputs}
+
+
+def disabled_optimizers(io_dtypes: Iterable[str], cuda: bool) -> list[str]:
     """ORT graph optimizers a t5rt graph must run without.
 
     On CUDA, ORT folds a bf16 graph's fp32 RMSNorm island (Cast -> Pow -> ... -> Mul(weight))
     into SimplifiedLayerNormalization with mixed bf16/fp32 types, for which ORT 1.31's CUDA EP has
     no kernel: the session would fail to load (seen on the H100). The unfused subgraph is exact.
     """
-    bf16 = any(t.dtype == "bfloat16" for t in spec.inputs + spec.outputs)
-    return ["SimplifiedLayerNormFusion"] if cuda and bf16 else []
+    return ["SimplifiedLayerNormFusion"] if cuda and "bfloat16" in set(io_dtypes) else []
 
 
 class OrtEngine:
