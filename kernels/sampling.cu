@@ -67,32 +67,32 @@ __device__ u32 t5rt_select_mass_key(const float* x, int V, float temperature, fl
   return prefix;
 }
 
-extern "C" __global__ void __launch_bounds__(T5RT_SAMPLE_THREADS)
-t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V used
-                      i64 row_stride, int V, float temperature, int top_k, float top_p,
-                      const u64* seed,  // [1] device seed
-                      const i64* step,  // [1] device step counter
-                      i64* out) {                 // [N] int64 tokens
-  __shared__ u64 hist[256];
-  __shared__ float red_f[33];
-  __shared__ u64 red_u[32];
-  __shared__ int red_i[32];
-  __shared__ int sh_bucket;
-  __shared__ u64 sh_above;
-  __shared__ int sh_token;
-  const int row = blockIdx.x;
-  const float* x = logits + (i64)row * row_stride;
+// Shared memory of one row's draw (declared __shared__ by each sampling kernel).
+struct T5rtSampleShared {
+  u64 hist[256];
+  float red_f[33];
+  u64 red_u[32];
+  int red_i[32];
+  int bucket;
+  u64 above;
+  int token;
+};
 
+// One row's draw, called by every thread of the block: x = logits row / temperature, filtered by
+// top-k then top-p, then the inverse CDF at u in [0, 1). Returns the token (the same in every
+// thread); *mx_out = max x, *total_out = sum of kept exp(x - max).
+__device__ int t5rt_sample_row(const float* x, int V, float temperature, int top_k, float top_p,
+                               double u, T5rtSampleShared* sh, float* mx_out, float* total_out) {
   // 1. row maximum of x / temperature
   float mx = -__int_as_float(0x7f800000);
   for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, x[i] / temperature);
-  mx = t5rt_block_allreduce(mx, T5rtMax(), red_f);
+  mx = t5rt_block_allreduce(mx, T5rtMax(), sh->red_f);
 
   // 2. top-k: keys >= the k-th largest key
   u32 floor_key = 0;
   if (top_k > 0 && top_k < V)
-    floor_key = t5rt_select_kth_key(x, V, temperature, (u32)top_k, (u32*)hist, &sh_bucket,
-                                    (u32*)&sh_above);
+    floor_key = t5rt_select_kth_key(x, V, temperature, (u32)top_k, (u32*)sh->hist, &sh->bucket,
+                                    (u32*)&sh->above);
 
   // 3. top-p over the top-k survivors, in fixed-point mass
   if (top_p < 1.0f) {
@@ -101,13 +101,13 @@ t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V use
       const float xi = x[i] / temperature;
       if (t5rt_float_key(xi) >= floor_key) z += (u64)(expf(xi - mx) * T5RT_MASS_SCALE);
     }
-    z = t5rt_block_allreduce(z, T5rtSum(), red_u);
+    z = t5rt_block_allreduce(z, T5rtSum(), sh->red_u);
     u64 target = (u64)((double)top_p * (double)z);
     if (target > z) target = z;
     if (target < 1) target = 1;
     if (z > 0)
-      floor_key = t5rt_select_mass_key(x, V, temperature, mx, floor_key, target, hist,
-                                       &sh_bucket, &sh_above);
+      floor_key = t5rt_select_mass_key(x, V, temperature, mx, floor_key, target, sh->hist,
+                                       &sh->bucket, &sh->above);
   }
 
   // 4. inverse CDF in vocabulary order: each thread owns a contiguous chunk of the row
@@ -124,11 +124,10 @@ t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V use
     }
   }
   float excl, incl, total;
-  t5rt_block_scan(s, &excl, &incl, &total, red_f);
-  last_kept = t5rt_block_allreduce(last_kept, T5rtMaxInt(), red_i);
-  if (threadIdx.x == 0) sh_token = -1;
+  t5rt_block_scan(s, &excl, &incl, &total, sh->red_f);
+  last_kept = t5rt_block_allreduce(last_kept, T5rtMaxInt(), sh->red_i);
+  if (threadIdx.x == 0) sh->token = -1;
   __syncthreads();
-  const double u = t5rt_uniform(*seed, (u64)(*step), (u64)row, 0ull);
   const double target = u * (double)total;
   if (s > 0.f && (double)excl <= target && target < (double)incl) {
     int tok = -1;
@@ -141,10 +140,27 @@ t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V use
         if ((double)excl + (double)acc > target) break;
       }
     }
-    sh_token = tok;
+    sh->token = tok;
   }
   __syncthreads();
-  if (threadIdx.x == 0) out[row] = sh_token >= 0 ? sh_token : (last_kept >= 0 ? last_kept : 0);
+  *mx_out = mx;
+  *total_out = total;
+  return sh->token >= 0 ? sh->token : (last_kept >= 0 ? last_kept : 0);
+}
+
+extern "C" __global__ void __launch_bounds__(T5RT_SAMPLE_THREADS)
+t5rt_topk_topp_sample(const float* logits,  // [N, row_stride] fp32, first V used
+                      i64 row_stride, int V, float temperature, int top_k, float top_p,
+                      const u64* seed,  // [1] device seed
+                      const i64* step,  // [1] device step counter
+                      i64* out) {                 // [N] int64 tokens
+  __shared__ T5rtSampleShared sh;
+  const int row = blockIdx.x;
+  const double u = t5rt_uniform(*seed, (u64)(*step), (u64)row, 0ull);
+  float mx, total;
+  const int tok = t5rt_sample_row(logits + (i64)row * row_stride, V, temperature, top_k, top_p, u,
+                                  &sh, &mx, &total);
+  if (threadIdx.x == 0) out[row] = tok;
 }
 
 extern "C" __global__ void __launch_bounds__(T5RT_ARGMAX_THREADS)
