@@ -7,6 +7,7 @@ of bound buffers) per bucket.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import InvalidOptionError
@@ -14,6 +15,8 @@ from ..manifest import GRAPH_NAMES, Manifest
 from .base import Engine
 
 __all__ = ["Engine", "open_sessions", "pick_backend"]
+
+ORT_REWRITE_ENV = "T5RT_ORT_REWRITE"  # 0/1: the ORT load-time rewrite when RuntimeOptions leaves it None
 
 
 def pick_backend(requested: str, device: Any) -> tuple[str, str]:
@@ -30,8 +33,14 @@ def pick_backend(requested: str, device: Any) -> tuple[str, str]:
 
 
 def _ort_rewrite(options: Any, device: Any) -> bool:
+    """RuntimeOptions.ort_rewrite; None -> $T5RT_ORT_REWRITE (0/1) if set, else on for the CPU only."""
     choice = getattr(options, "ort_rewrite", None)
-    return (not device.is_cuda) if choice is None else bool(choice)
+    if choice is None:
+        env = os.environ.get(ORT_REWRITE_ENV, "").strip()
+        if env:
+            return env not in ("0", "false", "no", "off")
+        return not device.is_cuda
+    return bool(choice)
 
 
 def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
