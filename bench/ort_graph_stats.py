@@ -22,7 +22,6 @@ It prints a markdown table and writes it (plus per-graph op counts) to --out. TF
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time

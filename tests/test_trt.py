@@ -10,8 +10,6 @@ vs the manifest, and run parity against ONNX Runtime CPU on the same graphs wher
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import subprocess
 import sys
 import types
