@@ -16,7 +16,6 @@ another (same CPU arch; --python-version names the target interpreter):
 from __future__ import annotations
 
 import argparse
-import os
 import stat
 import subprocess
 import sys

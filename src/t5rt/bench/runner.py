@@ -23,7 +23,7 @@ from .options import BenchOptions
 from .peers import CTranslate2, HFEager, OptimumORT
 from .presets import materialize, resolve_model
 from .results import BenchResult, Row, describe_machine, loadavg
-from .systems import RunOutput, System, Unavailable, Workload, agreement, make_workload, one_line
+from .systems import RunOutput, System, Workload, agreement, make_workload, one_line
 from .t5rt_system import T5rtSystem, exporter_version
 from .timing import Stats, device_memory_used, round_robin
 
