@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 
 from conftest import FAMILIES, export_tiny as _export, make_t5, padded_inputs as _inputs  # noqa: E402
 from conftest import hf_generate  # noqa: E402
-from t5rt.engines.ort_rewrite import FUSED_OP, fuse_skip_rmsnorm, rewrite_model_file  # noqa: E402
+from t5rt.engines.ort_rewrite import FUSED_OP, NORM_OP, fuse_skip_rmsnorm, rewrite_model_file  # noqa: E402
 from t5rt.manifest import GRAPH_NAMES, load_manifest  # noqa: E402
 
 # nodes of one residual Add + RMSNorm: Add, Pow, ReduceMean, Add(eps), Sqrt, Div(1, .), Mul(x), Mul(w)
@@ -173,6 +173,45 @@ def test_low_precision_export_is_left_alone(tmp_path_factory, caplog, precision)
         assert "ort_rewrite decoder_step.onnx: nothing to fuse" in caplog.text
 
 
+# nodes of one bf16 norm island: Cast, Pow, ReduceMean, Add(eps), Sqrt, Div(1, .), Mul(x), Cast, Mul(w)
+NODES_PER_BF16_ISLAND = 9
+
+
+@pytest.fixture(scope="module")
+def bf16_export(tmp_path_factory):
+    model = make_t5(25, **FAMILIES["t5-v1_1"])
+    return model, _export(model, tmp_path_factory, "bf16-islands", precision="bf16")
+
+
+def test_bf16_islands_become_one_norm_in_cuda_mode(bf16_export):
+    """cuda=True: every bf16 norm island but the decoder's final one (fp32 logits) -> one node."""
+    model, d = bf16_export
+    m, cfg = load_manifest(d), model.config
+    expected = {"encoder": 2 * cfg.num_layers + 1, "decoder_step": 3 * cfg.num_decoder_layers, "cross_kv": 0}
+    for g in GRAPH_NAMES:
+        before = onnx.load(str(m.graph_path(g)))
+        data, why = rewrite_model_file(m.graph_path(g), cuda=True)
+        if not expected[g]:
+            assert data is None, why
+            continue
+        assert data is not None and why.startswith(f"{expected[g]} fused"), (g, why)
+        after = onnx.load_from_string(data)
+        ops_before, ops_after = _op_counts(before), _op_counts(after)
+        assert ops_after.get(NORM_OP, 0) == expected[g]
+        assert ops_after.get("Pow", 0) == ops_before["Pow"] - expected[g]
+        assert len(before.graph.node) - len(after.graph.node) >= expected[g] * (NODES_PER_BF16_ISLAND - 1)
+        assert [i.name for i in after.graph.input] == [i.name for i in before.graph.input]
+        assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
+        inits = {t.name: t for t in after.graph.initializer}
+        for n in after.graph.node:
+            if n.op_type == NORM_OP:
+                gamma = inits[n.input[1]]
+                assert gamma.data_type == onnx.TensorProto.BFLOAT16 and len(gamma.dims) == 1
+                assert n.domain == "" and {a.name for a in n.attribute} >= {"axis", "epsilon", "stash_type"}
+        if g == "decoder_step":
+            assert "final norm before fp32 logits" in why
+
+
 def test_missing_onnx_means_no_rewrite(exported, monkeypatch):
     import t5rt.engines.ort_rewrite as rw
 
@@ -221,10 +260,42 @@ def test_cuda_generate_with_rewrite_matches_hf(exported, how):
     if why := _cuda_ep_reason():
         pytest.skip(why)
     model, d = exported
-    rt = t5rt.load(d, backend="ort", device="cuda", ort_rewrite=True)  # off on CUDA by default until verified
+    rt = t5rt.load(d, backend="ort", device="cuda")  # the rewrite is on by default
     assert rt.runner.sessions["decoder_step"].rewrite_note.startswith(
         f"{3 * model.config.num_decoder_layers} fused")
     ids, mask = _inputs(4)
     ref = hf_generate(model, ids, mask, max_new_tokens=20, min_new_tokens=20, **how)[0]
     out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, **how)
     assert out.sequences == ref
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_rewrite_loads_and_follows_the_unrewritten_graphs(bf16_export):
+    """On the CUDA EP the all-bf16 norm loads (no fallback) and greedy tokens follow the export."""
+    if why := _cuda_ep_reason():
+        pytest.skip(why)
+    model, d = bf16_export
+    fused = t5rt.load(d, backend="ort", device="cuda", ort_rewrite=True)
+    plain = t5rt.load(d, backend="ort", device="cuda", ort_rewrite=False)
+    notes = {g: s.rewrite_note for g, s in fused.runner.sessions.items()}
+    assert notes["encoder"].startswith(f"{2 * model.config.num_layers + 1} fused"), notes
+    assert notes["decoder_step"].startswith(f"{3 * model.config.num_decoder_layers} fused"), notes
+    ids, mask = _inputs(6)
+    kw = dict(max_new_tokens=24, min_new_tokens=24, output_scores=True)
+    a = fused.generate(input_ids=ids, attention_mask=mask, **kw)
+    b = plain.generate(input_ids=ids, attention_mask=mask, **kw)
+    ref = hf_generate(model, ids, mask, max_new_tokens=24, min_new_tokens=24)[0]  # HF fp32
+
+    def agreement(x, y):
+        pairs = [(p, q) for s, t in zip(x, y) for p, q in zip(s, t)]
+        return sum(p == q for p, q in pairs) / len(pairs)
+
+    rate, rate_hf, rate_plain_hf = agreement(a.sequences, b.sequences), \
+        agreement(a.sequences, ref), agreement(b.sequences, ref)
+    # first-token log-probs (same prefix in both): the rounding the fused norm changes
+    lp = max(abs(x[0] - y[0]) for x, y in zip(a.token_scores, b.token_scores))
+    print(f"bf16 rewrite: token agreement {rate:.3f} with the unrewritten graphs; vs HF fp32 "
+          f"{rate_hf:.3f} (unrewritten {rate_plain_hf:.3f}); first-token log-prob diff {lp:.3g}")
+    assert rate >= 0.9
+    assert rate_hf >= rate_plain_hf - 0.1
+    assert lp < 0.1

@@ -33,13 +33,11 @@ def pick_backend(requested: str, device: Any) -> tuple[str, str]:
 
 
 def _ort_rewrite(options: Any, device: Any) -> bool:
-    """RuntimeOptions.ort_rewrite; None -> $T5RT_ORT_REWRITE (0/1) if set, else on for the CPU only."""
+    """RuntimeOptions.ort_rewrite; None -> $T5RT_ORT_REWRITE (0/1) if set, else on."""
     choice = getattr(options, "ort_rewrite", None)
     if choice is None:
-        env = os.environ.get(ORT_REWRITE_ENV, "").strip()
-        if env:
-            return env not in ("0", "false", "no", "off")
-        return not device.is_cuda
+        env = os.environ.get(ORT_REWRITE_ENV, "").strip().lower()
+        return env not in ("0", "false", "no", "off")
     return bool(choice)
 
 

@@ -5,8 +5,9 @@ CUDA: CUDAExecutionProvider on the runtime's own stream (`user_compute_stream`),
 arrays bound by device address, no host synchronisation after a run, and optionally ONNX Runtime's
 own CUDA graph (`enable_cuda_graph`), one graph per bucket (`gpu_graph_id`).
 With `rewrite=True` (RuntimeOptions.ort_rewrite) the graph is first rewritten in memory by
-ort_rewrite.py (residual Add + RMSNorm -> com.microsoft.SkipSimplifiedLayerNormalization, fp32
-only, exact); the export on disk is never changed.
+ort_rewrite.py (fp32: residual Add + RMSNorm -> com.microsoft.SkipSimplifiedLayerNormalization,
+exact; bf16 on CUDA: each fp32 norm island -> one all-bf16 SimplifiedLayerNormalization); the
+export on disk is never changed, and a rewritten graph ORT refuses is loaded unchanged instead.
 """
 
 from __future__ import annotations
@@ -78,14 +79,27 @@ class OrtSession:
         if rewrite:
             from .ort_rewrite import rewrite_model_file
 
-            data, self.rewrite_note = rewrite_model_file(path)
+            data, self.rewrite_note = rewrite_model_file(path, cuda=device.is_cuda)
             log.info("ort_rewrite %s: %s", path.name, self.rewrite_note)
             if data is not None:
                 model = data
+        disabled = disabled_optimizers(_dtypes(spec), device.is_cuda)
+
+        def open_session(m: str | bytes) -> Any:
+            return ort.InferenceSession(m, sess_options=so, providers=providers, disabled_optimizers=disabled)
+
         try:
-            self.session = ort.InferenceSession(model, sess_options=so, providers=providers,
-                                                disabled_optimizers=disabled_optimizers(_dtypes(spec), device.is_cuda))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            try:
+                self.session = open_session(model)
+            except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+                if not isinstance(model, bytes):
+                    raise
+                # a speed rewrite must never stop a load: fall back to the export as it is
+                log.warning("ort_rewrite %s: ONNX Runtime refused the rewritten graph (%s); "
+                            "loading it unchanged", path.name, e)
+                self.rewrite_note = f"refused by ONNX Runtime ({type(e).__name__}); loaded unchanged"
+                self.session = open_session(str(path))
+        except Exception as e:  # noqa: BLE001
             raise BackendError(f"ONNX Runtime could not load {path.name}: {e}") from None
         self._ort = ort
         self._next_graph_id = 0

@@ -27,11 +27,24 @@ fp32, equal to the subgraph within fp32 rounding). Not rewritten, each for a log
 - low-precision residual streams (fp16 / bf16 Adds): the kernel normalises the fp32 sum before
   rounding it to fp16, and fp16 exports clip the residual sum (Clip(±64000)) *between* the Add
   and the norm, which a fused kernel cannot reproduce (it would normalise the unclipped sum);
-  bf16 has no CPU kernel and is not exact either.
+  bf16 is not exact either, and ORT registers no bf16 SkipSimplifiedLayerNormalization.
 - the first norm of a stack (its input is an embedding Gather, not an Add): ORT already folds it
   into SimplifiedLayerNormalization.
 - graphs whose weights live in external data files (> 2 GiB): the rewritten model could not be
   handed to ORT as in-memory bytes; they load unchanged.
+
+bf16 graphs on the CUDA EP (`rewrite_model_file(..., cuda=True)`, `fuse_bf16_rmsnorm`): the
+exporter keeps each norm's statistics in an fp32 island (Cast -> Pow -> ... -> Cast -> Mul(weight),
+8 kernels). ORT's own SimplifiedLayerNormFusion would fold it into a mixed-type node its CUDA EP
+has no kernel for, so t5rt turns that fusion off for bf16 graphs (ort.py `disabled_optimizers`),
+and the island stays 8 kernels. The CUDA EP does register SimplifiedLayerNormalization for
+(T=bf16, U=float, V=bf16) (onnxruntime/contrib_ops/cuda/layer_norm.cc; statistics in fp32), so
+the island becomes that one node with bf16 in / weight / out. Not exact: HF rounds x * inv_rms
+to bf16 before the weight multiply, the kernel rounds once after it (<= 1 bf16 ulp per element).
+The residual Add stays separate: SkipSimplifiedLayerNormalization is registered for float and
+MLFloat16 only (contrib_ops/cuda/cuda_contrib_kernels.cc). The decoder's final norm feeds the
+fp32 logits island (fp32 weight; no (bf16, float, float) kernel) and is left alone. ORT's CPU EP
+has SimplifiedLayerNormalization for float / double only, so the bf16 mode is CUDA-only.
 
 This module needs the `onnx` package; without it `rewrite_model_file` returns no rewrite and the
 reason (onnx is not a runtime dependency of t5rt).
@@ -48,8 +61,10 @@ from typing import Any
 log = logging.getLogger("t5rt.ort_rewrite")
 
 FUSED_OP = "SkipSimplifiedLayerNormalization"
+NORM_OP = "SimplifiedLayerNormalization"  # ORT's, in the default domain (bf16 mode)
 MS_DOMAIN = "com.microsoft"
 _FLOAT = 1  # onnx.TensorProto.FLOAT
+_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 # Why fp16 / bf16 norms are left alone (see the module docstring).
 LOW_PRECISION = "low-precision residual stream (fp16/bf16 norm island: fusing would not be exact)"
 
@@ -75,7 +90,7 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def rewrite_model_file(path: str | Path) -> tuple[bytes | None, str]:
+def rewrite_model_file(path: str | Path, *, cuda: bool = False) -> tuple[bytes | None, str]:
     """-> (serialized rewritten model, why) or (None, why not). Never raises on graph content.
 
     None means: load `path` unchanged (onnx missing, external data, nothing to fuse).
@@ -89,6 +104,14 @@ def rewrite_model_file(path: str | Path) -> tuple[bytes | None, str]:
         if _uses_external_data(model):
             return None, "weights are in external data files (> 2 GiB graph); loaded unchanged"
         report = fuse_skip_rmsnorm(model)
+        if cuda and any(t.data_type == _BFLOAT16 for t in model.graph.initializer):
+            # bf16 norm islands: ORT's CUDA EP has the all-bf16 kernel, its CPU EP has none
+            bf16 = fuse_bf16_rmsnorm(model)
+            if bf16.fused:
+                report.skipped.pop(LOW_PRECISION, None)  # those were the bf16 islands, now fused
+                report.skipped.update(bf16.skipped)
+                report.fused += bf16.fused
+                report.removed_nodes += bf16.removed_nodes
     except Exception as e:  # noqa: BLE001 - a speed rewrite must never stop a load
         log.warning("ort_rewrite: %s left unchanged: %s: %s", path.name, type(e).__name__, e)
         return None, f"rewrite failed ({type(e).__name__}: {e}); loaded unchanged"
@@ -215,25 +238,36 @@ class _Match:
     eps: float
 
 
-def _match_norm(G: _Graph, pow_: Any) -> tuple[_Match | None, str | None]:
-    """RMSNorm whose Pow is `pow_` -> (match, None) | (None, reason) | (None, None) if not a norm."""
+@dataclass
+class _Stats:
+    """The fp32 statistics of one RMSNorm: xf -> Pow .. Mul(xf, inv_rms) = normed."""
+
+    xf: str             # the fp32 tensor normalised
+    body: list          # Pow, ReduceMean, Add(eps), Sqrt, [Div(1,.)|Reciprocal], Mul(x)|Div(x)
+    normed: Any         # the node computing xf * inv_rms
+    mean: Any           # the ReduceMean (its axis is checked by the caller's form)
+    eps: float
+
+
+def _match_stats(G: _Graph, pow_: Any) -> _Stats | None:
+    """Pow(xf, 2) -> ReduceMean -> Add(eps) -> Sqrt -> [Div(1, .) | Reciprocal] -> Mul(xf) | Div(xf)."""
     if len(pow_.input) != 2 or G.scalar(pow_.input[1]) != 2.0:
-        return None, None
+        return None
     xf = pow_.input[0]
     mean = G.only_consumer(pow_.output[0], "ReduceMean")
     add_eps = mean is not None and G.only_consumer(mean.output[0], "Add")
     if not add_eps:
-        return None, None
+        return None
     eps_in = [i for i in add_eps.input if i != mean.output[0]]
     eps = G.scalar(eps_in[0]) if len(eps_in) == 1 else None
     sqrt = eps is not None and G.only_consumer(add_eps.output[0], "Sqrt")
     if not sqrt:
-        return None, None
+        return None
     body = [pow_, mean, add_eps, sqrt]
     # x / sqrt(.)  or  x * (1 / sqrt(.))
     cs = G.consumers.get(sqrt.output[0], [])
     if len(cs) != 1 or sqrt.output[0] in G.outputs:
-        return None, None
+        return None
     c = cs[0]
     if c.op_type == "Div" and list(c.input) == [xf, sqrt.output[0]]:
         normed = c
@@ -241,11 +275,34 @@ def _match_norm(G: _Graph, pow_: Any) -> tuple[_Match | None, str | None]:
                                        and G.scalar(c.input[0]) == 1.0):
         normed = G.only_consumer(c.output[0], "Mul")
         if normed is None or sorted(normed.input) != sorted([xf, c.output[0]]):
-            return None, None
+            return None
         body.append(c)
     else:
-        return None, None
+        return None
     body.append(normed)
+    return _Stats(xf=xf, body=body, normed=normed, mean=mean, eps=float(eps))
+
+
+def _last_axis_keepdims(G: _Graph, mean: Any, x: str) -> str | None:
+    """None if ReduceMean `mean` reduces the last axis of `x` with keepdims, else why not."""
+    rank_dims = G.types.get(x, (None, None))[1]
+    axes = _attr(mean, "axes")
+    if axes is None and len(mean.input) > 1:
+        a = G.const(mean.input[1])
+        axes = None if a is None else [int(v) for v in a.reshape(-1)]
+    if _attr(mean, "keepdims", 1) != 1 or axes is None or len(axes) != 1:
+        return "ReduceMean is not over one axis with keepdims"
+    if not (axes[0] == -1 or (rank_dims is not None and axes[0] == len(rank_dims) - 1)):
+        return "ReduceMean is not over the last axis"
+    return None
+
+
+def _match_norm(G: _Graph, pow_: Any) -> tuple[_Match | None, str | None]:
+    """RMSNorm whose Pow is `pow_` -> (match, None) | (None, reason) | (None, None) if not a norm."""
+    st = _match_stats(G, pow_)
+    if st is None:
+        return None, None
+    xf, body, normed, mean, eps = st.xf, st.body, st.normed, st.mean, st.eps
     wmul = G.only_consumer(normed.output[0], "Mul")
     if wmul is None:
         if G.only_consumer(normed.output[0], "Cast") is not None:
@@ -257,15 +314,9 @@ def _match_norm(G: _Graph, pow_: Any) -> tuple[_Match | None, str | None]:
         return None, "norm weight is not a 1-D float32 constant"
 
     # the statistics must be over the last axis, keepdims
-    rank_dims = G.types.get(xf, (None, None))[1]
-    axes = _attr(mean, "axes")
-    if axes is None and len(mean.input) > 1:
-        a = G.const(mean.input[1])
-        axes = None if a is None else [int(v) for v in a.reshape(-1)]
-    if _attr(mean, "keepdims", 1) != 1 or axes is None or len(axes) != 1:
-        return None, "ReduceMean is not over one axis with keepdims"
-    if not (axes[0] == -1 or (rank_dims is not None and axes[0] == len(rank_dims) - 1)):
-        return None, "ReduceMean is not over the last axis"
+    why = _last_axis_keepdims(G, mean, xf)
+    if why:
+        return None, why
 
     # optional entry Cast(to=FLOAT) of an already-float32 tensor (a no-op the tracer left)
     x = xf
@@ -343,9 +394,16 @@ def fuse_skip_rmsnorm(model: Any) -> RewriteReport:
         for n in [m.add, *m.body]:
             drop.add(id(n))
         report.fused += 1
-    if not report.fused:
-        return report
+    if report.fused:
+        _apply(model, G, replace, drop)
+        if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+        report.removed_nodes = before - len(model.graph.node)
+    return report
 
+
+def _apply(model: Any, G: _Graph, replace: dict[int, Any], drop: set[int]) -> None:
+    """Put each fused node in its replaced node's place, drop the matched ones, tidy up."""
     nodes = [replace.get(id(n), n) for n in model.graph.node if id(n) not in drop]
     nodes = _drop_dead_constants(nodes, {o.name for o in model.graph.output})
     nodes = _toposort(nodes, {i.name for i in model.graph.input} | set(G.inits))
@@ -355,9 +413,81 @@ def fuse_skip_rmsnorm(model: Any) -> RewriteReport:
     dead = [k for k, t in enumerate(model.graph.initializer) if t.name not in used]  # eps / 2 / 1
     for k in reversed(dead):  # in place: re-adding the kept weights would copy them all
         del model.graph.initializer[k]
-    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-    report.removed_nodes = before - len(model.graph.node)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 graphs on the CUDA EP: the fp32 norm island -> one all-bf16 SimplifiedLayerNormalization
+# ---------------------------------------------------------------------------------------------
+
+def _match_bf16_island(G: _Graph, pow_: Any) -> tuple[tuple[Any, list, str, float] | None, str | None]:
+    """bf16 RMSNorm island whose Pow is `pow_` -> ((weight Mul, matched nodes, x, eps), None) |
+    (None, reason) | (None, None) if `pow_` is no norm."""
+    st = _match_stats(G, pow_)
+    if st is None:
+        return None, None
+    entry = G.producer.get(st.xf)
+    if entry is None or entry.op_type != "Cast" or _attr(entry, "to") != _FLOAT \
+            or G.types.get(entry.input[0], (None,))[0] != _BFLOAT16:
+        return None, None  # not a bf16 island (fp32 graphs are fuse_skip_rmsnorm's)
+    x = entry.input[0]
+    if sorted(id(c) for c in G.consumers.get(st.xf, [])) != sorted([id(pow_), id(st.normed)]) \
+            or st.xf in G.outputs:
+        return None, "the norm's entry Cast has other consumers"
+    why = _last_axis_keepdims(G, st.mean, x)
+    if why:
+        return None, why
+    exit_ = G.only_consumer(st.normed.output[0], "Cast")
+    if exit_ is None or _attr(exit_, "to") != _BFLOAT16:
+        # the decoder's final norm feeds the fp32 logits island (exporters keep_logits_fp32):
+        # bf16 x with an fp32 weight has no CUDA kernel ((bf16, float, bf16) only)
+        return None, "norm output stays fp32 (final norm before fp32 logits)"
+    wmul = G.only_consumer(exit_.output[0], "Mul")
+    gamma = wmul is not None and next((i for i in wmul.input if i != exit_.output[0]), None)
+    gtype, gdims = G.types.get(gamma, (None, None)) if gamma else (None, None)
+    if not gamma or gtype != _BFLOAT16 or gdims is None or len(gdims) != 1 or G.const(gamma) is None:
+        return None, "norm weight is not a 1-D bfloat16 constant"
+    return (wmul, [entry, *st.body, exit_], x, st.eps), None
+
+
+def fuse_bf16_rmsnorm(model: Any) -> RewriteReport:
+    """Rewrite a bf16 graph's RMSNorm islands in place (CUDA EP only; see the module docstring).
+
+    before (exporters/precision.py keep_rmsnorm_fp32, HF's T5LayerNorm in bf16):
+        x [B, T, d] bf16 -> Cast(to=FLOAT) -> Pow(2) -> ReduceMean(-1) -> Add(eps) -> Sqrt
+          -> Div(1, .) -> Mul(xf, .) -> Cast(to=BFLOAT16) -> Mul(weight [d] bf16) = y [B, T, d] bf16
+    after:
+        y = SimplifiedLayerNormalization(x, weight, axis=-1, epsilon=eps, stash_type=1)
+    One rounding differs: HF rounds x * inv_rms to bf16 before the weight multiply, the kernel
+    multiplies in fp32 and rounds once (at most one bf16 ulp per element).
+    """
+    import onnx
+
+    report = RewriteReport()
+    if any(a.type in (5, 10) for n in model.graph.node for a in n.attribute):  # GRAPH / GRAPHS
+        report.skipped["graph has control-flow subgraphs"] += 1
+        return report
+    G = _Graph(model)
+    before = len(model.graph.node)
+    drop: set[int] = set()
+    replace: dict[int, Any] = {}
+    for pow_ in list(model.graph.node):
+        if pow_.op_type != "Pow":
+            continue
+        m, why = _match_bf16_island(G, pow_)
+        if m is None:
+            if why:
+                report.skipped[why] += 1
+            continue
+        wmul, nodes, x, eps = m
+        gamma = next(i for i in wmul.input if i != nodes[-1].output[0])
+        replace[id(wmul)] = onnx.helper.make_node(
+            NORM_OP, [x, gamma], [wmul.output[0]], name=(wmul.name or "rmsnorm") + "/rmsnorm_bf16",
+            axis=-1, epsilon=eps, stash_type=1)
+        drop.update(id(n) for n in nodes)
+        report.fused += 1
+    if report.fused:
+        _apply(model, G, replace, drop)
+        report.removed_nodes = before - len(model.graph.node)
     return report
 
 

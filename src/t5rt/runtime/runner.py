@@ -38,8 +38,9 @@ class RuntimeOptions:
     threads: int | None = None        # CPU: intra-op threads (None: the backend's default)
     profile: bool = False             # split per-step device time into engine / decoding (CUDA events)
     tf32: bool = False                # allow TF32 matmuls for fp32 graphs on the GPU (faster, not exact)
-    # ORT: fuse residual Add + RMSNorm into SkipSimplifiedLayerNormalization (fp32 graphs).
-    # None: on for the CPU; off on CUDA until its GPU tests (tests/test_ort_rewrite.py) have run there.
+    # ORT load-time rewrite (engines/ort_rewrite.py): fp32 residual Add + RMSNorm -> one
+    # SkipSimplifiedLayerNormalization; on CUDA also bf16 norm islands -> one all-bf16 norm.
+    # None: on, unless $T5RT_ORT_REWRITE=0.
     ort_rewrite: bool | None = None
 
     def validate(self) -> None:
