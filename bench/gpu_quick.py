@@ -59,10 +59,22 @@ def main() -> int:
         import onnx
         import onnxruntime as ort
 
+        from t5rt.engines.ort import disabled_optimizers
+        from t5rt.engines.ort_rewrite import rewrite_model_file
+        from t5rt.manifest import load_manifest
+
+        man = load_manifest(tmp / "exp")
         for g in ("encoder", "cross_kv", "decoder_step"):
+            # the graph as the runtime loads it: t5rt's rewrite, then ORT's optimizers minus the opt-outs
+            path = tmp / "exp" / f"{g}.onnx"
+            data, note = rewrite_model_file(path, cuda=True)
+            print(f"ort_rewrite {g}: {note}", flush=True)
+            spec = man.graphs[g]
             so = ort.SessionOptions()
             so.optimized_model_filepath = str(tmp / f"{g}.opt.onnx")
-            ort.InferenceSession(str(tmp / "exp" / f"{g}.onnx"), so, providers=["CUDAExecutionProvider"])
+            ort.InferenceSession(data or str(path), so, providers=["CUDAExecutionProvider"],
+                                 disabled_optimizers=disabled_optimizers(
+                                     {t.dtype for t in spec.inputs + spec.outputs}, True))
             mm = onnx.load(str(tmp / f"{g}.opt.onnx"), load_external_data=False)
             c = collections.Counter(n.op_type for n in mm.graph.node)
             print(f"ORT-optimized {g}: {len(mm.graph.node)} nodes {dict(c.most_common())}", flush=True)
