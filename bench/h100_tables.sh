@@ -36,9 +36,9 @@ case "${1:-tests}" in
   curve)      table h100-t5-small-fp32-curve --model t5-small --precision fp32 --batch-sizes 1,8,32 \
                   --new-tokens 16,32,64,128 --peers hf --plot "$OUT/h100-t5-small-fp32-curve.png" ;;
   split)  # per-step split engine / decoding / host (RuntimeOptions(profile=True)) + ORT kernel counts
-      for s in ${SPLIT:-"t5-small fp32" "t5-base fp32" "t5-base bf16"}; do
-        set -- $s
-        python bench/gpu_quick.py --shape $1 --precision $2 --runs 8 --ort-ops --out "$OUT/h100-step-split-$1-$2.json" 2>&1 | grep -v Warning | tail -25
+      for s in ${SPLIT:-t5-small:fp32 t5-base:fp32 t5-base:bf16}; do  # SPLIT="shape:precision ..."
+        python bench/gpu_quick.py --shape ${s%%:*} --precision ${s##*:} --runs 8 --ort-ops \
+            --out "$OUT/h100-step-split-${s%%:*}-${s##*:}.json" 2>&1 | grep -v Warning | tail -25
       done ;;
   *)  echo "usage: bench/h100_tables.sh tests|trt|small-fp32|small-fp16|small-bf16|base-fp32|base-bf16|large-fp16|large-bf16|compile|curve|split" >&2; exit 2 ;;
 esac
