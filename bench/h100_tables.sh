@@ -29,6 +29,7 @@ case "${1:-tests}" in
   small-fp16) table h100-t5-small-fp16 --model t5-small --precision fp16 --batch-sizes 1,8,32 --beams 1,4 --peers hf,optimum $OPT ;;
   small-bf16) table h100-t5-small-bf16 --model t5-small --precision bf16 --batch-sizes 1,8,32 --beams 1,4 --peers hf ;;
   base-fp32)  table h100-t5-base-fp32 --model t5-base --precision fp32 --batch-sizes 1,8,32 --beams 1,4 --peers hf ;;
+  base-fp16)  table h100-t5-base-fp16 --model t5-base --precision fp16 --batch-sizes 1,8,32 --beams 1,4 --peers hf ;;
   base-bf16)  table h100-t5-base-bf16 --model t5-base --precision bf16 --batch-sizes 1,8,32 --beams 1,4 --peers hf ;;
   large-fp16) table h100-t5-large-fp16 --model t5-large --precision fp16 --batch-sizes 1,8 --beams 1,4 --peers hf ;;
   large-bf16) table h100-t5-large-bf16 --model t5-large --precision bf16 --batch-sizes 1,8 --beams 1,4 --peers hf ;;
@@ -40,5 +41,5 @@ case "${1:-tests}" in
         python bench/gpu_quick.py --shape ${s%%:*} --precision ${s##*:} --runs 8 --ort-ops \
             --out "$OUT/h100-step-split-${s%%:*}-${s##*:}.json" 2>&1 | grep -v Warning | tail -25
       done ;;
-  *)  echo "usage: bench/h100_tables.sh tests|trt|small-fp32|small-fp16|small-bf16|base-fp32|base-bf16|large-fp16|large-bf16|compile|curve|split" >&2; exit 2 ;;
+  *)  echo "usage: bench/h100_tables.sh tests|trt|small-fp32|small-fp16|small-bf16|base-fp32|base-fp16|base-bf16|large-fp16|large-bf16|compile|curve|split" >&2; exit 2 ;;
 esac
