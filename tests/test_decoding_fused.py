@@ -57,17 +57,22 @@ STATE = ("history", "tokens", "parent", "step_counter", "_done", "unfinished", "
          "heuristic_unsat", "fin_token_logprob")
 
 
-def _run(opts, fused, seed=0, eos_bias=0.0):
+def _run(opts, fused, seed=0, eos_bias=0.0, strategy=None):
+    """Drive a strategy over T + 3 steps; `strategy`: a used one to reset() and drive again."""
     table, noise = _logits_source(seed, eos_bias)
     cfg = GenerationConfig(max_new_tokens=T, **opts)
     cfg.validate()
-    s = make_strategy(np, cfg, batch=B, vocab_size=V, max_new_tokens=T, pad_token_id=PAD,
-                      eos_token_id=EOS, decoder_start_token_id=START, fused=fused)
+    if strategy is None:
+        s = make_strategy(np, cfg, batch=B, vocab_size=V, max_new_tokens=T, pad_token_id=PAD,
+                          eos_token_id=EOS, decoder_start_token_id=START, fused=fused)
+    else:
+        s = strategy
+        s.reset()
     states = []
     for t in range(T + 3):  # 3 steps past the limit: a frozen strategy must not change
         s.step(table[s.tokens] + noise[t, : s.rows])
         states.append({k: getattr(s, k).copy() for k in STATE if getattr(s, k, None) is not None})
-    return s.result(), s.token_scores(), states
+    return s.result(), s.token_scores(), states, s
 
 
 @pytest.mark.parametrize("opts", CONFIGS)
@@ -83,9 +88,48 @@ def test_fused_state_equals_array_code_every_step(host_kernels, opts, seed, eos_
             np.testing.assert_array_equal(b[k], a[k], err_msg=f"{k} after step {t}")
 
 
+@pytest.mark.parametrize("opts", CONFIGS)
+@pytest.mark.parametrize("path", ["array", "fused"])
+def test_reset_strategy_equals_a_fresh_one(host_kernels, opts, path):
+    """A runtime reuses a strategy (and the CUDA graph captured over its step) across requests:
+    after reset() it must behave exactly like a new one, whatever the last request left in it."""
+    fused = host_kernels if path == "fused" else False
+    used = _run(opts, fused, seed=1, eos_bias=5.0)[3]    # a request whose rows finished early
+    fresh = _run(opts, fused, seed=2, eos_bias=0.0)
+    # whatever reset() forgets must show: poison every state buffer with values a new strategy
+    # never starts from (flags inverted, tokens and scores arbitrary)
+    new = _run(opts, fused, seed=2, eos_bias=0.0)[3]
+    new.reset()
+    for k in STATE:
+        a = getattr(used, k, None)
+        if a is None:
+            continue
+        if a.dtype == np.bool_:
+            a[...] = ~getattr(new, k)
+        else:
+            a[...] = getattr(new, k) + 7
+    again = _run(opts, fused, seed=2, eos_bias=0.0, strategy=used)
+    assert again[0] == fresh[0] and again[1] == fresh[1]
+    for t, (a, b) in enumerate(zip(fresh[2], again[2])):
+        for k in a:
+            np.testing.assert_array_equal(b[k], a[k], err_msg=f"{k} after step {t}")
+
+
+def test_reset_draws_a_fresh_seed_only_without_config_seed(host_kernels):
+    cfg = GenerationConfig(max_new_tokens=T, do_sample=True)
+    s = make_strategy(np, cfg, batch=B, vocab_size=V, max_new_tokens=T, pad_token_id=PAD,
+                      eos_token_id=EOS, decoder_start_token_id=START, fused=host_kernels)
+    first = s.seed
+    s.reset()
+    assert s.seed != first and int(s._seed[0]) == s.seed
+    seeded = _run(dict(do_sample=True, seed=5), host_kernels)[3]
+    seeded.reset()
+    assert seeded.seed == 5 and int(seeded._seed[0]) == 5
+
+
 def test_eos_bias_exercises_early_finishes(host_kernels):
     """The cases above include sequences that end before the limit and runs that stop early."""
-    (seqs, _), _, states = _run(dict(num_beams=4, early_stopping=True), host_kernels, 2, 5.0)
+    (seqs, _), _, states, _ = _run(dict(num_beams=4, early_stopping=True), host_kernels, 2, 5.0)
     assert any(len(s) < T for s in seqs)
     done_at = [bool(st["_done"]) for st in states].index(True)
     assert done_at < T - 1

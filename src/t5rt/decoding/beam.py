@@ -63,38 +63,60 @@ class BeamSearchStrategy:
         B, N, T, K, V = batch, self.rows, max_new_tokens, self.K, vocab_size
         self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=V, history_len=T + 1,
                                        eos_token_id=eos_token_id, beams=True, step_kernels=self._sk)
-        # running beams
-        self.history = xp.full((N, T + 1), pad_token_id, dtype=xp.int64)  # [N, T+1]
-        self.history[:, 0] = decoder_start_token_id
-        self.tokens = xp.full((N,), decoder_start_token_id, dtype=xp.int64)  # [N]
-        self.parent = xp.arange(N, dtype=xp.int64)  # [N]
-        self.running_score = xp.zeros((B, nb), dtype=xp.float32)  # [B, nb]
-        self.running_score[:, 1:] = _BIG
+        self._start = decoder_start_token_id
+        # running beams (state: updated in place by step(), set by reset())
+        self.history = xp.empty((N, T + 1), dtype=xp.int64)  # [N, T+1]
+        self.tokens = xp.empty((N,), dtype=xp.int64)  # [N]
+        self.parent = xp.empty((N,), dtype=xp.int64)  # [N]
+        self.running_score = xp.empty((B, nb), dtype=xp.float32)  # [B, nb]
         # finished hypotheses (HF `sequences`, `beam_scores`, `is_sent_finished`) + their lengths
-        self.fin_seq = xp.full((B, nb, T + 1), pad_token_id, dtype=xp.int64)  # [B, nb, T+1]
-        self.fin_score = xp.full((B, nb), _BIG, dtype=xp.float32)  # [B, nb]
-        self.fin_flag = xp.zeros((B, nb), dtype=xp.bool_)  # [B, nb]
-        self.fin_len = xp.zeros((B, nb), dtype=xp.int64)  # [B, nb] generated tokens
-        self.heuristic_unsat = xp.ones((B,), dtype=xp.bool_)  # [B]
+        self.fin_seq = xp.empty((B, nb, T + 1), dtype=xp.int64)  # [B, nb, T+1]
+        self.fin_score = xp.empty((B, nb), dtype=xp.float32)  # [B, nb]
+        self.fin_flag = xp.empty((B, nb), dtype=xp.bool_)  # [B, nb]
+        self.fin_len = xp.empty((B, nb), dtype=xp.int64)  # [B, nb] generated tokens
+        self.heuristic_unsat = xp.empty((B,), dtype=xp.bool_)  # [B]
         self.output_scores = bool(config.output_scores)
         if self.output_scores:  # per-token processed log-probs, carried like the sequences
-            self.token_logprob = xp.zeros((N, T + 1), dtype=xp.float32)  # [N, T+1]
-            self.fin_token_logprob = xp.zeros((B, nb, T + 1), dtype=xp.float32)  # [B, nb, T+1]
+            self.token_logprob = xp.empty((N, T + 1), dtype=xp.float32)  # [N, T+1]
+            self.fin_token_logprob = xp.empty((B, nb, T + 1), dtype=xp.float32)  # [B, nb, T+1]
         self.capturable = not self.pipeline.has_user_processors
-        self.step_counter = xp.zeros((), dtype=xp.int64)
-        self._done = xp.zeros((), dtype=xp.bool_)
-        self.host_step = 0
+        self.step_counter = xp.empty((), dtype=xp.int64)
+        self._done = xp.empty((), dtype=xp.bool_)
+        self._seed = rng.seed_array(xp, 0)
         # constants
         self._cols = xp.arange(T + 1, dtype=xp.int64)  # [T+1]
         self._identity = xp.arange(N, dtype=xp.int64)  # [N]
         self._batch_base = (xp.arange(B, dtype=xp.int64) * nb)[:, None]  # [B, 1]
         self._top_nb = (xp.arange(K) < nb)[None, :]  # [1, K]
         self._flat_idx = xp.arange(nb * V, dtype=xp.int64)  # [nb*V] (sampling keys)
-        self.seed = config.seed if config.seed is not None else rng.fresh_seed()
-        self._seed = rng.seed_array(xp, self.seed)
         self._batch_rows = xp.arange(B, dtype=xp.int64) + first_input  # RNG stream per input
         if self._sk is not None:
             self._init_fused()
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state before step 0, in place: every buffer keeps its address, so a CUDA
+        graph captured over step() replays correctly for the next request. A fresh seed when
+        config.seed is None (as a new strategy would draw)."""
+        self.history.fill(self.pad)
+        self.history[:, 0] = self._start
+        self.tokens.fill(self._start)
+        self.xp.copyto(self.parent, self._identity)
+        self.running_score.fill(0)
+        self.running_score[:, 1:] = _BIG
+        self.fin_seq.fill(self.pad)
+        self.fin_score.fill(_BIG)
+        self.fin_flag.fill(False)
+        self.fin_len.fill(0)
+        self.heuristic_unsat.fill(True)
+        if self.output_scores:
+            self.token_logprob.fill(0)
+            self.fin_token_logprob.fill(0)
+        self.step_counter.fill(0)
+        self._done.fill(False)
+        self.host_step = 0
+        self.seed = self.config.seed if self.config.seed is not None else rng.fresh_seed()
+        rng.set_seed(self.xp, self._seed, self.seed)
 
     def _init_fused(self) -> None:
         """Scratch and constants of the fused path (allocated once, reused every step)."""

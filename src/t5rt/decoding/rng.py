@@ -72,3 +72,8 @@ def uniform(xp: Any, seed: Array, step: Array, rows: Array, cols: Array | None =
 def seed_array(xp: Any, seed: int) -> Array:
     """The seed as a [1] uint64 device array."""
     return xp.asarray(np.array([seed], dtype=np.uint64))
+
+
+def set_seed(xp: Any, seed_arr: Array, seed: int) -> None:
+    """Write `seed` into a seed_array in place (its address stays: CUDA graphs keep reading it)."""
+    seed_arr[...] = xp.asarray(np.array([seed], dtype=np.uint64))

@@ -52,25 +52,24 @@ class SamplingStrategy:
         self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=vocab_size,
                                        history_len=T + 1, eos_token_id=eos_token_id, beams=False,
                                        step_kernels=self._sk)
-        # state, updated in place by step()
-        self.history = xp.full((N, T + 1), pad_token_id, dtype=xp.int64)  # [N, T+1]
-        self.history[:, 0] = decoder_start_token_id
-        self.tokens = xp.full((N,), decoder_start_token_id, dtype=xp.int64)  # [N]
-        self.unfinished = xp.ones((N,), dtype=xp.bool_)  # [N]
-        self.seq_logprob = xp.zeros((N,), dtype=xp.float32)  # [N]
+        self._start = decoder_start_token_id
+        # state, updated in place by step(), set by reset()
+        self.history = xp.empty((N, T + 1), dtype=xp.int64)  # [N, T+1]
+        self.tokens = xp.empty((N,), dtype=xp.int64)  # [N]
+        self.unfinished = xp.empty((N,), dtype=xp.bool_)  # [N]
+        self.seq_logprob = xp.empty((N,), dtype=xp.float32)  # [N]
         self.output_scores = bool(config.output_scores)
         if self.output_scores:  # col j+1 = log-prob of the token at history col j+1
-            self.token_logprob = xp.zeros((N, T + 1), dtype=xp.float32)  # [N, T+1]
+            self.token_logprob = xp.empty((N, T + 1), dtype=xp.float32)  # [N, T+1]
         # a CUDA graph may replay step() only when no user (host) processors run in it
         self.capturable = not self.pipeline.has_user_processors
-        self.step_counter = xp.zeros((), dtype=xp.int64)  # t
-        self._done = xp.zeros((), dtype=xp.bool_)
-        self.host_step = 0
+        self.step_counter = xp.empty((), dtype=xp.int64)  # t
+        self._done = xp.empty((), dtype=xp.bool_)
+        self._seed = rng.seed_array(xp, 0)  # [1] uint64
         # constants
         self._cols = xp.arange(T + 1, dtype=xp.int64)[None, :]  # [1, T+1]
         self._row_idx = xp.arange(N, dtype=xp.int64) + first_input * r  # [N] RNG stream per row
-        self.seed = config.seed if config.seed is not None else rng.fresh_seed()
-        self._seed = rng.seed_array(xp, self.seed)  # [1] uint64
+        self.reset()
         if self._sk is not None:  # buffers the fused path writes (never reallocated)
             self._nxt = xp.zeros((N,), dtype=xp.int64)  # [N] chosen token before padding
             self._row_max = xp.zeros((N,), dtype=xp.float32)  # [N]
@@ -80,6 +79,23 @@ class SamplingStrategy:
             self._row_offset = first_input * r  # request-wide RNG rows
             self._sample_options = kernels.SampleOptions(
                 temperature=float(config.temperature), top_k=int(config.top_k or 0), top_p=float(config.top_p))
+
+    def reset(self) -> None:
+        """Back to the state before step 0, in place: every buffer keeps its address, so a CUDA
+        graph captured over step() replays correctly for the next request. A fresh seed when
+        config.seed is None (as a new strategy would draw)."""
+        self.history.fill(self.pad)
+        self.history[:, 0] = self._start
+        self.tokens.fill(self._start)
+        self.unfinished.fill(True)
+        self.seq_logprob.fill(0)
+        if self.output_scores:
+            self.token_logprob.fill(0)
+        self.step_counter.fill(0)
+        self._done.fill(False)
+        self.host_step = 0
+        self.seed = self.config.seed if self.config.seed is not None else rng.fresh_seed()
+        rng.set_seed(self.xp, self._seed, self.seed)
 
     def step(self, logits: Array) -> None:
         """Consume logits [N, V] of position t; append one token per row; t += 1 (until done)."""
