@@ -112,6 +112,25 @@ def test_sampling_seeded_and_topk1_is_greedy(rt_v11):
     assert len(many) == 3 * ids.shape[0]
 
 
+@pytest.mark.parametrize("how", [dict(), dict(num_beams=3, num_return_sequences=2, output_scores=True)])
+def test_strategy_reused_across_requests(v11, how):
+    """A request of the same shape and config reuses the last one's strategy, reset in place."""
+    model, d = v11
+    rt = t5rt.load(d, backend="ort", device="cpu")
+    kw = dict(max_new_tokens=18, min_new_tokens=5, **how)
+    runs = []
+    for seed in (21, 22, 21):  # A, B, A: B's state must not leak into A's second run
+        ids, mask = _inputs(seed, lens=(9, 4))
+        out = rt.generate(input_ids=ids, attention_mask=mask, **kw)
+        hf_kw = {k: v for k, v in kw.items() if k != "output_scores"}
+        assert out.sequences == _hf(model, ids, mask, **hf_kw)[0]
+        runs.append((out.sequences, out.scores, out.token_scores))
+    assert runs[0] == runs[2]
+    assert len(rt._strategies) == 1
+    unseeded = dict(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=True)
+    assert rt.generate(**unseeded).sequences != rt.generate(**unseeded).sequences  # fresh seed each
+
+
 def test_user_logits_processor_hook(rt_v11):
     ids, mask = _inputs(7, lens=(6,))
     seen = []

@@ -62,6 +62,23 @@ def test_cuda_graph_replay_equals_eager(fp32_model, beams):
     assert graphs.sequences == eager.sequences
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_strategy_and_graph_reused_across_requests(fp32_model, beams):
+    """Requests of one shape and config reuse the strategy (reset in place) and the CUDA graph
+    captured over its step: request after request, tokens stay Hugging Face's."""
+    model, dirs = fp32_model
+    rt = t5rt.load(dirs["write"], backend="ort", device="cuda")
+    kw = dict(max_new_tokens=40, min_new_tokens=10, num_beams=beams)
+    batches = [_inputs(s, (11, 6), 2048) for s in (4, 5, 4)]  # A, B, A again: same shapes
+    graphs = []
+    for ids, mask in batches:
+        out = rt.generate(input_ids=ids, attention_mask=mask, **kw)
+        assert out.sequences == _hf(model, ids, mask, **kw)[0]
+        graphs.append({k: v[1] for s in rt.runner._dec.values() for k, v in s.graphs.items()})
+    assert len(rt._strategies) == 1
+    assert graphs[0] == graphs[1] == graphs[2] and len(graphs[0]) == 1  # captured once, replayed
+
+
 def test_gpu_sampling_is_seeded(fp32_model):
     _, dirs = fp32_model
     rt = t5rt.load(dirs["write"], backend="ort", device="cuda")

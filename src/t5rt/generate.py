@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class Runtime:
         self.tokenizer = _load_tokenizer(manifest)
         self.generation_config = GenerationConfig()
         self.last_timings: dict[str, float] = {}
+        # strategies kept across requests (reset in place), so their captured CUDA graphs replay
+        self._strategies: OrderedDict[tuple, Any] = OrderedDict()
 
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, texts: Any, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -182,20 +185,41 @@ class Runtime:
 
     def _generate_chunk(self, ids: np.ndarray, mask: np.ndarray, cfg: GenerationConfig, max_new: int,
                         make_strategy: Any, first_input: int) -> tuple[list[list[int]], list[float], Any]:
-        st = self.manifest.special_tokens
-        strategy = make_strategy(
-            self.device.xp, cfg, batch=ids.shape[0], vocab_size=self.manifest.dims.vocab_size,
-            max_new_tokens=max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
-            decoder_start_token_id=st.decoder_start_token_id,
-            first_input=first_input,  # a chunked request samples exactly like one batch
-            kernels=self.runner.kernels,  # fused token choice on the GPU (None: array code)
-        )
+        with self.device.use():  # state set up on the stream the engines and graphs run on
+            strategy = self._strategy(cfg, ids.shape[0], max_new, first_input, make_strategy)
         enc = self.runner.encode(ids, mask)
         eager = not strategy.capturable  # user hooks run Python per step: no CUDA graph
         self.runner.decode(enc, strategy, max_new, eager=eager, profile=self.options.profile)
         seqs, scores = strategy.result()
         tok = strategy.token_scores() if cfg.output_scores else None
         return [list(map(int, s)) for s in seqs], [float(x) for x in scores], tok
+
+
+    def _strategy(self, cfg: GenerationConfig, batch: int, max_new: int, first_input: int,
+                  make_strategy: Any) -> Any:
+        """A strategy for this chunk: the one an identical earlier request used, reset in place
+        (its buffers, and so the runner's CUDA graph captured over its step, stay valid), else a
+        new one. Strategies running user logits processors (host code) are never kept."""
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
+        key = (repr(fields), batch, max_new, first_input)
+        cached = self._strategies.get(key)
+        if cached is not None:
+            self._strategies.move_to_end(key)
+            cached.reset()
+            return cached
+        st = self.manifest.special_tokens
+        strategy = make_strategy(
+            self.device.xp, cfg, batch=batch, vocab_size=self.manifest.dims.vocab_size,
+            max_new_tokens=max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
+            decoder_start_token_id=st.decoder_start_token_id,
+            first_input=first_input,  # a chunked request samples exactly like one batch
+            kernels=self.runner.kernels,  # fused token choice on the GPU (None: array code)
+        )
+        if strategy.capturable:
+            self._strategies[key] = strategy
+            while len(self._strategies) > self.options.max_cached_buckets:
+                self._strategies.popitem(last=False)
+        return strategy
 
 
 def _load_tokenizer(m: Manifest) -> Any:
