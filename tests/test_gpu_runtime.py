@@ -67,7 +67,7 @@ def test_strategy_and_graph_reused_across_requests(fp32_model, beams):
     """Requests of one shape and config reuse the strategy (reset in place) and the CUDA graph
     captured over its step: request after request, tokens stay Hugging Face's."""
     model, dirs = fp32_model
-    rt = t5rt.load(dirs["write"], backend="ort", device="cuda")
+    rt = t5rt.load(dirs["write"], backend="ort", device="cuda", reuse_step_graphs=True)
     kw = dict(max_new_tokens=40, min_new_tokens=10, num_beams=beams)
     batches = [_inputs(s, (11, 6), 2048) for s in (4, 5, 4)]  # A, B, A again: same shapes
     graphs = []

@@ -198,8 +198,9 @@ class Runtime:
     def _strategy(self, cfg: GenerationConfig, batch: int, max_new: int, first_input: int,
                   make_strategy: Any) -> Any:
         """A strategy for this chunk: the one an identical earlier request used, reset in place
-        (its buffers, and so the runner's CUDA graph captured over its step, stay valid), else a
-        new one. Strategies running user logits processors (host code) are never kept."""
+        (its buffers keep their addresses, so with RuntimeOptions.reuse_step_graphs the runner's
+        CUDA graph captured over its step replays again), else a new one. Strategies running user
+        logits processors (host code) are never kept."""
         fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
         key = (repr(fields), batch, max_new, first_input)
         cached = self._strategies.get(key)

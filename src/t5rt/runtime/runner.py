@@ -42,6 +42,11 @@ class RuntimeOptions:
     # SkipSimplifiedLayerNormalization; on CUDA also bf16 norm islands -> one all-bf16 norm.
     # None: on, unless $T5RT_ORT_REWRITE=0.
     ort_rewrite: bool | None = None
+    # CUDA: keep the decoding step's captured graph with its (reset, reused) strategy and replay it
+    # for later requests of the same shape and config, instead of capturing again per request.
+    # Off until tests/test_gpu_runtime.py::test_strategy_and_graph_reused_across_requests has run
+    # on a GPU (written after the last GPU session; CPU-tested: strategy reuse itself).
+    reuse_step_graphs: bool = False
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt"):
@@ -176,7 +181,7 @@ class T5Runner:
         t_start = time.perf_counter()
         waited = 0.0
         steps = 0
-        kept = slot.graphs.get(id(strategy))
+        kept = slot.graphs.get(id(strategy)) if self.opts.reuse_step_graphs else None
         graph = kept[1] if kept is not None and kept[0] is strategy else None
         events: list[tuple[Any, Any, Any]] = []
         profile = profile and self.dev.is_cuda
@@ -198,9 +203,10 @@ class T5Runner:
                         from .cuda_graph import CapturedStep
 
                         graph = CapturedStep(after_engine, self.dev.stream)
-                        slot.graphs[id(strategy)] = (strategy, graph)
-                        while len(slot.graphs) > self.opts.max_cached_buckets:
-                            slot.graphs.popitem(last=False)
+                        if self.opts.reuse_step_graphs:
+                            slot.graphs[id(strategy)] = (strategy, graph)
+                            while len(slot.graphs) > self.opts.max_cached_buckets:
+                                slot.graphs.popitem(last=False)
                     graph.launch()
                 else:
                     after_engine()  # step 0 runs eagerly: it compiles and loads every kernel
