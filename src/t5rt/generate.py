@@ -216,7 +216,8 @@ class Runtime:
             first_input=first_input,  # a chunked request samples exactly like one batch
             kernels=self.runner.kernels,  # fused token choice on the GPU (None: array code)
         )
-        if strategy.capturable:
+        # CUDA: only with reuse_step_graphs (the GPU half of reuse has not run on a GPU yet)
+        if strategy.capturable and (not self.device.is_cuda or self.options.reuse_step_graphs):
             self._strategies[key] = strategy
             while len(self._strategies) > self.options.max_cached_buckets:
                 self._strategies.popitem(last=False)

@@ -42,8 +42,9 @@ class RuntimeOptions:
     # SkipSimplifiedLayerNormalization; on CUDA also bf16 norm islands -> one all-bf16 norm.
     # None: on, unless $T5RT_ORT_REWRITE=0.
     ort_rewrite: bool | None = None
-    # CUDA: keep the decoding step's captured graph with its (reset, reused) strategy and replay it
-    # for later requests of the same shape and config, instead of capturing again per request.
+    # CUDA: reuse the strategy (reset in place) of an earlier request of the same shape and config
+    # and replay the decoding step's graph captured for it, instead of allocating and capturing
+    # per request (the CPU always reuses strategies).
     # Off until tests/test_gpu_runtime.py::test_strategy_and_graph_reused_across_requests has run
     # on a GPU (written after the last GPU session; CPU-tested: strategy reuse itself).
     reuse_step_graphs: bool = False
