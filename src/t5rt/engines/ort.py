@@ -92,7 +92,8 @@ class OrtSession:
             try:
                 self.session = open_session(model)
             except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-                if not isinstance(model, bytes):
+                # only a graph ORT cannot place or build is blamed on the rewrite (not e.g. OOM)
+                if not isinstance(model, bytes) or type(e).__name__ not in _GRAPH_ERRORS:
                     raise
                 # a speed rewrite must never stop a load: fall back to the export as it is
                 log.warning("ort_rewrite %s: ONNX Runtime refused the rewritten graph (%s); "
@@ -110,6 +111,10 @@ class OrtSession:
             gid = self._next_graph_id
             self._next_graph_id += 1
         return OrtEngine(self, gid)
+
+
+# ORT's exception classes for "this graph cannot be loaded" (onnxruntime_pybind11_state)
+_GRAPH_ERRORS = {"Fail", "NotImplemented", "InvalidGraph", "InvalidArgument"}
 
 
 def _dtypes(spec: GraphSpec) -> set[str]:

@@ -446,6 +446,10 @@ def _match_bf16_island(G: _Graph, pow_: Any) -> tuple[tuple[Any, list, str, floa
     gtype, gdims = G.types.get(gamma, (None, None)) if gamma else (None, None)
     if not gamma or gtype != _BFLOAT16 or gdims is None or len(gdims) != 1 or G.const(gamma) is None:
         return None, "norm weight is not a 1-D bfloat16 constant"
+    xdims = G.types.get(x, (None, None))[1]
+    d = xdims[-1] if xdims else None
+    if not (isinstance(d, int) and d > 0 and gdims[0] == d):
+        return None, "norm weight length is not known to equal the hidden size"
     return (wmul, [entry, *st.body, exit_], x, st.eps), None
 
 
