@@ -127,6 +127,18 @@ def test_strategy_reused_across_requests(v11, how):
         runs.append((out.sequences, out.scores, out.token_scores))
     assert runs[0] == runs[2]
     assert len(rt._strategies) == 1
+    # a request of the same shape with a user logits processor gets its own strategy: the hook runs
+    calls = []
+
+    def ban_greedy_choice(history, scores, step):
+        calls.append(step)
+        scores = scores.copy()
+        scores[:, 5] = 1e4  # force token 5
+        return scores
+
+    out = rt.generate(input_ids=ids, attention_mask=mask, logits_processors=[ban_greedy_choice], **kw)
+    assert calls and out.sequences[0] == [5] * kw["max_new_tokens"]
+    assert len(rt._strategies) == 1  # and it is not kept
     unseeded = dict(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=True)
     assert rt.generate(**unseeded).sequences != rt.generate(**unseeded).sequences  # fresh seed each
 

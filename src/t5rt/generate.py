@@ -203,7 +203,7 @@ class Runtime:
         logits processors (host code) are never kept."""
         fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
         key = (repr(fields), batch, max_new, first_input)
-        cached = self._strategies.get(key)
+        cached = None if cfg.logits_processors else self._strategies.get(key)
         if cached is not None:
             self._strategies.move_to_end(key)
             cached.reset()
@@ -220,7 +220,8 @@ class Runtime:
         if strategy.capturable and (not self.device.is_cuda or self.options.reuse_step_graphs):
             self._strategies[key] = strategy
             while len(self._strategies) > self.options.max_cached_buckets:
-                self._strategies.popitem(last=False)
+                _, dropped = self._strategies.popitem(last=False)
+                self.runner.forget(dropped)  # its captured graphs can never be hit again
         return strategy
 
 

@@ -126,6 +126,13 @@ class T5Runner:
         key = (enc.batch, enc.src_len, rows_per_input, cache_len)
         return self._lru(self._dec, key, make)
 
+    def forget(self, strategy: Any) -> None:
+        """Drop the CUDA graphs captured for `strategy` (the runtime stopped reusing it)."""
+        for slot in self._dec.values():
+            kept = slot.graphs.get(id(strategy))
+            if kept is not None and kept[0] is strategy:
+                del slot.graphs[id(strategy)]
+
     # -- encode ----------------------------------------------------------------------------
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncoderBuffers:
         """input_ids/attention_mask [B, s] host int64 -> encoder buffers holding hidden + cross K/V."""
