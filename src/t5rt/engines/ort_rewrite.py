@@ -365,10 +365,40 @@ def _same_shape_rank3(da: list | None, db: list | None) -> bool:
     return True
 
 
+@dataclass
+class _Rewrite:
+    replaced: Any       # the node whose place (and output names) the new node takes
+    new: Any            # the fused node
+    dropped: list       # the other matched nodes, removed
+
+
 def fuse_skip_rmsnorm(model: Any) -> RewriteReport:
     """Rewrite `model` (an onnx.ModelProto) in place; see the module docstring for the pattern."""
     import onnx
 
+    report = _rewrite_norms(model, _skip_rmsnorm_node)
+    if report.fused and not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    return report
+
+
+def _skip_rmsnorm_node(G: _Graph, pow_: Any) -> tuple[_Rewrite | None, str | None]:
+    """Residual Add + fp32 RMSNorm at `pow_` -> one SkipSimplifiedLayerNormalization."""
+    import onnx
+
+    m, why = _match_norm(G, pow_)
+    if m is None:
+        return None, why
+    a, b = m.add.input
+    fused = onnx.helper.make_node(
+        FUSED_OP, [a, b, m.gamma], [m.weight_mul.output[0], "", "", m.add.output[0]],
+        name=(m.weight_mul.name or m.add.name or "rmsnorm") + "/skip_rmsnorm",
+        domain=MS_DOMAIN, epsilon=m.eps)
+    return _Rewrite(m.weight_mul, fused, [m.add, *m.body]), None
+
+
+def _rewrite_norms(model: Any, rewrite_at: Any) -> RewriteReport:
+    """Apply `rewrite_at(G, pow_) -> (_Rewrite | None, why)` at every Pow of `model`, in place."""
     report = RewriteReport()
     if any(a.type in (5, 10) for n in model.graph.node for a in n.attribute):  # GRAPH / GRAPHS
         report.skipped["graph has control-flow subgraphs"] += 1
@@ -376,28 +406,20 @@ def fuse_skip_rmsnorm(model: Any) -> RewriteReport:
     G = _Graph(model)
     before = len(model.graph.node)
     drop: set[int] = set()
-    replace: dict[int, Any] = {}   # id(weight Mul) -> the fused node that takes its place
+    replace: dict[int, Any] = {}   # id(replaced node) -> the fused node that takes its place
     for pow_ in list(model.graph.node):
         if pow_.op_type != "Pow":
             continue
-        m, why = _match_norm(G, pow_)
-        if m is None:
+        r, why = rewrite_at(G, pow_)
+        if r is None:
             if why:
                 report.skipped[why] += 1
             continue
-        a, b = m.add.input
-        fused = onnx.helper.make_node(
-            FUSED_OP, [a, b, m.gamma], [m.weight_mul.output[0], "", "", m.add.output[0]],
-            name=(m.weight_mul.name or m.add.name or "rmsnorm") + "/skip_rmsnorm",
-            domain=MS_DOMAIN, epsilon=m.eps)
-        replace[id(m.weight_mul)] = fused
-        for n in [m.add, *m.body]:
-            drop.add(id(n))
+        replace[id(r.replaced)] = r.new
+        drop.update(id(n) for n in r.dropped)
         report.fused += 1
     if report.fused:
         _apply(model, G, replace, drop)
-        if not any(op.domain == MS_DOMAIN for op in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
         report.removed_nodes = before - len(model.graph.node)
     return report
 
@@ -419,9 +441,11 @@ def _apply(model: Any, G: _Graph, replace: dict[int, Any], drop: set[int]) -> No
 # bf16 graphs on the CUDA EP: the fp32 norm island -> one all-bf16 SimplifiedLayerNormalization
 # ---------------------------------------------------------------------------------------------
 
-def _match_bf16_island(G: _Graph, pow_: Any) -> tuple[tuple[Any, list, str, float] | None, str | None]:
-    """bf16 RMSNorm island whose Pow is `pow_` -> ((weight Mul, matched nodes, x, eps), None) |
+def _bf16_norm_node(G: _Graph, pow_: Any) -> tuple[_Rewrite | None, str | None]:
+    """bf16 RMSNorm island whose Pow is `pow_` -> (one SimplifiedLayerNormalization, None) |
     (None, reason) | (None, None) if `pow_` is no norm."""
+    import onnx
+
     st = _match_stats(G, pow_)
     if st is None:
         return None, None
@@ -450,7 +474,10 @@ def _match_bf16_island(G: _Graph, pow_: Any) -> tuple[tuple[Any, list, str, floa
     d = xdims[-1] if xdims else None
     if not (isinstance(d, int) and d > 0 and gdims[0] == d):
         return None, "norm weight length is not known to equal the hidden size"
-    return (wmul, [entry, *st.body, exit_], x, st.eps), None
+    norm = onnx.helper.make_node(
+        NORM_OP, [x, gamma], [wmul.output[0]], name=(wmul.name or "rmsnorm") + "/rmsnorm_bf16",
+        axis=-1, epsilon=st.eps, stash_type=1)
+    return _Rewrite(wmul, norm, [entry, *st.body, exit_]), None
 
 
 def fuse_bf16_rmsnorm(model: Any) -> RewriteReport:
@@ -464,35 +491,7 @@ def fuse_bf16_rmsnorm(model: Any) -> RewriteReport:
     One rounding differs: HF rounds x * inv_rms to bf16 before the weight multiply, the kernel
     multiplies in fp32 and rounds once (at most one bf16 ulp per element).
     """
-    import onnx
-
-    report = RewriteReport()
-    if any(a.type in (5, 10) for n in model.graph.node for a in n.attribute):  # GRAPH / GRAPHS
-        report.skipped["graph has control-flow subgraphs"] += 1
-        return report
-    G = _Graph(model)
-    before = len(model.graph.node)
-    drop: set[int] = set()
-    replace: dict[int, Any] = {}
-    for pow_ in list(model.graph.node):
-        if pow_.op_type != "Pow":
-            continue
-        m, why = _match_bf16_island(G, pow_)
-        if m is None:
-            if why:
-                report.skipped[why] += 1
-            continue
-        wmul, nodes, x, eps = m
-        gamma = next(i for i in wmul.input if i != nodes[-1].output[0])
-        replace[id(wmul)] = onnx.helper.make_node(
-            NORM_OP, [x, gamma], [wmul.output[0]], name=(wmul.name or "rmsnorm") + "/rmsnorm_bf16",
-            axis=-1, epsilon=eps, stash_type=1)
-        drop.update(id(n) for n in nodes)
-        report.fused += 1
-    if report.fused:
-        _apply(model, G, replace, drop)
-        report.removed_nodes = before - len(model.graph.node)
-    return report
+    return _rewrite_norms(model, _bf16_norm_node)
 
 
 def _drop_dead_constants(nodes: list, graph_outputs: set[str]) -> list:
