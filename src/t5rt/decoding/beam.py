@@ -98,9 +98,9 @@ class BeamSearchStrategy:
         """Back to the state before step 0, in place: every buffer keeps its address, so a CUDA
         graph captured over step() replays correctly for the next request. A fresh seed when
         config.seed is None (as a new strategy would draw)."""
-        self.history.fill(self.pad)
-        self.history[:, 0] = self._start
-        self.tokens.fill(self._start)
+        ops.reset_sequences(self.history, self.tokens, self.step_counter, self._done,
+                            self.pad, self._start)
+        self.host_step = 0
         self.xp.copyto(self.parent, self._identity)
         self.running_score.fill(0)
         self.running_score[:, 1:] = _BIG
@@ -112,11 +112,7 @@ class BeamSearchStrategy:
         if self.output_scores:
             self.token_logprob.fill(0)
             self.fin_token_logprob.fill(0)
-        self.step_counter.fill(0)
-        self._done.fill(False)
-        self.host_step = 0
-        self.seed = self.config.seed if self.config.seed is not None else rng.fresh_seed()
-        rng.set_seed(self.xp, self._seed, self.seed)
+        self.seed = rng.reseed(self.xp, self._seed, self.config.seed)
 
     def _init_fused(self) -> None:
         """Scratch and constants of the fused path (allocated once, reused every step)."""

@@ -224,3 +224,14 @@ def gumbel_topk(xp: Any, logp: Array, u: Array, k: int) -> tuple[Array, Array]:
     keys = logp.astype(xp.float64) - xp.log(-xp.log(u))  # [N, M]
     _, idx = topk(xp, keys, k)
     return xp.take_along_axis(logp, idx, axis=-1), idx
+
+
+def reset_sequences(history: Array, tokens: Array, step_counter: Array, done: Array,
+                    pad: int, start: int) -> None:
+    """The state every strategy has, back to before step 0 in place: history [N, T+1] = [start,
+    pad, ...], tokens [N] = start, step counter (0-d) = 0, done (0-d) = False."""
+    history.fill(pad)
+    history[:, 0] = start
+    tokens.fill(start)
+    step_counter.fill(0)
+    done.fill(False)

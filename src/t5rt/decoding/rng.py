@@ -74,6 +74,9 @@ def seed_array(xp: Any, seed: int) -> Array:
     return xp.asarray(np.array([seed], dtype=np.uint64))
 
 
-def set_seed(xp: Any, seed_arr: Array, seed: int) -> None:
-    """Write `seed` into a seed_array in place (its address stays: CUDA graphs keep reading it)."""
+def reseed(xp: Any, seed_arr: Array, seed: int | None) -> int:
+    """A request's seed (`seed`, or a fresh one when None) written into a seed_array in place
+    (its address stays: CUDA graphs keep reading it); -> the seed."""
+    seed = seed if seed is not None else fresh_seed()
     seed_arr[...] = xp.asarray(np.array([seed], dtype=np.uint64))
+    return seed
