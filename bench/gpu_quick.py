@@ -59,7 +59,7 @@ def main() -> int:
         import onnx
         import onnxruntime as ort
 
-        from t5rt.engines.ort import disabled_optimizers
+        from t5rt.engines.ort import disabled_optimizers, io_dtypes
         from t5rt.engines.ort_rewrite import rewrite_model_file
         from t5rt.manifest import load_manifest
 
@@ -69,12 +69,10 @@ def main() -> int:
             path = tmp / "exp" / f"{g}.onnx"
             data, note = rewrite_model_file(path, cuda=True)
             print(f"ort_rewrite {g}: {note}", flush=True)
-            spec = man.graphs[g]
             so = ort.SessionOptions()
             so.optimized_model_filepath = str(tmp / f"{g}.opt.onnx")
             ort.InferenceSession(data or str(path), so, providers=["CUDAExecutionProvider"],
-                                 disabled_optimizers=disabled_optimizers(
-                                     {t.dtype for t in spec.inputs + spec.outputs}, True))
+                                 disabled_optimizers=disabled_optimizers(io_dtypes(man.graphs[g]), True))
             mm = onnx.load(str(tmp / f"{g}.opt.onnx"), load_external_data=False)
             c = collections.Counter(n.op_type for n in mm.graph.node)
             print(f"ORT-optimized {g}: {len(mm.graph.node)} nodes {dict(c.most_common())}", flush=True)

@@ -83,7 +83,7 @@ class OrtSession:
             log.info("ort_rewrite %s: %s", path.name, self.rewrite_note)
             if data is not None:
                 model = data
-        disabled = disabled_optimizers(_dtypes(spec), device.is_cuda)
+        disabled = disabled_optimizers(io_dtypes(spec), device.is_cuda)
 
         def open_session(m: str | bytes) -> Any:
             return ort.InferenceSession(m, sess_options=so, providers=providers, disabled_optimizers=disabled)
@@ -117,7 +117,8 @@ class OrtSession:
 _GRAPH_ERRORS = {"Fail", "NotImplemented", "InvalidGraph", "InvalidArgument"}
 
 
-def _dtypes(spec: GraphSpec) -> set[str]:
+def io_dtypes(spec: GraphSpec) -> set[str]:
+    """The dtypes of a graph's inputs and outputs (what `disabled_optimizers` decides on)."""
     return {t.dtype for t in spec.inputs + spec.outputs}
 
 
