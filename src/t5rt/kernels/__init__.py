@@ -33,11 +33,23 @@ import numpy as np
 
 from t5rt.errors import BackendError, InvalidInputError, InvalidOptionError, MissingDependencyError
 
-KERNELS_DIR = Path(__file__).resolve().parent
 HEADER = "t5rt_kernels.cuh"
+
+
+def _sources_dir() -> Path:
+    """Where the .cu/.cuh sources are: `t5rt/kernels/cuda/` in an installed wheel (pyproject maps
+    the repo's kernels/ there), else the checkout's top-level kernels/ (editable install)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "cuda", here.parents[2] / "kernels"):
+        if (d / HEADER).is_file():
+            return d
+    return here / "cuda"  # absent: kernel_sources() is empty and load() says so
+
+
+KERNELS_DIR = _sources_dir()
 FATBIN_ENV = "T5RT_KERNELS_FATBIN"
 SOURCE_ENV = "T5RT_KERNELS"
-DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin"
+DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin"  # the checkout's CMake build
 NVRTC_OPTIONS = ("--std=c++17",)
 
 # Mirrors T5RT_KERNELS_ABI in kernels/t5rt_kernels.cuh (a build lacking t5rt_abi_<ABI> is refused).
