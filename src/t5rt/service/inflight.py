@@ -294,6 +294,7 @@ class InflightExecutor:
         t0 = time.perf_counter()
         with self.dev.use():
             pool.step(pool.launch_rows())
+            engine = time.perf_counter() - t0
             for m in members:
                 if m.graph is not None:
                     m.graph.launch()
@@ -312,7 +313,7 @@ class InflightExecutor:
             t1 = time.perf_counter()
             self._check(members, t1)
             host += time.perf_counter() - t1
-        self.stats.stepped(sum(m.rows for m in members), host)
+        self.stats.stepped(sum(m.rows for m in members), host, engine)
 
     def _check(self, members: list[_Member], now: float) -> None:
         xp = self.dev.xp

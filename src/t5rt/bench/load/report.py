@@ -14,7 +14,7 @@ COLUMNS = [  # (header, key, format)
     ("p50 lat s", "latency_p50_s", "{:.3f}"), ("p99 lat s", "latency_p99_s", "{:.3f}"),
     ("p50 TTFT s", "ttft_p50_s", "{:.3f}"), ("p99 TTFT s", "ttft_p99_s", "{:.3f}"),
     ("p99 slowdown", "slowdown_p99", "{:.2f}"), ("rows/step", "rows_per_step", "{:.1f}"),
-    ("host ms/step", "host_s_per_step", "{:.3f}"),
+    ("host ms/step", "host_s_per_step", "{:.3f}"), ("engine ms/step", "engine_s_per_step", "{:.3f}"),
 ]
 
 
@@ -22,7 +22,7 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
-    return fmt.format(v * 1e3 if key == "host_s_per_step" else v)
+    return fmt.format(v * 1e3 if key.endswith("_s_per_step") else v)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
