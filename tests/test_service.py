@@ -241,7 +241,13 @@ def test_timeout_raises_request_timeout_error(rt, requests_and_solo):
     reqs, solo = requests_and_solo
     gate, running = blocked(rt)
     late = rt.submit(**reqs[3], timeout=0.05)
-    time.sleep(0.1)
+    # generate() / agenerate() keep their deadline even while the scheduler is stuck in a step
+    t0 = time.perf_counter()
+    with pytest.raises(t5rt.RequestTimeoutError):
+        rt.generate(**reqs[4], timeout=0.1)
+    with pytest.raises(t5rt.RequestTimeoutError):
+        asyncio.run(rt.agenerate(**reqs[4], timeout=0.1))
+    assert time.perf_counter() - t0 < 5 and not gate.release.is_set()
     gate.release.set()
     with pytest.raises(t5rt.RequestTimeoutError, match="timeout"):
         late.result(30)

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidOptionError, RuntimeClosedError
+from .errors import InvalidInputError, InvalidOptionError, RequestTimeoutError, RuntimeClosedError
 from .generation_config import GenerationConfig
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
@@ -168,11 +169,14 @@ class Runtime:
         """Generate for every input; safe from any thread (the runtime's scheduler runs it).
 
         options: GenerationConfig fields, and `timeout` (seconds; RequestTimeoutError past it)."""
-        future = self.submit(texts, input_ids=input_ids, attention_mask=attention_mask, config=config, **options)
+        req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
-            out = future.result()
+            out = req.future.result(timeout=_left(req))
+        except TimeoutError as e:  # the deadline holds here too, even if a step runs long
+            req.future.cancel()
+            raise e if isinstance(e, RequestTimeoutError) else req.timed_out() from None
         except BaseException:
-            future.cancel()  # KeyboardInterrupt while waiting: the request leaves the batch
+            req.future.cancel()  # KeyboardInterrupt while waiting: the request leaves the batch
             raise
         self.last_timings = out.timings
         return out
@@ -183,9 +187,7 @@ class Runtime:
         """Enqueue a request -> concurrent.futures.Future[GenerateOutput]. Bad input raises here,
         in the caller's thread; a full queue raises OverloadedError. `future.cancel()` frees the
         request's slots at the next step."""
-        req = self._request(texts, input_ids, attention_mask, config, options)
-        self._service().put(req)
-        return req.future
+        return self._enqueue(texts, input_ids, attention_mask, config, options).future
 
     async def agenerate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
                         attention_mask: Any = None, config: GenerationConfig | None = None,
@@ -193,11 +195,14 @@ class Runtime:
         """`await rt.agenerate(...)`: generate() for asyncio; cancelling the task cancels the request."""
         import asyncio
 
-        future = self.submit(texts, input_ids=input_ids, attention_mask=attention_mask, config=config, **options)
+        req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
-            return await asyncio.wrap_future(future)
+            return await asyncio.wait_for(asyncio.wrap_future(req.future), _left(req))
+        except TimeoutError as e:
+            req.future.cancel()
+            raise e if isinstance(e, RequestTimeoutError) else req.timed_out() from None
         except asyncio.CancelledError:
-            future.cancel()
+            req.future.cancel()
             raise
 
     def stream(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
@@ -259,7 +264,13 @@ class Runtime:
             raise InvalidOptionError(
                 f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
                 f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
-        return Request(ids, mask, cfg, cfg.max_new_tokens or m.max_output_len, timeout=timeout)
+        return Request(ids, mask, cfg, cfg.max_new_tokens or m.max_output_len, timeout=timeout, owner=self)
+
+    def _enqueue(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
+                 options: dict[str, Any]) -> "Request":
+        req = self._request(texts, input_ids, attention_mask, config, options)
+        self._service().put(req)
+        return req
 
     def _stream_request(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
                         options: dict[str, Any]) -> "Request":
@@ -283,8 +294,11 @@ class Runtime:
                 from .service import InflightExecutor, Scheduler, SoloExecutor
 
                 executor = InflightExecutor if self.options.inflight else SoloExecutor
-                self._scheduler = Scheduler(executor(self, self._stats), self._stats,
+                # the worker sees the runtime through a weak proxy (each queued Request holds it
+                # strongly), so an idle runtime nobody references is freed and stops its thread
+                self._scheduler = Scheduler(executor(weakref.proxy(self), self._stats), self._stats,
                                             max_queue=self.options.max_queue)
+                weakref.finalize(self, self._scheduler.close, wait=False)
             return self._scheduler
 
     # -- execution (scheduler thread only) -------------------------------------------------
@@ -386,6 +400,12 @@ class Runtime:
             first_input=first_input,  # a chunked request samples exactly like one batch
             kernels=self.runner.kernels,  # fused token choice on the GPU (None: array code)
         )
+
+
+def _left(req: "Request") -> float | None:
+    """Seconds until the request's deadline (None: no timeout)."""
+    d = req.deadline
+    return None if d is None else max(d - time.perf_counter(), 0.0)
 
 
 def reuse_key(cfg: GenerationConfig, batch: int, max_new: int, first_input: int) -> tuple | None:

@@ -71,12 +71,12 @@ class Scheduler:
     def queue_depth(self) -> int:
         return len(self._queue) + self.executor.waiting()
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None, wait: bool = True) -> None:
         """Stop the worker; requests not finished yet fail with RuntimeClosedError."""
         with self._cv:
             self._closed = True
             self._cv.notify()
-        if threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     @property
@@ -106,6 +106,7 @@ class Scheduler:
                 for r in arrivals:
                     r.fail(err)
                 self.executor.fail_all(err)
+            del arrivals  # an idle worker holds no request (each holds its runtime)
         closed = RuntimeClosedError("the runtime was closed before this request finished")
         for r in left:
             r.fail(closed)
