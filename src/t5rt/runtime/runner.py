@@ -33,7 +33,8 @@ class RuntimeOptions:
     cuda_graphs: bool = True          # replay the decoder step as CUDA graphs on the GPU
     kernels: bool = True              # use t5rt.kernels' fused CUDA kernels where they exist
     done_check_interval: int = 8      # steps between host checks of "all sequences finished"
-    max_batch: int = 64               # larger requests run in chunks of this many inputs
+    max_batch: int = 64               # larger requests run in chunks of this many inputs; in-flight:
+                                      # the decoder rows of one decode batch (slot pool)
     max_cached_buckets: int = 8       # buffer sets kept alive (least recently used dropped)
     threads: int | None = None        # CPU: intra-op threads (None: the backend's default)
     profile: bool = False             # split per-step device time into engine / decoding (CUDA events)
