@@ -347,3 +347,19 @@ def test_gpu_sixteen_threads_equal_solo(tiny):
             assert same(out, solo[i])
         st = r.stats()
         assert st["requests_failed"] == 0 and st["slots_in_use"] == 0
+
+
+def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+
+    def broken(history, logits, step):
+        if step == 3:
+            raise ValueError("broken hook")
+        return logits
+
+    futs = [rt.submit(**kw) for kw in reqs[:6]]
+    bad = rt.submit(input_ids=[[5, 6, 7, 1]], max_new_tokens=12, logits_processors=[broken])
+    with pytest.raises(ValueError, match="broken hook"):
+        bad.result(60)
+    assert all(same(f.result(60), s) for f, s in zip(futs, solo))
+    assert rt.stats()["slots_in_use"] == 0
