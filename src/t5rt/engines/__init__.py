@@ -52,6 +52,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 m.graph_path(g), m.graphs[g], device,
                 cuda_graph=options.cuda_graphs,  # one ORT CUDA graph per bucket, every graph
                 threads=options.threads,
+                spin=options.cpu_spin,
                 tf32=options.tf32,
                 rewrite=_ort_rewrite(options, device),  # Add + RMSNorm -> one ORT kernel
             )
