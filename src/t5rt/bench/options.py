@@ -47,6 +47,7 @@ class BenchOptions:
     optimum_python: str = ""
     seed: int = 0
     threads: int | None = None  # CPU threads of every system (None: the cores this process may use)
+    check: bool = False  # exit 1 when an installed peer is unavailable or fp32 agreement < 1 (bench/check.py)
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> InvalidOptionError:
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpreter with optimum-onnx installed (it pins transformers<4.58); "
                         "default $T5RT_BENCH_OPTIMUM_PYTHON or this one")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input ids")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a peer whose packages are installed is unavailable, or an fp32 "
+                        "system's tokens differ from Hugging Face's (what CI runs)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU: threads of every system (t5rt's ONNX Runtime, torch, CTranslate2); "
                         "default: the cores this process may use (affinity and cgroup quota)")
@@ -136,6 +140,6 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup, peers=args.peers,
         include_t5rt=args.include_t5rt, json=args.json, csv=args.csv, plot=args.plot,
         cache_dir=args.cache_dir or default_cache_dir(), optimum_python=args.optimum_python,
-        seed=args.seed, threads=args.threads)
+        seed=args.seed, threads=args.threads, check=args.check)
     opts.validate()
     return opts
