@@ -60,11 +60,12 @@ def _kernels_dir() -> Path:
     return kernels.KERNELS_DIR
 
 
-def unit_source() -> str:
-    """The translation unit the host build compiles (before the exports): prelude + NVRTC unit."""
+def unit_source(source: str | None = None) -> str:
+    """The translation unit the host build compiles (before the exports): the prelude, then
+    `source` (default: the NVRTC unit of every kernels/*.cu)."""
     from t5rt import kernels
 
-    return f'#include "{PRELUDE}"\n' + kernels.nvrtc_source()
+    return f'#include "{PRELUDE}"\n' + (kernels.nvrtc_source() if source is None else source)
 
 
 def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
@@ -74,14 +75,14 @@ def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
     return r
 
 
-def kernel_names(cxx: str | None = None) -> list[str]:
-    """Every `extern "C"` kernel of kernels/*.cu, found by preprocessing the unit (sorted)."""
+def kernel_names(cxx: str | None = None, source: str | None = None) -> list[str]:
+    """Every `extern "C"` kernel of kernels/*.cu (or `source`), found by preprocessing (sorted)."""
     cxx = cxx or compiler()
     if cxx is None:
         raise BackendError("listing the kernels needs a C++ compiler (set $CXX or install g++)")
     with tempfile.TemporaryDirectory() as d:
         unit = Path(d) / "scan.cpp"
-        unit.write_text(unit_source())
+        unit.write_text(unit_source(source))
         out = _run([cxx, "-E", "-P", "-x", "c++", "-std=c++20", "-DT5RT_HOST_SCAN",
                     "-I", str(_kernels_dir()), str(unit)], "preprocessing").stdout
     return sorted(set(_KERNEL.findall(out)))
@@ -96,17 +97,19 @@ class HostKernels:
     on the calling thread (fast, deterministic, detects a barrier not every thread reaches);
     True as that many OS threads running at once (slow with 1024-thread blocks on few cores,
     but atomics and shared memory then see real concurrency).
+    source: CUDA text to build instead of kernels/*.cu (tests of the emulation itself).
     """
 
     xp = np
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, os_threads: bool = False):
+    def __init__(self, cache_dir: str | os.PathLike | None = None, os_threads: bool = False,
+                 source: str | None = None):
         self.os_threads = bool(os_threads)
         cxx = compiler()
         if cxx is None:
             raise BackendError("HostKernels needs a C++ compiler (set $CXX or install g++)")
-        self.names: tuple[str, ...] = tuple(kernel_names(cxx))
-        code = unit_source() + "\n// ---- host trampolines (host.py) ----\n" + "".join(
+        self.names: tuple[str, ...] = tuple(kernel_names(cxx, source))
+        code = unit_source(source) + "\n// ---- host trampolines (host.py) ----\n" + "".join(
             f"T5RT_HOST_EXPORT({n})\n" for n in self.names)
         prelude = (_kernels_dir() / PRELUDE).read_text()
         key = hashlib.sha256("\0".join([prelude, code, cxx, *CXXFLAGS]).encode()).hexdigest()[:16]
