@@ -166,3 +166,11 @@ def test_every_source_is_loaded_and_shipped():
     assert not unshipped, f"kernels/ files a wheel would not ship: {unshipped}"
     unit = host.unit_source()
     assert all(f'"{name}"' in unit for name in on_disk)  # the host build compiles each one
+
+
+def test_step_update_workbench_check_passes_on_the_host(host_kernels, monkeypatch):
+    """bench/kernels/step_update.py (run on the GPU for the table) checks the kernels it times."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench" / "kernels"))
+    import step_update
+
+    assert step_update.check(host_kernels) == "ok"

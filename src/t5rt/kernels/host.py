@@ -182,4 +182,4 @@ def _ctype(kernel: str, i: int, code: str, a: Any) -> Any:
     want, ctype = _SCALARS[code]
     if type(a) is not want:
         raise InvalidInputError(f"{kernel} argument {i} must be np.{want.__name__}, got {type(a).__name__}")
-    return ctype(a.item())
+    return ctype(np.asarray(a).item())

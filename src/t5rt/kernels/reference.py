@@ -175,9 +175,8 @@ def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: None if v is None else np.array(v, copy=True) for k, v in state.items()}
 
 
-def sample_update(state: dict[str, Any], nxt: np.ndarray, *, pad: int, eos: int,
-                  scores: np.ndarray | None = None, row_max: np.ndarray | None = None,
-                  row_logsum: np.ndarray | None = None, logprob: np.ndarray | None = None) -> dict[str, Any]:
+def sample_update(state: dict[str, Any], nxt: np.ndarray, *, pad: int, eos: int, scores: Any = None,
+                  row_max: Any = None, row_logsum: Any = None, logprob: Any = None) -> dict[str, Any]:
     """state: history [N, T+1], tokens [N], unfinished [N], seq_logprob [N], token_logprob
     [N, T+1] or None, step_counter [], done []. One greedy / sampling step (HF `_sample`):
     row n takes nxt[n] (pad once finished) at column min(t+1, T) with log-prob
@@ -215,7 +214,7 @@ def _top(v: np.ndarray, take: int) -> np.ndarray:
 
 
 def beam_update(state: dict[str, Any], cand_score: np.ndarray, cand_idx: np.ndarray,
-                cand_lp: np.ndarray | None, *, denom: np.ndarray, best_denom: float | None,
+                cand_lp: Any, *, denom: np.ndarray, best_denom: float | None,
                 early_stopping_true: bool, vocab_size: int, eos: int) -> dict[str, Any]:
     """state: history [N, T+1], tokens, parent [N], running_score [B, nb], fin_seq [B, nb, T+1],
     fin_score [B, nb], fin_flag [B, nb], fin_len [B, nb], heuristic_unsat [B], token_logprob
@@ -234,12 +233,12 @@ def beam_update(state: dict[str, Any], cand_score: np.ndarray, cand_idx: np.ndar
     col, at_max = min(t + 1, last), t + 1 >= last
     tlp = s.get("token_logprob")
     old_hist, old_fin = state["history"], state["fin_seq"].reshape(n, w)
-    old_tlp = None if tlp is None else state["token_logprob"]
-    old_fin_tlp = None if tlp is None else state["fin_token_logprob"].reshape(n, w)
+    old_tlp: Any = None if tlp is None else state["token_logprob"]
+    old_fin_tlp: Any = None if tlp is None else state["fin_token_logprob"].reshape(n, w)
     d = denom[t]
     any_unsat, all_fin, all_hits = False, True, True
 
-    def with_token(src_hist: np.ndarray, src_row: int, token: Any) -> np.ndarray:
+    def with_token(src_hist: Any, src_row: int, token: Any) -> np.ndarray:
         row = src_hist[src_row].copy()
         row[col] = token
         return row
