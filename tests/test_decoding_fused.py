@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import t5rt.kernels
 from t5rt import GenerationConfig
 from t5rt.decoding import make_strategy
 from t5rt.decoding.ops import kernel_launcher
@@ -145,9 +146,12 @@ def test_launcher_choice():
 
 
 # --- against Hugging Face on a tiny real T5 -----------------------------------------------------
+@pytest.mark.parametrize("with_kernels", [False, True])
 @pytest.mark.parametrize("opts", [dict(), dict(num_beams=3, length_penalty=0.8, num_return_sequences=2),
                                   dict(num_beams=2, no_repeat_ngram_size=2, min_new_tokens=3)])
-def test_fused_matches_hf_generate(host_kernels, opts):
+def test_fused_matches_hf_generate(host_kernels, opts, with_kernels):
+    """with_kernels: the token choice is t5rt.kernels too (argmax_logsumexp, beam_step,
+    beam_topk), as on the GPU: every kernel of a step runs, here on the host build."""
     torch = pytest.importorskip("torch")
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -165,7 +169,8 @@ def test_fused_matches_hf_generate(host_kernels, opts):
     cfg = GenerationConfig(max_new_tokens=steps, **opts)
     cfg.validate()
     s = make_strategy(np, cfg, batch=2, vocab_size=vocab, max_new_tokens=steps, pad_token_id=PAD,
-                      eos_token_id=EOS, decoder_start_token_id=START, fused=host_kernels)
+                      eos_token_id=EOS, decoder_start_token_id=START, fused=host_kernels,
+                      kernels=t5rt.kernels if with_kernels else None)
     r = s.rows_per_input
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
