@@ -420,39 +420,39 @@ template <class A, class B>
 inline std::common_type_t<A, B> max(A a, B b) { return a < b ? b : a; }
 
 // Atomics: the value type is taken from the pointer (as CUDA's overloads convert the operand).
-template <class T>
-inline T atomicAdd(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).fetch_add(v); }
-template <class T>
-inline T atomicSub(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).fetch_sub(v); }
-template <class T>
-inline T atomicExch(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).exchange(v); }
+#define T5RT_HOST_ATOMIC(name, rmw) \
+  template <class T>                \
+  inline T name(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).rmw(v); }
+T5RT_HOST_ATOMIC(atomicAdd, fetch_add)
+T5RT_HOST_ATOMIC(atomicSub, fetch_sub)
+T5RT_HOST_ATOMIC(atomicExch, exchange)
+T5RT_HOST_ATOMIC(atomicOr, fetch_or)
+T5RT_HOST_ATOMIC(atomicAnd, fetch_and)
+T5RT_HOST_ATOMIC(atomicXor, fetch_xor)
+#undef T5RT_HOST_ATOMIC
 template <class T>
 inline T atomicCAS(T* p, std::type_identity_t<T> expected, std::type_identity_t<T> v) {
   std::atomic_ref<T>(*p).compare_exchange_strong(expected, v);
   return expected;  // the old value either way
 }
-template <class T>
-inline T atomicMax(T* p, std::type_identity_t<T> v) {
+namespace t5rt_host {
+template <class T, class Better>
+inline T atomic_store_if(T* p, T v, Better better) {  // *p = v while better(v, *p); the old value
   std::atomic_ref<T> a(*p);
   T old = a.load();
-  while (old < v && !a.compare_exchange_weak(old, v)) {
+  while (better(v, old) && !a.compare_exchange_weak(old, v)) {
   }
   return old;
+}
+}  // namespace t5rt_host
+template <class T>
+inline T atomicMax(T* p, std::type_identity_t<T> v) {
+  return t5rt_host::atomic_store_if(p, v, [](T a, T b) { return b < a; });
 }
 template <class T>
 inline T atomicMin(T* p, std::type_identity_t<T> v) {
-  std::atomic_ref<T> a(*p);
-  T old = a.load();
-  while (v < old && !a.compare_exchange_weak(old, v)) {
-  }
-  return old;
+  return t5rt_host::atomic_store_if(p, v, [](T a, T b) { return a < b; });
 }
-template <class T>
-inline T atomicOr(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).fetch_or(v); }
-template <class T>
-inline T atomicAnd(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).fetch_and(v); }
-template <class T>
-inline T atomicXor(T* p, std::type_identity_t<T> v) { return std::atomic_ref<T>(*p).fetch_xor(v); }
 
 #endif  // !T5RT_HOST_SCAN
 #endif  // T5RT_HOST_PRELUDE_H
