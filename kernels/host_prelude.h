@@ -21,15 +21,21 @@
 //   - atomics are std::atomic_ref on the same memory;
 //   - float math is the C library's, without FMA contraction: results can differ from the GPU
 //     in the last bits (the tests compare with the same tolerances as against the GPU).
-// Not emulated (a kernel that needs one fails to compile or must not be run here): dynamic
-// `extern __shared__` memory, cooperative groups, textures, fp16/bf16 types, partial-warp masks
-// and implicit warp-synchronous code (the threads of a warp are not in lock-step).
+//   - dynamic shared memory: host.py rewrites `extern __shared__ T name[];` into a pointer to the
+//     launch's `shared_mem` bytes (one buffer per block);
+//   - T5RT_HOST_BUILD is defined: a source keeps inline PTX or other device-only code out of the
+//     host build with `#ifndef T5RT_HOST_BUILD` (and a plain C++ equivalent in the #else).
+// Not emulated (a kernel that needs one fails to compile or must not be run here): cooperative
+// groups and grid-wide barriers (blocks run one after another, never side by side), textures,
+// fp16/bf16 types, partial-warp masks and implicit warp-synchronous code (the threads of a warp
+// are not in lock-step).
 // Launches are serialised (one process-wide lock): the `static` shared memory is per kernel.
 //
 // T5RT_HOST_SCAN: only the keyword macros, `__global__` marked, no standard headers: host.py
 // preprocesses the unit in this mode to list the kernels (macro-generated ones included).
 #ifndef T5RT_HOST_PRELUDE_H
 #define T5RT_HOST_PRELUDE_H
+#define T5RT_HOST_BUILD 1
 
 #ifndef T5RT_HOST_SCAN
 #include <math.h>
@@ -37,6 +43,7 @@
 #include <ucontext.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -162,6 +169,7 @@ struct Block {
   Barrier warp[32];                 // __syncwarp / shuffles of warp w
   unsigned long long lane[32][32];  // shuffle exchange [warp][lane]
   unsigned threads = 0;
+  std::vector<std::max_align_t> dynamic_shared;  // the launch's shared_mem bytes
 
   void reset() {
     sync.reset((int)threads);
@@ -173,6 +181,8 @@ struct Block {
 };
 
 inline void syncthreads() { self->block->sync.wait(); }
+template <class T>
+inline T* dynamic_shared() { return reinterpret_cast<T*>(self->block->dynamic_shared.data()); }
 inline void syncwarp() { self->block->warp[self->warp].wait(); }
 
 // Every lane publishes v, then reads lane src's value (its own where src is out of range).
@@ -263,7 +273,7 @@ inline std::tuple<std::remove_cv_t<A>...> unpack(void** args, std::index_sequenc
 }
 
 // Run kernel(args...) over the grid. dims = grid x, y, z, block x, y, z, mode (0 fibers,
-// 1 OS threads); args[i] points at the i-th parameter's value. Returns 0 = ran, 1 = bad dims,
+// 1 OS threads), dynamic shared memory bytes; args[i] points at the i-th parameter's value. Returns 0 = ran, 1 = bad dims,
 // 2 = the OS threads could not be started, 3 = deadlock (fibers; the launch is abandoned).
 template <class... A>
 inline int launch(void (*kernel)(A...), const unsigned* dims, void** args) {
@@ -276,6 +286,7 @@ inline int launch(void (*kernel)(A...), const unsigned* dims, void** args) {
   const auto params = unpack<A...>(args, std::index_sequence_for<A...>{});
   auto block = std::make_unique<Block>();
   block->threads = (unsigned)nt;
+  block->dynamic_shared.resize((dims[7] + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t));
   block->reset();
   block->done.reset((int)nt);
   std::vector<Thread> threads((std::size_t)nt);
@@ -413,6 +424,17 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
+
+// CUDA's vector types (the aligned structs the 64/128-bit loads use) and their make_ functions.
+#define T5RT_HOST_VEC(T, name, align)                                                         \
+  struct alignas(align) name##2 { T x, y; };                                                    \
+  struct alignas(align * 2) name##4 { T x, y, z, w; };                                         \
+  inline name##2 make_##name##2(T x, T y) { return {x, y}; }                                   \
+  inline name##4 make_##name##4(T x, T y, T z, T w) { return {x, y, z, w}; }
+T5RT_HOST_VEC(float, float, 8)
+T5RT_HOST_VEC(int, int, 8)
+T5RT_HOST_VEC(unsigned, uint, 8)
+#undef T5RT_HOST_VEC
 
 template <class A, class B>
 inline std::common_type_t<A, B> min(A a, B b) { return b < a ? b : a; }

@@ -661,6 +661,12 @@ def test_abi_kernel_launches(dev):
     dev.launcher.launch(f"t5rt_abi_{K.ABI}", (1,), (1,), ())
 
 
+# Kernels the host build cannot run, with why (regex of the name -> reason); everything else must.
+# Only for what blocks-one-after-another cannot emulate (e.g. a grid-wide barrier between
+# co-resident blocks); the pieces such a kernel runs should still be covered by their own kernels.
+HOST_EXEMPT: dict[str, str] = {}
+
+
 def test_every_kernel_ran_on_the_host(host_kernels, request):
     """Last in this module: every extern "C" kernel of kernels/*.cu (a new file's too) has been run
     on the CPU by a `dev` test above, against its reference. A kernel without such a test fails."""
@@ -670,5 +676,6 @@ def test_every_kernel_ran_on_the_host(host_kernels, request):
                 if getattr(item, "callspec", None) is not None and item.callspec.params.get("dev") == "host"}
     if not dev_tests <= selected:
         pytest.skip("needs every host test of this module selected (run the module without -k)")
-    missing = sorted(set(host_kernels.names) - host_kernels.launched)
+    exempt = {n for n in host_kernels.names if any(re.fullmatch(p, n) for p in HOST_EXEMPT)}
+    missing = sorted(set(host_kernels.names) - host_kernels.launched - exempt)
     assert not missing, f"kernels never run on the host against a reference: {missing}"

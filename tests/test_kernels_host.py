@@ -58,6 +58,15 @@ extern "C" __global__ void probe_block(unsigned long long* total, int* mirror, i
   if (t == 0) survivors[blockIdx.x] = alive;
 }
 
+// Dynamic shared memory (the launch's shared_mem bytes) and a vector type.
+extern "C" __global__ void probe_dynamic_shared(float4* out) {
+  extern __shared__ float buf[];
+  buf[threadIdx.x] = threadIdx.x + 0.5f + blockIdx.x;
+  __syncthreads();
+  const float v = buf[blockDim.x - 1 - threadIdx.x];
+  out[blockIdx.x * blockDim.x + threadIdx.x] = make_float4(v, -v, 2.f * v, (float)blockIdx.x);
+}
+
 extern "C" __global__ void probe_deadlock(int* out) {
   int v = 1;
   if (threadIdx.x == 0) v = __shfl_xor_sync(0xffffffffu, v, 1);  // lane 0 alone at a warp barrier
@@ -102,6 +111,15 @@ def test_shared_memory_barriers_and_atomics(probes, os_threads):
     want = np.where(t % 3 == 2, -1, 1000 * np.arange(blocks)[:, None] + (n - 1 - t)).reshape(-1)
     np.testing.assert_array_equal(mirror, want)
     np.testing.assert_array_equal(survivors, np.full(blocks, (t % 3 != 2).sum()))
+
+
+def test_dynamic_shared_memory_and_vector_types(probes):
+    blocks, n = 2, 96
+    out = np.zeros((blocks * n, 4), dtype=np.float32)
+    probes.launch("probe_dynamic_shared", (blocks,), (n,), (out,), shared_mem=n * 4)
+    b = np.repeat(np.arange(blocks), n)
+    v = (n - 1 - np.tile(np.arange(n), blocks)) + 0.5 + b
+    np.testing.assert_array_equal(out, np.stack([v, -v, 2 * v, b], axis=1).astype(np.float32))
 
 
 def test_a_barrier_not_every_thread_reaches_is_reported(probes):

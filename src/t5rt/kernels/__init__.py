@@ -249,11 +249,13 @@ def get_function(name: str) -> Any:
 
 class Launcher(Protocol):
     """Runs kernel `name` over grid x block with the wrapper's arguments (arrays, numpy scalars,
-    None = null pointer). `xp` is the array module of its arrays (cupy / numpy)."""
+    None = null pointer) and `shared_mem` bytes of dynamic shared memory per block. `xp` is the
+    array module of its arrays (cupy / numpy)."""
 
     xp: Any
 
-    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any]) -> None: ...
+    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
+               shared_mem: int = 0) -> None: ...
 
 
 _NULL = np.uint64(0)
@@ -266,8 +268,10 @@ class CudaLauncher:
         self.xp = _cupy()
         self.loaded = load(how)
 
-    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any]) -> None:
-        self.loaded.function(name)(grid, block, tuple(_NULL if a is None else a for a in args))
+    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
+               shared_mem: int = 0) -> None:
+        self.loaded.function(name)(grid, block, tuple(_NULL if a is None else a for a in args),
+                                   shared_mem=shared_mem)
 
 
 _cuda: CudaLauncher | None = None

@@ -38,6 +38,8 @@ CACHE_ENV = "T5RT_HOST_KERNELS_CACHE"
 CXXFLAGS = ("-std=c++20", "-O1", "-pthread", "-fPIC", "-shared", "-ffp-contract=off", "-U_FORTIFY_SOURCE", "-w")
 
 _KERNEL = re.compile(r'extern\s+"C"\s+t5rt_host_kernel\s+void\s+(\w+)\s*\(')
+# `extern __shared__ T name[];` (dynamic shared memory) -> a pointer to the launch's buffer
+_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(\w+)\s+(\w+)\s*\[\s*\]\s*;")
 
 # C++ parameter code (host_prelude.h: param_code) -> the numpy scalar type the wrapper must pass
 _SCALARS = {"i": (np.int32, ctypes.c_int32), "I": (np.uint32, ctypes.c_uint32),
@@ -65,7 +67,8 @@ def unit_source(source: str | None = None) -> str:
     `source` (default: the NVRTC unit of every kernels/*.cu)."""
     from t5rt import kernels
 
-    return f'#include "{PRELUDE}"\n' + (kernels.nvrtc_source() if source is None else source)
+    text = kernels.nvrtc_source() if source is None else source
+    return f'#include "{PRELUDE}"\n' + _DYNAMIC_SHARED.sub(r"\1* \2 = t5rt_host::dynamic_shared<\1>();", text)
 
 
 def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
@@ -143,8 +146,10 @@ class HostKernels:
             k = self._kernels[name] = (fn, sig().decode())
         return k
 
-    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
-        """Run kernel `name` over grid x block (1 to 3 dims each) with the wrapper's arguments."""
+    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
+               shared_mem: int = 0) -> None:
+        """Run kernel `name` over grid x block (1 to 3 dims each) with the wrapper's arguments and
+        `shared_mem` bytes of dynamic shared memory per block."""
         fn, sig = self._kernel(name)
         if "?" in sig:
             raise InvalidInputError(f"{name} takes a struct by value; the host build cannot pass it")
@@ -152,7 +157,9 @@ class HostKernels:
             raise InvalidInputError(f"{name} takes {len(sig)} arguments, got {len(args)}")
         values = [_ctype(name, i, code, a) for i, (code, a) in enumerate(zip(sig, args))]
         argv = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
-        dims = (ctypes.c_uint * 7)(*_dim3(grid, "grid"), *_dim3(block, "block"), int(self.os_threads))
+        if not 0 <= int(shared_mem) < 1 << 31:
+            raise InvalidInputError(f"{name}: shared_mem={shared_mem} bytes is out of range")
+        dims = (ctypes.c_uint * 8)(*_dim3(grid, "grid"), *_dim3(block, "block"), int(self.os_threads), int(shared_mem))
         rc = fn(dims, argv)
         if rc == 1:
             raise InvalidInputError(f"{name}: grid {tuple(grid)} / block {tuple(block)} is empty or over 1024 threads")
