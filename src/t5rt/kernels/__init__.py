@@ -274,15 +274,17 @@ class CudaLauncher:
                                    shared_mem=shared_mem)
 
 
-_cuda: CudaLauncher | None = None
+_cuda: dict[str, CudaLauncher] = {}
 
 
-def cuda_launcher() -> CudaLauncher:
-    """The default launcher of every wrapper (loads the kernels on first use)."""
-    global _cuda
-    if _cuda is None:
-        _cuda = CudaLauncher()
-    return _cuda
+def cuda_launcher(how: str | None = None) -> CudaLauncher:
+    """The default launcher of every wrapper: the kernels from `how` (default $T5RT_KERNELS or
+    'auto', as `load`), loaded on first use."""
+    how = how or os.environ.get(SOURCE_ENV, "auto")
+    launcher = _cuda.get(how)
+    if launcher is None:
+        launcher = _cuda[how] = CudaLauncher(how)
+    return launcher
 
 
 def _launcher(launcher: Launcher | None) -> Launcher:
