@@ -95,7 +95,8 @@ class HostKernels:
     """A launcher (t5rt.kernels.Launcher) running kernels/*.cu on the CPU over numpy arrays.
 
     cache_dir: where the library is built, keyed by a hash of its sources and flags (default
-    $T5RT_HOST_KERNELS_CACHE, else the temp dir); an existing build is reused.
+    $T5RT_HOST_KERNELS_CACHE, else ~/.cache/t5rt/host_kernels: a private folder, since an
+    existing build there is loaded as it is).
     os_threads: False (default) runs a block's threads as fibers taking turns at every barrier
     on the calling thread (fast, deterministic, detects a barrier not every thread reaches);
     True as that many OS threads running at once (slow with 1024-thread blocks on few cores,
@@ -116,7 +117,7 @@ class HostKernels:
             f"T5RT_HOST_EXPORT({n})\n" for n in self.names)
         prelude = (_kernels_dir() / PRELUDE).read_text()
         key = hashlib.sha256("\0".join([prelude, code, cxx, *CXXFLAGS]).encode()).hexdigest()[:16]
-        root = Path(cache_dir or os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "t5rt_host_kernels")
+        root = Path(cache_dir or os.environ.get(CACHE_ENV) or _default_cache())
         d = root / key
         d.mkdir(parents=True, exist_ok=True)
         self.library = d / "t5rt_kernels_host.so"
@@ -169,6 +170,11 @@ class HostKernels:
         if rc != 0:
             raise BackendError(f"{name}: the host could not start {int(np.prod(block))} threads")
         self.launched.add(name)
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "t5rt" / "host_kernels"
 
 
 def _dim3(d: Sequence[int], what: str) -> list[int]:
