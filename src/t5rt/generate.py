@@ -13,6 +13,7 @@ the runtime ready for the next one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidOptionError, RequestTimeoutError, RuntimeClosedError
+from .errors import InvalidInputError, InvalidOptionError, RequestTimeoutError, RuntimeClosedError, T5rtError
 from .generation_config import GenerationConfig
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
@@ -69,7 +70,7 @@ class Runtime:
             kernels = _load_kernels()
         self.runner = T5Runner(manifest, self.device, sessions, options, kernels)
         self.tokenizer = _load_tokenizer(manifest)
-        self.generation_config = GenerationConfig()
+        self.generation_config = _generation_defaults(manifest)
         self.last_timings: dict[str, float] = {}
         # strategies kept across requests (reset in place), so their captured CUDA graphs replay
         self._strategies: OrderedDict[tuple, Any] = OrderedDict()
@@ -260,11 +261,15 @@ class Runtime:
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
+        max_new = cfg.max_new_tokens_for(m.max_output_len)
+        if cfg.min_new_tokens > max_new:
+            raise InvalidOptionError(f"min_new_tokens={cfg.min_new_tokens} exceeds the {max_new} new tokens this "
+                                     "request makes at most; raise max_new_tokens")
         if self.options.inflight and rows_per_input(cfg) > self.options.max_batch:
             raise InvalidOptionError(
                 f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
                 f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
-        return Request(ids, mask, cfg, cfg.max_new_tokens or m.max_output_len, timeout=timeout, owner=self)
+        return Request(ids, mask, cfg, max_new, timeout=timeout, owner=self)
 
     def _enqueue(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
                  options: dict[str, Any]) -> "Request":
@@ -415,6 +420,26 @@ def reuse_key(cfg: GenerationConfig, batch: int, max_new: int, first_input: int)
         return None
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
     return (repr(fields), batch, max_new, first_input)
+
+
+def _generation_defaults(m: Manifest) -> GenerationConfig:
+    """The export's generation_config.json (the model's own defaults, which HF generate() uses),
+    else HF's defaults. A max_length beyond what the export holds is capped to it."""
+    path = m.directory / "generation_config.json" if m.directory is not None else None
+    if path is None or not path.is_file():
+        return GenerationConfig()
+    try:
+        cfg = GenerationConfig.from_hf(json.loads(path.read_text()), strict=False)
+    except (ValueError, T5rtError) as e:
+        log.warning("t5rt: %s is unusable (%s); using Hugging Face's generation defaults", path, e)
+        return GenerationConfig()
+    cap = m.max_output_len
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens > cap:
+        cfg.max_new_tokens = cap
+    if cfg.max_length is not None and cfg.max_length - 1 > cap:
+        log.info("t5rt: the model's max_length %d is capped to the export's %d new tokens", cfg.max_length, cap)
+        cfg.max_length = cap + 1
+    return cfg
 
 
 def _load_tokenizer(m: Manifest) -> Any:

@@ -74,7 +74,8 @@ class T5rtSystem(System):
         try:
             # one generate() at a time, timed by the runtime's direct path (the load bench,
             # bench/load/, measures in-flight batching)
-            self._rt = t5rt.load(str(self.export_dir), backend=self.backend, device=self.device, inflight=False)
+            self._rt = t5rt.load(str(self.export_dir), backend=self.backend, device=self.device,
+                                 threads=self.threads, inflight=False)
         except t5rt.T5rtError as e:
             raise Unavailable(one_line(e)) from None
         manifest = t5rt.load_manifest(self.export_dir)
