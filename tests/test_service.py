@@ -363,3 +363,18 @@ def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo
         bad.result(60)
     assert all(same(f.result(60), s) for f, s in zip(futs, solo))
     assert rt.stats()["slots_in_use"] == 0
+
+
+def test_generate_inside_a_logits_processor_is_refused_not_a_deadlock(rt):
+    seen = []
+
+    def nested(history, logits, step):
+        if step == 0:
+            try:
+                rt.generate(input_ids=[[4, 1]], max_new_tokens=2)
+            except t5rt.T5rtError as e:
+                seen.append(e)
+        return logits
+
+    assert rt.generate(input_ids=[[5, 6, 1]], max_new_tokens=3, logits_processors=[nested], timeout=30).sequences
+    assert seen and "own decoding step" in str(seen[0])

@@ -170,6 +170,9 @@ class Runtime:
         """Generate for every input; safe from any thread (the runtime's scheduler runs it).
 
         options: GenerationConfig fields, and `timeout` (seconds; RequestTimeoutError past it)."""
+        if self._scheduler is not None and self._scheduler.is_worker():
+            raise InvalidInputError("generate() called from inside this runtime's own decoding step (a logits "
+                                    "processor?) would wait for itself; use submit() there, or another runtime")
         req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
             out = req.future.result(timeout=_left(req))

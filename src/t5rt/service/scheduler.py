@@ -79,6 +79,10 @@ class Scheduler:
         if wait and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def is_worker(self) -> bool:
+        """True in the scheduler's own thread (where waiting on a request would deadlock)."""
+        return threading.current_thread() is self._thread
+
     @property
     def closed(self) -> bool:
         return self._closed
