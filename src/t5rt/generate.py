@@ -28,6 +28,7 @@ from .generation_config import GenerationConfig
 from .inputs import parse_inputs
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
+from .runtime.memory import check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
 
 log = logging.getLogger("t5rt")
@@ -80,6 +81,8 @@ class Runtime:
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
         max_new = cfg.max_new_tokens or m.max_output_len
+        check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
+                           max_new_tokens=max_new, device=self.device, options=self.options)
         from .decoding import make_strategy
 
         sequences: list[list[int]] = []

@@ -163,7 +163,7 @@ def _id_values(row: np.ndarray, name: str, i: int) -> np.ndarray:
         bad = ~np.isfinite(row) | (row != np.round(row))
         if bad.any():
             j = int(np.argmax(bad))
-            raise InvalidInputError(f"{name}[{i}][{j}] is {row[j]!r}: token ids are integers "
+            raise InvalidInputError(f"{name}[{i}][{j}] is {row[j].item()!r}: token ids are integers "
                                     "(NaN, inf and fractions are not ids)")
         if np.abs(row).max() >= 2**62:
             raise InvalidInputError(f"input {i} has token ids far outside the vocabulary: {float(np.abs(row).max())}")
@@ -187,5 +187,5 @@ def _mask_values(row: np.ndarray, name: str, i: int) -> np.ndarray:
     bad = ~((row == 0) | (row == 1))
     if bad.any():
         j = int(np.argmax(bad))
-        raise InvalidInputError(f"{name}[{i}][{j}] is {row[j]!r}: attention_mask values must be 0 or 1")
+        raise InvalidInputError(f"{name}[{i}][{j}] is {row[j].item()!r}: attention_mask values must be 0 or 1")
     return row.astype(np.int64)

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidLogitsError, T5rtError
 from ..generation_config import GenerationConfig
 from . import ops
+from .guards import checked_user_scores
 from .ops import NEG_INF, Array
 
 
@@ -217,8 +219,14 @@ class LogitsPipeline:
         warp=False stops before the sampling warpers (a fused sampling kernel applies them)."""
         for p in self.pre:
             scores = p(history, scores, t)
-        for fn in self.user:  # research hook: eager only, host step
-            scores = fn(history[:, : host_t + 1], scores, host_t)
+        for i, fn in enumerate(self.user):  # research hook: eager only, host step
+            try:
+                out = fn(history[:, : host_t + 1], scores, host_t)
+            except T5rtError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the user's code failed: say which hook, keep the cause
+                raise InvalidLogitsError(f"logits_processors[{i}] raised {type(e).__name__}: {e}") from e
+            scores = checked_user_scores(self.xp, out, scores, i, fn)
         for p in self.warp if warp else ():
             scores = p(history, scores, t)
         return scores

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..generation_config import GenerationConfig
-from . import ops, rng, step_kernels
+from . import guards, ops, rng, step_kernels
 from .ops import Array
 from .processors import LogitsPipeline
 
@@ -63,6 +63,7 @@ class SamplingStrategy:
             self.token_logprob = xp.empty((N, T + 1), dtype=xp.float32)  # [N, T+1]
         # a CUDA graph may replay step() only when no user (host) processors run in it
         self.capturable = not self.pipeline.has_user_processors
+        self._guard = xp is np or not self.capturable  # NaN/inf checks need a host read (guards.py)
         self.step_counter = xp.empty((), dtype=xp.int64)  # t
         self._done = xp.empty((), dtype=xp.bool_)
         self._seed = rng.seed_array(xp, 0)  # [1] uint64
@@ -100,6 +101,8 @@ class SamplingStrategy:
         xp, t = self.xp, self.step_counter
         active = ~self._done  # 0-d
         scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step)
+        if self.do_sample and self._guard:
+            guards.check_sampling_scores(xp, scores, self.host_step)
         logp = ops.log_softmax(xp, scores)  # [N, V]
         if self.do_sample:
             u = rng.uniform(xp, self._seed, t, self._row_idx)  # [N]
@@ -140,6 +143,8 @@ class SamplingStrategy:
         scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step,
                                warp=not (self.do_sample and k is not None))
         scores = xp.ascontiguousarray(scores)  # [N, V]
+        if self.do_sample and self._guard:
+            guards.check_sampling_scores(xp, scores, self.host_step)
         if self.do_sample and k is not None:  # warpers + draw + log-prob in one kernel
             k.sample_logprob(scores, self._seed, t, self._sample_options, row_offset=self._row_offset,
                              out=self._nxt, out_logprob=self._lp)
