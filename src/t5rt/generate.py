@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidOptionError
+from .errors import InvalidExportError, InvalidOptionError
 from .export_check import verify_export
 from .generation_config import GenerationConfig
 from .inputs import parse_inputs
@@ -161,9 +161,9 @@ def _load_tokenizer(m: Manifest) -> Any:
 
     try:
         return T5Tokenizer.from_dir(m.directory)
-    except Exception as e:  # noqa: BLE001 - a broken tokenizer must not stop id-level use
-        log.warning("t5rt: tokenizer files present but unusable (%s); pass input_ids", e)
-        return None
+    except Exception as e:  # noqa: BLE001 - a listed (and hashed) tokenizer that cannot be read: a bad export
+        raise InvalidExportError(f"{m.directory}: its tokenizer_files ({', '.join(m.tokenizer_files)}) cannot be "
+                                 f"read ({type(e).__name__}: {e}); re-export the model") from None
 
 
 def _load_kernels() -> Any:

@@ -35,6 +35,10 @@ DIM_RANGES = {
     "d_model": (1, 1 << 16), "d_kv": (1, 1 << 12), "d_ff": (1, 1 << 20), "num_heads": (1, 1 << 10),
     "num_encoder_layers": (1, 1 << 10), "num_decoder_layers": (1, 1 << 10), "vocab_size": (2, 1 << 24),
 }
+# dims field -> the Hugging Face config key it restates
+CONFIG_KEYS = {"d_model": "d_model", "d_kv": "d_kv", "d_ff": "d_ff", "num_heads": "num_heads",
+               "num_encoder_layers": "num_layers", "num_decoder_layers": "num_decoder_layers",
+               "vocab_size": "vocab_size"}
 LEN_RANGE = (1, 1 << 16)  # max_input_len, max_output_len
 
 
@@ -175,8 +179,9 @@ def parse(doc: Any, where: str, directory: Any = None) -> Any:
         if isinstance(version, int) and not isinstance(version, bool) and version < mf.FORMAT_VERSION:
             fail("format_version", f"is {version}: an export of an older t5rt (without file hashes); "
                                    f"this t5rt reads format_version {mf.FORMAT_VERSION}")
-        fail("format_version", f"is {_kind(version)}; this t5rt reads format_version {mf.FORMAT_VERSION} "
-                               "(a newer t5rt wrote it? upgrade t5rt)")
+        newer = isinstance(version, int) and not isinstance(version, bool)
+        fail("format_version", f"is {_kind(version)}; this t5rt reads format_version {mf.FORMAT_VERSION}"
+                               + (" (a newer t5rt wrote it? upgrade t5rt)" if newer else ""))
     strings = {k: top.str(k) for k in ("exporter_version", "source", "source_checksum", "model_type")}
     config = top.get("config")
     if not isinstance(config, dict):
@@ -185,6 +190,9 @@ def parse(doc: Any, where: str, directory: Any = None) -> Any:
     d = top.obj("dims")
     dims = mf.Dims(**{k: d.int(k, *DIM_RANGES[k]) for k in DIM_RANGES})
     d.done()
+    for k, ck in CONFIG_KEYS.items():  # dims restate the model config the exporter saved
+        if ck in config and config[ck] != getattr(dims, k):
+            fail(f"dims.{k}", f"is {getattr(dims, k)} but config.{ck} is {_kind(config[ck])}")
     precision = top.str("precision", mf.PRECISIONS)
     max_input_len, max_output_len = top.int("max_input_len", *LEN_RANGE), top.int("max_output_len", *LEN_RANGE)
     cache_update = top.str("cache_update", mf.CACHE_UPDATES)
