@@ -76,7 +76,7 @@ class Runtime:
     def generate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
                  attention_mask: Any = None, config: GenerationConfig | None = None,
                  **options: Any) -> GenerateOutput:
-        cfg = GenerationConfig.from_options(config or self.generation_config, **options)
+        cfg = GenerationConfig.from_options(self.generation_config if config is None else config, **options)
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)

@@ -52,7 +52,8 @@ class NoRepeatNGram:
         self.xp, self.n, self.vocab = xp, n, vocab_size
         self.n_windows = max(history_len - n + 1, 0)  # window starts s = 0 .. T+1-n
         self.starts = xp.arange(self.n_windows, dtype=xp.int64)[None, :]  # [1, S]
-        self.offsets = xp.arange(n - 1, dtype=xp.int64)[None, :]  # [1, n-1]
+        # [1, n-1]; an n longer than the history never matches (S == 0): allocate nothing for it
+        self.offsets = xp.arange(n - 1 if self.n_windows else 0, dtype=xp.int64)[None, :]
         self.rows = ops.row_ids(xp, rows)
 
     def __call__(self, history: Array, scores: Array, t: Array) -> Array:
