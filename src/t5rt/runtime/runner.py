@@ -62,6 +62,9 @@ class RuntimeOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
+        t = self.threads
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 4096):
+            raise InvalidOptionError(f"threads={t!r} is invalid: an integer >= 0 (0 or None: the backend's default)")
         if not isinstance(self.verify, bool):
             raise InvalidOptionError(f"verify={self.verify!r} is invalid: must be True or False")
         v = self.max_request_bytes
