@@ -322,6 +322,10 @@ CASES = [
     # roles (the issue: KeyError at the first generate)
     ("role-missing-tensor", edit(role("decoder_step", "logits", "nope")), "nope", True),
     ("role-per-layer-missing-tensor", edit(role("decoder_step", "self_k", ["self_k.0", "nope"])), "nope", True),
+    ("roles-layers-swapped", edit(role("decoder_step", "self_k", ["self_k.1", "self_k.0"])), "silently", True),
+    ("roles-k-v-swapped", edit(lambda d: d["roles"]["cross_kv"].update(cross_k=d["roles"]["cross_kv"]["cross_v"],
+                                                                       cross_v=d["roles"]["cross_kv"]["cross_k"])),
+     "silently", True),
     ("role-bound-twice", edit(role("decoder_step", "self_k", ["self_k.0", "self_k.0"])), "already bound", True),
     ("role-wrong-layer-count", edit(role("cross_kv", "cross_k", ["cross_k.0"])), "per decoder layer", True),
     ("role-absent", edit(drop("roles", "encoder", "attention_mask")), "missing", True),

@@ -221,6 +221,29 @@ class Manifest:
         return self.directory / name
 
 
+def canonical_roles(num_decoder_layers: int, cache_update: str) -> dict[str, dict[str, Any]]:
+    """The roles section every t5rt export has: what each tensor is -> its name, per graph
+    (lists per decoder layer). The exporter writes it (exporters/io_spec.py) and load() requires
+    it, so a manifest cannot rebind a tensor to another role (say, swap layers' caches)."""
+    def per(kind: str) -> list[str]:
+        return [f"{kind}.{layer}" for layer in range(num_decoder_layers)]
+
+    step: dict[str, Any] = {
+        "input_ids": "input_ids", "position": "position", "encoder_attention_mask": "encoder_attention_mask",
+        "cross_k": per("cross_k"), "cross_v": per("cross_v"), "self_k": per("self_k"), "self_v": per("self_v"),
+        "logits": "logits",
+    }
+    if cache_update == "write":
+        step.update(new_self_k=per("new_self_k"), new_self_v=per("new_self_v"))
+    else:
+        step.update(present_self_k=per("present_self_k"), present_self_v=per("present_self_v"))
+    return {
+        "encoder": {"input_ids": "input_ids", "attention_mask": "attention_mask", "hidden": "hidden"},
+        "cross_kv": {"hidden": "hidden", "cross_k": per("cross_k"), "cross_v": per("cross_v")},
+        "decoder_step": step,
+    }
+
+
 def load_manifest(directory: str | Path, *, check_files: bool = True) -> Manifest:
     """Read and schema-check DIR/manifest.json (manifest_schema.py); with check_files, every file
     it names must be a regular file inside DIR (export_check.confined_path). NotAnExportError:

@@ -233,9 +233,14 @@ def parse(doc: Any, where: str, directory: Any = None) -> Any:
 
     r_obj = top.obj("roles")
     table = role_table(dims, precision, cache_update)
+    canonical = mf.canonical_roles(dims.num_decoder_layers, cache_update)
     roles: dict[str, dict[str, Any]] = {}
     for g in mf.GRAPH_NAMES:
         roles[g] = _roles(r_obj.obj(g), graphs[g], table[g], dims.num_decoder_layers, fail)
+        for role, name in canonical[g].items():
+            if roles[g][role] != name:
+                fail(f"roles.{g}.{role}", f"is {roles[g][role]!r}; t5rt exports bind {name!r} there (a tensor "
+                                          "bound to another role would give silently different tokens)")
     r_obj.done()
 
     return mf.Manifest(
