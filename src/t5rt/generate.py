@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidExportError, InvalidOptionError
+from .errors import InvalidExportError, InvalidOptionError, RequestTooLargeError
 from .export_check import verify_export
 from .generation_config import GenerationConfig
 from .inputs import parse_inputs
@@ -95,7 +95,13 @@ class Runtime:
             # trim the chunk's padding to its own longest input
             s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
             chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
-            seqs, scs, tok = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo)
+            try:
+                seqs, scs, tok = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo)
+            except MemoryError as e:  # the estimate (runtime/memory.py) erred low: still a T5rtError
+                if isinstance(e, RequestTooLargeError):
+                    raise
+                raise RequestTooLargeError(f"this request ran out of memory ({e or 'MemoryError'}); ask for "
+                                           "fewer beams, new tokens or inputs per chunk") from e
             sequences += seqs
             scores += scs
             token_scores += tok or []
