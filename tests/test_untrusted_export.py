@@ -448,3 +448,25 @@ def test_manifest_lists_every_file_the_runtime_reads(pristine):
     assert set(m.files) == named
     for name, e in m.files.items():
         assert e.sha256 == sha256_file(pristine / name) and e.bytes == (pristine / name).stat().st_size
+
+
+def test_onnx_io_reads_what_onnx_reads(pristine):
+    """t5rt.onnx_io (no onnx, no weights loaded) against the onnx package on the real graphs."""
+    import onnx
+
+    from t5rt.onnx_io import read_graph_io
+
+    def ref(values):
+        out = {}
+        for v in values:
+            dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
+                         for d in v.type.tensor_type.shape.dim)
+            out[v.name] = (v.type.tensor_type.elem_type, dims)
+        return out
+
+    for f in ("encoder.onnx", "cross_kv.onnx", "decoder_step.onnx"):
+        io = read_graph_io(pristine / f)
+        m = onnx.load(str(pristine / f), load_external_data=False)
+        assert io.inputs == ref(m.graph.input) and io.outputs == ref(m.graph.output)
+        locations = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+        assert io.external_files == locations == {f + ".data"}
