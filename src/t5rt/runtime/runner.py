@@ -55,6 +55,12 @@ class RuntimeOptions:
     max_queue: int = 1024
     # concurrent requests share decoder steps (in-flight batching); False: one request at a time
     inflight: bool = True
+    # load(): check every file's sha256 against the manifest (export_check.py). False skips only
+    # the hashing, for a disk you trust; the schema, confinement, sizes and graph I/O are checked.
+    verify: bool = True
+    # refuse a request whose estimated memory (runtime/memory.py) exceeds this many bytes;
+    # None: what the device has (CUDA: free memory; CPU: available host memory)
+    max_request_bytes: int | None = None
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt"):
@@ -67,6 +73,14 @@ class RuntimeOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
+        t = self.threads
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 4096):
+            raise InvalidOptionError(f"threads={t!r} is invalid: an integer >= 0 (0 or None: the backend's default)")
+        if not isinstance(self.verify, bool):
+            raise InvalidOptionError(f"verify={self.verify!r} is invalid: must be True or False")
+        v = self.max_request_bytes
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InvalidOptionError(f"max_request_bytes={v!r} is invalid: must be an integer >= 1 or None")
 
 
 @dataclass

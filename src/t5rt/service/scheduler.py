@@ -105,8 +105,13 @@ class Scheduler:
                 self.executor.step()
             except Exception as e:  # noqa: BLE001 - the worker must outlive any one failure
                 log.exception("t5rt: scheduler step failed")
-                err = e if isinstance(e, T5rtError) else BackendError(
-                    f"the runtime failed while running this request: {type(e).__name__}: {e}")
+                if isinstance(e, MemoryError):
+                    from ..generate import too_large
+
+                    err: T5rtError = too_large(e)
+                else:
+                    err = e if isinstance(e, T5rtError) else BackendError(
+                        f"the runtime failed while running this request: {type(e).__name__}: {e}")
                 for r in arrivals:
                     r.fail(err)
                 self.executor.fail_all(err)
