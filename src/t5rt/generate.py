@@ -41,7 +41,7 @@ from .generation_config import GenerationConfig
 from .inputs import parse_inputs
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
-from .runtime.memory import check_request_fits
+from .runtime.memory import available_bytes, check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
 from .service.inflight import rows_per_input
 from .service.stats import ServiceStats
@@ -93,6 +93,9 @@ class Runtime:
         self._scheduler: Scheduler | None = None
         self._closed = False
         self._stats = ServiceStats()
+        # CUDA: free memory for the request estimate, read here and by the scheduler thread between
+        # steps (callers' threads make no CUDA call: one could break a graph being captured)
+        self.available = available_bytes(self.device) if self.device.is_cuda else (None, "")
 
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, texts: Any, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +212,8 @@ class Runtime:
                 f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
                 f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
         check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
-                           max_new_tokens=max_new, device=self.device, options=self.options)
+                           max_new_tokens=max_new, device=self.device, options=self.options,
+                           available=self.available if self.device.is_cuda else None)
         return Request(ids, mask, cfg, max_new, timeout=timeout, owner=self)
 
     def _enqueue(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,

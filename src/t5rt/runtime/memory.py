@@ -81,12 +81,16 @@ def _mem_available() -> int | None:
 
 
 def check_request_fits(m: Any, cfg: Any, *, batch: int, src_len: int, max_new_tokens: int,
-                       device: Any, options: Any) -> int:
-    """RequestTooLargeError when the estimate exceeds the limit; -> the estimate."""
+                       device: Any, options: Any, available: tuple[int | None, str] | None = None) -> int:
+    """RequestTooLargeError when the estimate exceeds the limit; -> the estimate.
+
+    available: an earlier available_bytes(device) to use instead of asking the device now (the
+    service core checks requests in callers' threads, which must make no CUDA call while the
+    scheduler thread may be capturing a CUDA graph)."""
     need = request_bytes(m, cfg, batch, src_len, max_new_tokens)
     limit, source = options.max_request_bytes, "RuntimeOptions.max_request_bytes"
     if limit is None:
-        limit, source = available_bytes(device)
+        limit, source = available if available is not None else available_bytes(device)
     if limit is not None and need > limit:
         rows = (f"{cfg.num_beams} beams" if cfg.num_beams > 1
                 else f"{cfg.num_return_sequences} sequences" if cfg.do_sample else "1 sequence")

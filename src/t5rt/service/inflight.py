@@ -33,7 +33,7 @@ from ..runtime.buckets import src_bucket
 from ..runtime.kv_cache import CacheOps
 from .request import Request
 from .slots import SlotPool, _pow2_at_least
-from .solo import finish
+from .solo import finish, refresh_available
 from .stats import ServiceStats
 
 KEEP_STRATEGIES = 64  # idle strategies kept for reuse (reset in place), least recently used dropped
@@ -110,6 +110,7 @@ class InflightExecutor:
 
     # -- executor protocol -----------------------------------------------------------------
     def admit(self, requests: list[Request]) -> None:
+        refresh_available(self.rt)
         for req in requests:
             self.pending += self._members(req)
 

@@ -20,6 +20,7 @@ class SoloExecutor:
         self._running = False
 
     def admit(self, requests: list[Request]) -> None:
+        refresh_available(self.runtime)
         self._pending.extend(requests)
 
     def busy(self) -> bool:
@@ -74,3 +75,12 @@ def finish(req: Request, out: Any, stats: ServiceStats) -> None:
         stats.delivered(sum(len(s) for s in out.sequences), now)
     else:
         stats.count("cancelled")
+
+
+def refresh_available(runtime: Any) -> None:
+    """CUDA: re-read free device memory for the request estimate, here in the scheduler thread
+    between steps (never during a capture); callers' threads read the number it leaves."""
+    if runtime.device.is_cuda:
+        from ..runtime.memory import available_bytes
+
+        runtime.available = available_bytes(runtime.device)
