@@ -207,13 +207,13 @@ class Runtime:
         if cfg.min_new_tokens > max_new:
             raise InvalidOptionError(f"min_new_tokens={cfg.min_new_tokens} exceeds the {max_new} new tokens this "
                                      "request makes at most; raise max_new_tokens")
+        check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
+                           max_new_tokens=max_new, device=self.device, options=self.options,
+                           available=self.available if self.device.is_cuda else None)
         if self.options.inflight and rows_per_input(cfg) > self.options.max_batch:
             raise InvalidOptionError(
                 f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
                 f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
-        check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
-                           max_new_tokens=max_new, device=self.device, options=self.options,
-                           available=self.available if self.device.is_cuda else None)
         return Request(ids, mask, cfg, max_new, timeout=timeout, owner=self)
 
     def _enqueue(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
