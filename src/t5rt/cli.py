@@ -126,6 +126,8 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
                     help="inputs are token ids ('8774 296 1'), not text; for exports without a tokenizer")
     io.add_argument("--json", action="store_true",
                     help="print one JSON object: inputs, sequences, texts, scores, timings")
+    io.add_argument("--stream", action="store_true",
+                    help="print each input's output as its tokens are chosen (one input at a time)")
     io.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does on stderr")
 
 
@@ -190,6 +192,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidOptionError(f"--bad-words {empty[0]!r} has no tokens; give a word")
         opts["bad_words_ids"] = opts.get("bad_words_ids", []) + words
 
+    if args.stream:
+        if args.json:
+            raise InvalidOptionError("--stream prints text as it comes; it does not combine with --json")
+        _stream_outputs(rt, inputs, input_ids, opts)
+        return 0
     t0 = time.perf_counter()
     if input_ids is not None:
         lens = [len(r) for r in input_ids]
@@ -227,6 +234,27 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("".join(ln.replace("\n", " ") + "\n" for ln in lines))
     sys.stdout.flush()
     return 0
+
+
+def _stream_outputs(rt: Any, inputs: list[str], input_ids: list[list[int]] | None, opts: dict[str, Any]) -> None:
+    """--stream: one line per input, written as its tokens are chosen (token ids without a tokenizer)."""
+    for i, text in enumerate(inputs):
+        if input_ids is not None:
+            chunks = rt.stream(input_ids=[input_ids[i]], **opts)
+        else:
+            chunks = rt.stream(text, **opts)
+        first = True
+        for chunk in chunks:
+            if chunk.text is not None and rt.tokenizer is not None:
+                piece = chunk.text.replace("\n", " ")
+            else:
+                piece = " ".join(map(str, chunk.tokens))
+                piece = piece if first or not piece else " " + piece
+            first = first and not piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 # -- export / build / bench ------------------------------------------------------------------------

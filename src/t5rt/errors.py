@@ -36,3 +36,15 @@ class MissingDependencyError(T5rtError, ImportError):
 
 class BackendError(T5rtError, RuntimeError):
     """An inference backend failed (engine build, session creation, a CUDA call)."""
+
+
+class OverloadedError(T5rtError):
+    """The runtime's request queue is full (RuntimeOptions.max_queue): retry later or raise the limit."""
+
+
+class RequestTimeoutError(T5rtError, TimeoutError):
+    """A request ran past its `timeout` (seconds); its slots were freed and nothing was returned."""
+
+
+class RuntimeClosedError(T5rtError, RuntimeError):
+    """The runtime was closed (`Runtime.close()`); load a new one to generate again."""

@@ -14,19 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidOptionError
+from .errors import InvalidInputError, InvalidOptionError, RuntimeClosedError
 from .generation_config import GenerationConfig
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
 from .runtime.runner import RuntimeOptions, T5Runner
+from .service.stats import ServiceStats
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .service import AsyncTokenStream, Request, Scheduler, TokenStream
 
 log = logging.getLogger("t5rt")
 
@@ -41,7 +49,9 @@ class GenerateOutput:
 
 
 class Runtime:
-    """A loaded export on one device and backend; `generate()` may be called any number of times."""
+    """A loaded export on one device and backend, shared by any number of threads and asyncio
+    tasks: generate / submit / agenerate / stream / astream enqueue requests for the runtime's
+    scheduler thread, which alone touches the device (DESIGN.md §5a)."""
 
     def __init__(self, manifest: Manifest, options: RuntimeOptions):
         options.validate()
@@ -61,6 +71,11 @@ class Runtime:
         self.last_timings: dict[str, float] = {}
         # strategies kept across requests (reset in place), so their captured CUDA graphs replay
         self._strategies: OrderedDict[tuple, Any] = OrderedDict()
+        # the service core (DESIGN.md §5a): a scheduler thread, started by the first request
+        self._service_lock = threading.Lock()
+        self._scheduler: Scheduler | None = None
+        self._closed = False
+        self._stats = ServiceStats()
 
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, texts: Any, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -145,15 +160,140 @@ class Runtime:
             mask[i, : len(mk)] = mk
         return ids, mask
 
-    # -- generate --------------------------------------------------------------------------
+    # -- generate (any thread) --------------------------------------------------------------
     def generate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
                  attention_mask: Any = None, config: GenerationConfig | None = None,
                  **options: Any) -> GenerateOutput:
+        """Generate for every input; safe from any thread (the runtime's scheduler runs it).
+
+        options: GenerationConfig fields, and `timeout` (seconds; RequestTimeoutError past it)."""
+        future = self.submit(texts, input_ids=input_ids, attention_mask=attention_mask, config=config, **options)
+        try:
+            out = future.result()
+        except BaseException:
+            future.cancel()  # KeyboardInterrupt while waiting: the request leaves the batch
+            raise
+        self.last_timings = out.timings
+        return out
+
+    def submit(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
+               attention_mask: Any = None, config: GenerationConfig | None = None,
+               **options: Any) -> "Future[GenerateOutput]":
+        """Enqueue a request -> concurrent.futures.Future[GenerateOutput]. Bad input raises here,
+        in the caller's thread; a full queue raises OverloadedError. `future.cancel()` frees the
+        request's slots at the next step."""
+        req = self._request(texts, input_ids, attention_mask, config, options)
+        self._service().put(req)
+        return req.future
+
+    async def agenerate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
+                        attention_mask: Any = None, config: GenerationConfig | None = None,
+                        **options: Any) -> GenerateOutput:
+        """`await rt.agenerate(...)`: generate() for asyncio; cancelling the task cancels the request."""
+        import asyncio
+
+        future = self.submit(texts, input_ids=input_ids, attention_mask=attention_mask, config=config, **options)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    def stream(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
+               attention_mask: Any = None, config: GenerationConfig | None = None,
+               **options: Any) -> "TokenStream":
+        """Iterator of StreamChunk (.tokens, .text, .finished) for ONE input, as tokens are chosen
+        (every done_check_interval steps); beam search yields its final sequence as one chunk.
+        Their tokens concatenate to generate(...).sequences[0]; close() cancels the request."""
+        from .service import TokenStream
+
+        return TokenStream(self._stream_request(texts, input_ids, attention_mask, config, options))
+
+    def astream(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
+                attention_mask: Any = None, config: GenerationConfig | None = None,
+                **options: Any) -> "AsyncTokenStream":
+        """`async for chunk in rt.astream(...)`: stream() for asyncio (bad input raises at the call)."""
+        from .service import AsyncTokenStream
+
+        return AsyncTokenStream(self._stream_request(texts, input_ids, attention_mask, config, options))
+
+    def stats(self) -> dict[str, Any]:
+        """Service metrics: queue depth, slots in use, requests done/failed, tokens/s (last 10 s),
+        time to first token (p50/p99), decoder steps and host time per step."""
+        svc = self._scheduler
+        live = {"queue_depth": svc.queue_depth() if svc else 0,
+                "slots_in_use": svc.executor.slots_in_use() if svc else 0,
+                "max_queue": self.options.max_queue}
+        return self._stats.snapshot(**live)
+
+    def close(self) -> None:
+        """Stop the scheduler thread; unfinished requests fail with RuntimeClosedError."""
+        with self._service_lock:
+            self._closed = True
+            svc, self._scheduler = self._scheduler, None
+        if svc is not None:
+            svc.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests (caller's thread) --------------------------------------------------------
+    def _request(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
+                 options: dict[str, Any]) -> "Request":
+        """Every check a request needs, in the caller's thread -> a Request ready to enqueue."""
+        from .service import Request
+
+        timeout = options.pop("timeout", None)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise InvalidOptionError(f"timeout={timeout!r} is invalid: must be a number of seconds > 0 (or None)")
         cfg = GenerationConfig.from_options(config or self.generation_config, **options)
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
-        max_new = cfg.max_new_tokens or m.max_output_len
+        return Request(ids, mask, cfg, cfg.max_new_tokens or m.max_output_len, timeout=timeout)
+
+    def _stream_request(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
+                        options: dict[str, Any]) -> "Request":
+        from .service import Channel, StreamWriter
+
+        req = self._request(texts, input_ids, attention_mask, config, options)
+        if req.inputs != 1:
+            raise InvalidInputError(f"stream() takes one input, got {req.inputs}; "
+                                    "call it once per input (or use submit() for a batch)")
+        req.channel = Channel()
+        req.writer = StreamWriter(req.channel, self.tokenizer, self.manifest.special_tokens.eos_token_id)
+        self._service().put(req)
+        return req
+
+    def _service(self) -> "Scheduler":
+        """The scheduler thread, started on first use."""
+        with self._service_lock:
+            if self._closed:
+                raise RuntimeClosedError("this runtime was closed; load a new one to generate again")
+            if self._scheduler is None:
+                from .service import Scheduler, SoloExecutor
+
+                self._scheduler = Scheduler(SoloExecutor(self, self._stats), self._stats,
+                                            max_queue=self.options.max_queue)
+            return self._scheduler
+
+    # -- execution (scheduler thread only) -------------------------------------------------
+    def _output(self, sequences: list[list[int]], scores: list[float], token_scores: Any,
+                cfg: GenerationConfig, timings: dict[str, float]) -> GenerateOutput:
+        texts_out = None
+        if self.tokenizer is not None:
+            texts_out = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
+        return GenerateOutput(sequences=sequences, scores=scores, texts=texts_out,
+                              token_scores=token_scores if cfg.output_scores else None, timings=dict(timings))
+
+    def _run_whole(self, req: "Request") -> GenerateOutput | None:
+        """One request alone, start to end, in chunks of max_batch inputs (the direct path);
+        None when it was cancelled or timed out on the way."""
+        cfg, ids, mask, max_new = req.config, req.input_ids, req.attention_mask, req.max_new_tokens
         from .decoding import make_strategy
 
         sequences: list[list[int]] = []
@@ -166,7 +306,10 @@ class Runtime:
             # trim the chunk's padding to its own longest input
             s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
             chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
-            seqs, scs, tok = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo)
+            got = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo, req)
+            if got is None:
+                return None
+            seqs, scs, tok = got
             sequences += seqs
             scores += scs
             token_scores += tok or []
@@ -176,20 +319,32 @@ class Runtime:
         steps = agg.get("steps", 0)
         agg["step_s"] = agg["decode_s"] / steps if steps else 0.0
         agg["host_step_s"] = agg["host_s"] / steps if steps else 0.0
-        self.last_timings = agg
-        texts_out = None
-        if self.tokenizer is not None:
-            texts_out = [self.tokenizer.decode(s, skip_special_tokens=True) for s in sequences]
-        return GenerateOutput(sequences=sequences, scores=scores, texts=texts_out,
-                              token_scores=token_scores if cfg.output_scores else None, timings=dict(agg))
+        return self._output(sequences, scores, token_scores, cfg, agg)
 
     def _generate_chunk(self, ids: np.ndarray, mask: np.ndarray, cfg: GenerationConfig, max_new: int,
-                        make_strategy: Any, first_input: int) -> tuple[list[list[int]], list[float], Any]:
+                        make_strategy: Any, first_input: int,
+                        req: "Request") -> tuple[list[list[int]], list[float], Any] | None:
         with self.device.use():  # state set up on the stream the engines and graphs run on
             strategy = self._strategy(cfg, ids.shape[0], max_new, first_input, make_strategy)
         enc = self.runner.encode(ids, mask)
         eager = not strategy.capturable  # user hooks run Python per step: no CUDA graph
-        self.runner.decode(enc, strategy, max_new, eager=eager, profile=self.options.profile)
+        dropped = False
+
+        def on_check(steps: int) -> bool:  # the host is in sync here
+            nonlocal dropped
+            now = time.perf_counter()
+            if req.first_token_at is None:
+                req.first_token_at = now
+                self._stats.first_token(now - req.submitted)
+            if req.writer is not None and first_input == 0 and strategy.parent is None:
+                t = int(self.device.to_host(strategy.step_counter))
+                req.writer.update(self.device.to_host(strategy.history[0, 1:t + 1]).tolist())
+            dropped = req.dropped(now)
+            return dropped
+
+        self.runner.decode(enc, strategy, max_new, eager=eager, profile=self.options.profile, on_check=on_check)
+        if dropped:
+            return None
         seqs, scores = strategy.result()
         tok = strategy.token_scores() if cfg.output_scores else None
         return [list(map(int, s)) for s in seqs], [float(x) for x in scores], tok

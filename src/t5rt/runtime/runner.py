@@ -48,11 +48,15 @@ class RuntimeOptions:
     # Off until tests/test_gpu_runtime.py::test_strategy_and_graph_reused_across_requests has run
     # on a GPU (written after the last GPU session; CPU-tested: strategy reuse itself).
     reuse_step_graphs: bool = False
+    # the service core (DESIGN.md §5a): requests waiting beyond this many raise OverloadedError
+    max_queue: int = 1024
+    # concurrent requests share decoder steps (in-flight batching); False: one request at a time
+    inflight: bool = True
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt"):
             raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort' or 'trt'")
-        for name in ("done_check_interval", "max_batch", "max_cached_buckets"):
+        for name in ("done_check_interval", "max_batch", "max_cached_buckets", "max_queue"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
@@ -154,11 +158,13 @@ class T5Runner:
 
     # -- decode ----------------------------------------------------------------------------
     def decode(self, enc: EncoderBuffers, strategy: Any, max_new_tokens: int, *,
-               eager: bool = False, profile: bool = False) -> int:
+               eager: bool = False, profile: bool = False, on_check: Any = None) -> int:
         """Run up to max_new_tokens decoder steps driven by `strategy`; returns steps taken.
 
         profile=True (CUDA) brackets the engine and the decoding work of every step with CUDA
         events, splitting device time into Timings.engine_s and Timings.decoding_s.
+        on_check(steps) -> bool runs after each done check (the host is in sync then: streaming
+        reads tokens there); True stops decoding (the request was cancelled).
         """
         # a backend may fix the cache length (TensorRT's in-place KV layer wants a static one)
         cache_len = getattr(self.sessions["decoder_step"], "static_cache_len", None) \
@@ -226,7 +232,7 @@ class T5Runner:
                     w0 = time.perf_counter()
                     finished = bool(strategy.done())  # the one host synchronisation
                     waited += time.perf_counter() - w0
-                    if finished:
+                    if finished or (on_check is not None and on_check(steps)):
                         break
             w0 = time.perf_counter()
             self.dev.synchronize()

@@ -1,0 +1,112 @@
+"""The scheduler: one worker thread per runtime that owns the device (DESIGN.md §5a).
+
+Callers (any thread, any asyncio loop) only `put()` checked requests on a bounded queue and
+wait on the request's future or channel. The worker takes every arrival at each step
+boundary, hands them to its executor (the in-flight batcher), and runs one step of it. Nothing
+else touches engines, buffers, captured graphs or decoding state, so no lock is held around
+device work and one slow request never blocks the queue.
+
+    executor.admit(requests)    take ownership (run now, or hold until slots free up)
+    executor.busy()             has admitted work
+    executor.step()             one step boundary: drop cancelled/expired, join, step, finish
+    executor.waiting()          admitted but not yet running (counts toward the queue bound)
+    executor.fail_all(exc)      give every owned request `exc` (closing, or a device failure)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Protocol
+
+from ..errors import BackendError, OverloadedError, RuntimeClosedError, T5rtError
+from .request import Request
+from .stats import ServiceStats
+
+log = logging.getLogger("t5rt.service")
+
+
+class Executor(Protocol):
+    def admit(self, requests: list[Request]) -> None: ...
+
+    def busy(self) -> bool: ...
+
+    def step(self) -> None: ...
+
+    def waiting(self) -> int: ...
+
+    def slots_in_use(self) -> int: ...
+
+    def fail_all(self, exc: BaseException) -> None: ...
+
+
+class Scheduler:
+    """A bounded request queue and the worker thread that drains it into `executor`."""
+
+    def __init__(self, executor: Executor, stats: ServiceStats, *, max_queue: int, name: str = "t5rt-scheduler"):
+        self.executor = executor
+        self.stats = stats
+        self.max_queue = max_queue
+        self._queue: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # -- callers ---------------------------------------------------------------------------
+    def put(self, request: Request) -> None:
+        with self._cv:
+            if self._closed:
+                raise RuntimeClosedError("this runtime was closed; load a new one to generate again")
+            depth = len(self._queue) + self.executor.waiting()
+            if depth >= self.max_queue:
+                self.stats.count("rejected")
+                raise OverloadedError(
+                    f"the runtime's queue is full ({depth} requests waiting, RuntimeOptions.max_queue="
+                    f"{self.max_queue}); retry later, or load with a larger max_queue")
+            self._queue.append(request)
+            self._cv.notify()
+
+    def queue_depth(self) -> int:
+        return len(self._queue) + self.executor.waiting()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the worker; requests not finished yet fail with RuntimeClosedError."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the worker ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed and not self.executor.busy():
+                    self._cv.wait()
+                if self._closed:
+                    left = list(self._queue)
+                    self._queue.clear()
+                    break
+                arrivals = list(self._queue)
+                self._queue.clear()
+            try:
+                if arrivals:
+                    self.executor.admit(arrivals)
+                self.executor.step()
+            except Exception as e:  # noqa: BLE001 - the worker must outlive any one failure
+                log.exception("t5rt: scheduler step failed")
+                err = e if isinstance(e, T5rtError) else BackendError(
+                    f"the runtime failed while running this request: {type(e).__name__}: {e}")
+                for r in arrivals:
+                    r.fail(err)
+                self.executor.fail_all(err)
+        closed = RuntimeClosedError("the runtime was closed before this request finished")
+        for r in left:
+            r.fail(closed)
+        self.executor.fail_all(closed)

@@ -1,0 +1,76 @@
+"""Service metrics of one runtime: counters and short windows, written by the scheduler thread,
+read as one snapshot (`Runtime.stats()`) from any thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+WINDOW_S = 10.0      # tokens/s over the last this many seconds
+TTFT_KEEP = 1000     # time-to-first-token samples kept (the most recent)
+
+
+class ServiceStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.perf_counter()
+        self.done = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.timed_out = 0
+        self.rejected = 0          # refused by a full queue (OverloadedError)
+        self.tokens = 0            # generated tokens delivered (all returned sequences)
+        self.steps = 0             # decoder-step launches (one per pool per scheduler step)
+        self.row_steps = 0         # occupied rows summed over steps
+        self.host_step_s = 0.0     # host time issuing steps (excl. waiting on the device)
+        self._token_times: deque[tuple[float, int]] = deque()
+        self._ttft: deque[float] = deque(maxlen=TTFT_KEEP)
+
+    def count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + n)
+
+    def delivered(self, tokens: int, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            self.done += 1
+            self.tokens += tokens
+            self._token_times.append((now, tokens))
+            self._trim(now)
+
+    def first_token(self, seconds: float) -> None:
+        with self._lock:
+            self._ttft.append(seconds)
+
+    def stepped(self, rows: int, host_s: float) -> None:
+        with self._lock:
+            self.steps += 1
+            self.row_steps += rows
+            self.host_step_s += host_s
+
+    def _trim(self, now: float) -> None:
+        while self._token_times and self._token_times[0][0] < now - WINDOW_S:
+            self._token_times.popleft()
+
+    def snapshot(self, **live: Any) -> dict[str, Any]:
+        """-> dict: live values (queue depth, slots in use, ...) plus counters and rates."""
+        now = time.perf_counter()
+        with self._lock:
+            self._trim(now)
+            span = min(WINDOW_S, max(now - self.started, 1e-9))
+            ttft = sorted(self._ttft)
+            d = dict(live)
+            d.update(
+                requests_done=self.done, requests_failed=self.failed, requests_cancelled=self.cancelled,
+                requests_timed_out=self.timed_out, requests_rejected=self.rejected,
+                tokens_generated=self.tokens,
+                tokens_per_s=sum(n for _, n in self._token_times) / span,
+                ttft_p50_s=ttft[len(ttft) // 2] if ttft else None,
+                ttft_p99_s=ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))] if ttft else None,
+                steps=self.steps,
+                mean_rows_per_step=self.row_steps / self.steps if self.steps else 0.0,
+                host_s_per_step=self.host_step_s / self.steps if self.steps else 0.0,
+            )
+        return d

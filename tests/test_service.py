@@ -1,0 +1,294 @@
+"""The service core (DESIGN.md §5a, issue 12): one runtime shared by threads and asyncio tasks.
+
+The reference for every concurrent result is the same request run alone on a runtime that
+serves one request at a time (RuntimeOptions(inflight=False): the direct path that
+tests/test_generate.py holds to Hugging Face generate()); greedy and beam requests are also
+checked against Hugging Face itself here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import t5rt
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest import SPIECE, export_tiny, hf_generate, make_t5  # noqa: E402
+
+NEW = 16
+# T5's real spiece.model: next to the checkout (conftest.SPIECE), or beside the worktrees' parent
+SPM = next((p for p in (SPIECE, SPIECE.parents[3] / "shared" / "data" / SPIECE.name) if p.is_file()), SPIECE)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model = make_t5(21, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    return model, export_tiny(model, tmp_path_factory, "svc")
+
+
+@pytest.fixture(scope="module")
+def rt(tiny):
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def solo_rt(tiny):
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1, inflight=False) as r:
+        yield r
+
+
+def mixed_requests(n: int, seed: int = 0) -> list[dict]:
+    """n generate() kwargs: greedy, beam, seeded sampling, penalties, 1-3 inputs of 3-40 tokens."""
+    rng = random.Random(seed)
+    kinds = [
+        dict(),
+        dict(num_beams=3),
+        dict(num_beams=4, num_return_sequences=2, length_penalty=0.7),
+        dict(do_sample=True, seed=None, top_k=20, temperature=0.8),
+        dict(do_sample=True, seed=None, top_p=0.9, num_return_sequences=2),
+        dict(repetition_penalty=1.3, no_repeat_ngram_size=2),
+        dict(min_new_tokens=6, bad_words_ids=[[5], [7, 8]]),
+        dict(do_sample=True, seed=None, repetition_penalty=1.2, min_new_tokens=3),
+    ]
+    out = []
+    for i in range(n):
+        kw = dict(kinds[i % len(kinds)])
+        if "seed" in kw:
+            kw["seed"] = rng.randrange(1 << 30)
+        ids = [[rng.randrange(2, 384) for _ in range(rng.randrange(3, 40))] + [1]
+               for _ in range(rng.choice((1, 1, 2, 3)))]
+        width = max(map(len, ids))
+        kw["input_ids"] = [r + [0] * (width - len(r)) for r in ids]
+        kw["attention_mask"] = [[1] * len(r) + [0] * (width - len(r)) for r in ids]
+        kw["max_new_tokens"] = max(rng.choice((4, 9, NEW, 23)), kw.get("min_new_tokens", 0))
+        out.append(kw)
+    return out
+
+
+def same(a: t5rt.GenerateOutput, b: t5rt.GenerateOutput) -> bool:
+    return a.sequences == b.sequences and np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def requests_and_solo(solo_rt):
+    reqs = mixed_requests(48)
+    return reqs, [solo_rt.generate(**kw) for kw in reqs]
+
+
+def test_solo_path_matches_hf_for_greedy_and_beam(tiny, requests_and_solo):
+    model, _ = tiny
+    reqs, solo = requests_and_solo
+    checked = 0
+    for kw, out in zip(reqs, solo):
+        extra = {k: v for k, v in kw.items() if k not in ("input_ids", "attention_mask")}
+        if extra.get("do_sample") or len(extra) > 1 and "num_beams" not in extra:
+            continue
+        ref, _ = hf_generate(model, np.array(kw["input_ids"]), np.array(kw["attention_mask"]), **extra)
+        assert out.sequences == ref
+        checked += 1
+    assert checked >= 12
+
+
+def test_threads_mixing_generate_and_submit_equal_solo(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+
+    def call(i: int):
+        if i % 2:
+            return rt.generate(**reqs[i])
+        return rt.submit(**reqs[i]).result(timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(call, range(len(reqs))))
+    bad = [i for i, (g, s) in enumerate(zip(got, solo)) if not same(g, s)]
+    assert not bad, f"{len(bad)} of {len(reqs)} differ from solo, e.g. request {bad[0]}: {reqs[bad[0]]}"
+    st = rt.stats()
+    assert st["requests_done"] >= len(reqs) and st["requests_failed"] == 0
+    assert st["queue_depth"] == 0
+
+
+def test_asyncio_gather_of_agenerate_stream_astream_equals_generate(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+    one = [i for i, kw in enumerate(reqs) if len(kw["input_ids"]) == 1][:9]
+
+    async def via_astream(kw):
+        chunks = [c async for c in rt.astream(**kw)]
+        return chunks
+
+    def via_stream(kw):
+        return list(rt.stream(**kw))
+
+    async def main():
+        tasks = []
+        for j, i in enumerate(one):
+            if j % 3 == 0:
+                tasks.append(rt.agenerate(**reqs[i]))
+            elif j % 3 == 1:
+                tasks.append(via_astream(reqs[i]))
+            else:
+                tasks.append(asyncio.to_thread(via_stream, reqs[i]))
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    for j, (i, res) in enumerate(zip(one, results)):
+        if j % 3 == 0:
+            assert same(res, solo[i])
+            continue
+        assert res and res[-1].finished and not any(c.finished for c in res[:-1])
+        assert [t for c in res for t in c.tokens] == solo[i].sequences[0]
+        if reqs[i].get("num_beams", 1) > 1:
+            assert len(res) == 1  # beam search: the final sequence as one chunk
+
+
+@pytest.fixture(scope="module")
+def text_rt(tmp_path_factory):
+    if not SPM.is_file():
+        pytest.skip(f"{SPM} is missing")
+    from t5rt.exporters.options import ExportOptions
+    from t5rt.exporters.pipeline import export
+
+    model = make_t5(5, vocab_size=32128, d_model=16, d_ff=32, d_kv=4, num_heads=2)
+    src = tmp_path_factory.mktemp("svc-text-src")
+    model.save_pretrained(src)
+    shutil.copy(SPM, src / "spiece.model")
+    out = tmp_path_factory.mktemp("svc-text-export")
+    export(str(src), out, ExportOptions(max_input_len=32, max_output_len=40, validate=False), log=lambda *a, **k: None)
+    with t5rt.load(out, backend="ort", device="cpu", threads=1, done_check_interval=2) as r:
+        yield r
+
+
+def test_stream_text_deltas_join_to_the_decoded_text(text_rt):
+    for kw in (dict(), dict(do_sample=True, seed=3), dict(num_beams=2)):
+        want = text_rt.generate("translate English to German: That is good.", max_new_tokens=30, **kw)
+        chunks = list(text_rt.stream("translate English to German: That is good.", max_new_tokens=30, **kw))
+        assert [t for c in chunks for t in c.tokens] == want.sequences[0]
+        assert "".join(c.text for c in chunks) == want.texts[0]
+        if not kw:
+            assert len(chunks) > 3  # tokens arrive as they are chosen (every 2 steps here)
+
+
+class Gate:
+    """A user logits processor that holds the scheduler inside a request until released."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, history, logits, step):
+        self.entered.set()
+        assert self.release.wait(30), "test gate never released"
+        return logits
+
+
+def blocked(rt, **kw):
+    gate = Gate()
+    fut = rt.submit(input_ids=[[5, 6, 7, 1]], max_new_tokens=12, logits_processors=[gate], **kw)
+    assert gate.entered.wait(30)
+    return gate, fut
+
+
+def test_cancel_queued_and_running_requests(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+    gate, running = blocked(rt)
+    queued = rt.submit(**reqs[0])
+    assert queued.cancel()
+    assert running.cancel()  # a running request can still be cancelled (its slots free next step)
+    before = rt.stats()["requests_cancelled"]
+    gate.release.set()
+    assert same(rt.generate(**reqs[1]), solo[1])  # the runtime keeps serving, results intact
+    assert rt.stats()["requests_cancelled"] >= before + 1
+    assert rt.stats()["slots_in_use"] == 0
+
+    # a stream closed early cancels its request
+    s = rt.stream(input_ids=[[9, 10, 11, 1]], max_new_tokens=40, min_new_tokens=40)
+    next(s)
+    s.close()
+    assert s.request.future.cancelled()
+
+
+def test_task_cancellation_cancels_the_request(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+
+    async def main():
+        gate, running = blocked(rt)
+        task = asyncio.ensure_future(rt.agenerate(**reqs[2]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.release.set()
+        running.result(30)
+        return await rt.agenerate(**reqs[2])
+
+    assert same(asyncio.run(main()), solo[2])
+
+
+def test_timeout_raises_request_timeout_error(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+    gate, running = blocked(rt)
+    late = rt.submit(**reqs[3], timeout=0.05)
+    time.sleep(0.1)
+    gate.release.set()
+    with pytest.raises(t5rt.RequestTimeoutError, match="timeout"):
+        late.result(30)
+    assert isinstance(t5rt.RequestTimeoutError("x"), t5rt.T5rtError)
+    # a timeout is checked at the caller too
+    with pytest.raises(t5rt.InvalidOptionError, match="timeout"):
+        rt.submit(**reqs[3], timeout=-1)
+    assert running.result(30).sequences
+    assert same(rt.generate(**reqs[3], timeout=60), solo[3])
+
+
+def test_full_queue_raises_overloaded(tiny):
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1, max_queue=3) as r:
+        gate, running = blocked(r)
+        futs = [r.submit(input_ids=[[4, 5, 1]], max_new_tokens=3) for _ in range(3)]
+        with pytest.raises(t5rt.OverloadedError, match="max_queue"):
+            r.submit(input_ids=[[4, 5, 1]], max_new_tokens=3)
+        assert isinstance(t5rt.OverloadedError("x"), t5rt.T5rtError)
+        assert r.stats()["queue_depth"] == 3 and r.stats()["requests_rejected"] == 1
+        gate.release.set()
+        outs = [f.result(30) for f in futs]
+        assert all(o.sequences == outs[0].sequences for o in outs)
+        st = r.stats()
+        assert st["requests_done"] == 4 and st["queue_depth"] == 0 and st["tokens_per_s"] > 0
+        assert st["ttft_p50_s"] is not None and st["ttft_p50_s"] > 0
+
+
+def test_bad_input_raises_in_the_callers_thread_and_close_stops(tiny):
+    r = t5rt.load(tiny[1], backend="ort", device="cpu", threads=1)
+    with pytest.raises(t5rt.InvalidOptionError):
+        r.submit(input_ids=[[4, 5, 1]], num_beams=0)
+    with pytest.raises(t5rt.InvalidInputError):
+        r.stream(input_ids=[[4, 5, 1], [6, 7, 1]])  # one input per stream
+    with pytest.raises(t5rt.InvalidInputError):
+        r.astream(input_ids=[[4, 5, 999]])  # raises at the call, not at the first chunk
+    assert r.generate(input_ids=[[4, 5, 1]], max_new_tokens=3).sequences
+    r.close()
+    with pytest.raises(t5rt.RuntimeClosedError):
+        r.generate(input_ids=[[4, 5, 1]], max_new_tokens=3)
+
+
+def test_cli_generate_stream_prints_what_generate_prints(tiny):
+    import subprocess
+    import sys
+
+    def run(*extra):
+        p = subprocess.run([sys.executable, "-m", "t5rt", "generate", str(tiny[1]), "--ids", "5 6 7 1", "9 9 4 1",
+                            "--max-new-tokens", "12", "--device", "cpu", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    plain = run()
+    assert run("--stream") == plain and len(plain.splitlines()) == 2
