@@ -72,9 +72,11 @@ def parse_json_body(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> Any:
     if not body.strip():
         raise InvalidInputError('empty request body: send JSON such as {"text": "...", "max_new_tokens": 32}')
     try:
-        return json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidInputError(f"request body is not UTF-8 (byte {e.start}); send UTF-8 JSON") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidInputError(f"request body is not JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                                 'send e.g. {"text": "...", "max_new_tokens": 32}') from None

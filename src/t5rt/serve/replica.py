@@ -9,9 +9,7 @@ Runtime.stats() for the ingress's /metrics.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,13 +27,11 @@ class T5Replica:
 
         self.rt = t5rt.load(directory, **runtime_options)
         self.name = f"{os.uname().nodename}:{os.getpid()}"
-        # A runtime without the service core (no agenerate) runs one request at a time.
-        self._solo = None if hasattr(self.rt, "agenerate") else threading.Lock()
 
     # -- calls from the ingress ------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         try:
-            out = await self._agenerate(req)
+            out = await self.rt.agenerate(*req.call_args(), **req.call_kwargs())
         except T5rtError as e:
             return {"error": error_reply(e), **self._info()}
         doc = output_doc(out)
@@ -46,17 +42,11 @@ class T5Replica:
         """First item: {"started": True} once the request is accepted, or {"error": ...};
         then one {"chunk": {...}} per chunk of new tokens, the last one finished."""
         try:
-            chunks = self._astream(req)
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            first = None
+            chunks = self.rt.astream(*req.call_args(), **req.call_kwargs())  # bad input raises here
         except T5rtError as e:
             yield {"error": error_reply(e), **self._info()}
             return
         yield {"started": True, **self._info()}
-        if first is None:
-            return
-        yield {"chunk": chunk_doc(first)}
         try:
             async for chunk in chunks:
                 yield {"chunk": chunk_doc(chunk)}
@@ -68,34 +58,9 @@ class T5Replica:
 
     def check_health(self) -> None:
         """Ray Serve's periodic health check: a closed runtime is a dead replica."""
-        if getattr(self.rt, "_closed", False):
-            raise RuntimeError("the runtime was closed")
+        self.rt.stats()  # raises once the runtime is broken
 
     # -- the runtime ------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any]:
-        stats = self.rt.stats() if hasattr(self.rt, "stats") else {}
+        stats = self.rt.stats()
         return {"replica": self.name, "stats": {k: stats.get(k) for k in STATS_KEYS}}
-
-    async def _agenerate(self, req: GenerateRequest) -> Any:
-        if self._solo is None:
-            return await self.rt.agenerate(*req.call_args(), **req.call_kwargs())
-        kw = req.call_kwargs()
-        kw.pop("timeout", None)
-
-        def run() -> Any:
-            with self._solo:
-                return self.rt.generate(*req.call_args(), **kw)
-
-        return await asyncio.to_thread(run)
-
-    async def _astream(self, req: GenerateRequest) -> AsyncIterator[Any]:
-        if self._solo is None:
-            async for chunk in self.rt.astream(*req.call_args(), **req.call_kwargs()):
-                yield chunk
-            return
-        out = await self._agenerate(req)  # no streaming without the service core: one chunk
-
-        class _Chunk:
-            tokens, text, finished = out.sequences[0], (out.texts or [None])[0], True
-
-        yield _Chunk()

@@ -1,0 +1,338 @@
+"""`t5rt serve` end to end: a real local Ray cluster started by the command itself, 2 CPU replicas.
+
+One server is shared by the module (Ray start-up is slow); it is stopped at the end, and every
+process of its session (Ray's GCS, raylet, workers) is killed if it outlives the stop. Every
+answer is compared with Runtime.generate() on the same export; traffic only goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import SPIECE, make_t5
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                reason="ray[serve] is not installed (pip install -e '.[serve]')")
+
+API_KEY = "test-key-123"
+REPLICAS = 2
+START_TIMEOUT_S = 180
+MODEL_TITLE = b"ray::ServeReplica:t5rt:T5Model"
+TEXTS = ["translate English to German: That is good.", "summarize: the cat sat on the mat and looked around",
+         "hello world", "question: what is t5? context: a text to text model"]
+# mixed generate() options; each request is also run through Runtime.generate() for the answer
+MIXED = [
+    {},
+    {"num_beams": 4},
+    {"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.6},
+    {"num_beams": 2, "early_stopping": True},
+    {"num_beams": 4, "early_stopping": "never", "no_repeat_ngram_size": 2},
+    {"do_sample": True, "seed": 11, "top_k": 20},
+    {"do_sample": True, "seed": 5, "top_p": 0.8, "temperature": 0.7},
+    {"do_sample": True, "seed": 3, "num_return_sequences": 2},
+    {"repetition_penalty": 1.3, "min_new_tokens": 5},
+    {"no_repeat_ngram_size": 3, "bad_words_ids": [[1465], [3, 4]]},
+    {"output_scores": True},
+]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Every live process whose session id is `sid` (the server and all Ray processes it started)."""
+    pids = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(p))
+    return pids
+
+
+def _model_replicas(sid: int) -> list[int]:
+    out = []
+    for pid in _session_pids(sid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(MODEL_TITLE):
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
+        self.url, self.proc, self.log = url, proc, log
+
+    def call(self, method: str, path: str, body: bytes | None = None, key: str | None = API_KEY,
+             timeout: float = 120) -> tuple[int, dict, bytes]:
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if key is not None:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def generate(self, doc: dict, path: str = "/v1/generate") -> tuple[int, dict]:
+        status, _, data = self.call("POST", path, json.dumps(doc).encode())
+        return status, json.loads(data) if status != 200 or path == "/v1/generate" else data
+
+    def stream(self, doc: dict) -> list[dict]:
+        status, headers, data = self.call("POST", "/v1/generate/stream", json.dumps(doc).encode())
+        assert status == 200, data
+        assert headers.get("content-type", "").startswith("text/event-stream")
+        events = [json.loads(ln[5:]) for ln in data.decode().splitlines() if ln.startswith("data:")]
+        assert "event: error" not in data.decode(), data
+        return events
+
+    def metrics(self) -> str:
+        status, _, data = self.call("GET", "/metrics")
+        assert status == 200
+        return data.decode()
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + " ")
+               or ln.startswith(name + "{"))
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    if not SPIECE.is_file():
+        pytest.skip(f"{SPIECE} is missing (T5's sentencepiece model, for text requests)")
+    from t5rt.exporters.options import ExportOptions
+    from t5rt.exporters.pipeline import export
+
+    root = tmp_path_factory.mktemp("serve")
+    model = make_t5(seed=3, vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    model.save_pretrained(root / "model")
+    shutil.copy(SPIECE, root / "model" / "spiece.model")
+    export(str(root / "model"), root / "export", ExportOptions(max_input_len=32, max_output_len=24, validate=False),
+           log=lambda *a, **k: None)
+    return root / "export"
+
+
+@pytest.fixture(scope="module")
+def reference(export_dir):
+    """Runtime.generate() on the same export, CPU, one thread as each replica."""
+    import t5rt
+
+    rt = t5rt.load(export_dir, backend="ort", device="cpu", threads=1)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def server(export_dir, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    cmd = [sys.executable, "-m", "t5rt", "serve", str(export_dir), "--host", "127.0.0.1", "--port", str(port),
+           "--replicas", str(REPLICAS), "--device", "cpu", "--backend", "ort", "--api-key", API_KEY]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"t5rt serve exited with {proc.returncode}:\n{srv.log_tail()}")
+            try:
+                if srv.call("GET", "/healthz", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"t5rt serve not healthy after {START_TIMEOUT_S} s:\n{srv.log_tail()}")
+            time.sleep(1)
+        yield srv
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (the command shuts Serve and Ray down), then SIGKILL whatever of its session is left."""
+    sid = proc.pid
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + 10
+    while (left := _session_pids(sid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _expected(rt, doc: dict):
+    doc = dict(doc)
+    if "text" in doc:
+        return rt.generate(doc.pop("text"), **doc)
+    return rt.generate(input_ids=doc.pop("input_ids"), **doc)
+
+
+def _assert_same(got: dict, want) -> None:
+    assert got["sequences"] == want.sequences
+    assert got["texts"] == want.texts
+    assert got["scores"] == pytest.approx(want.scores, rel=1e-5, abs=1e-5)
+    if want.token_scores is not None:
+        assert len(got["token_scores"]) == len(want.token_scores)
+        for g, w in zip(got["token_scores"], want.token_scores):
+            assert g == pytest.approx(w, rel=1e-5, abs=1e-5)
+
+
+def _mixed_requests(n: int) -> list[dict]:
+    reqs = []
+    for i in range(n):
+        doc = dict(MIXED[i % len(MIXED)], max_new_tokens=8 + i % 13)
+        if i % 5 == 4:
+            doc["input_ids"] = [[37 + i, 8, 1], [5, 600 + i, 33, 21, 1]]  # ragged, as generate() pads
+        elif i % 3 == 2:
+            doc["text"] = [TEXTS[i % 4], TEXTS[(i + 1) % 4]]
+        else:
+            doc["text"] = TEXTS[i % 4]
+        reqs.append(doc)
+    return reqs
+
+
+def test_concurrent_mixed_requests_equal_generate(server, reference):
+    reqs = _mixed_requests(36)
+    with ThreadPoolExecutor(len(reqs)) as ex:
+        answers = list(ex.map(server.generate, reqs))
+    for doc, (status, got) in zip(reqs, answers):
+        assert status == 200, (doc, got)
+        _assert_same(got, _expected(reference, doc))
+
+
+def test_stream_events_add_up_to_generate(server, reference):
+    for doc in ({"text": TEXTS[0], "max_new_tokens": 20}, {"input_ids": [[5, 6, 7, 1]], "max_new_tokens": 12},
+                {"text": TEXTS[1], "num_beams": 3, "max_new_tokens": 10},
+                {"text": TEXTS[2], "do_sample": True, "seed": 4, "max_new_tokens": 16}):
+        events = server.stream(doc)
+        want = _expected(reference, doc)
+        assert events and events[-1]["finished"] and not any(e["finished"] for e in events[:-1])
+        assert [t for e in events for t in e["tokens"]] == want.sequences[0]
+        if want.texts is not None:
+            assert "".join(e["text"] or "" for e in events) == want.texts[0]
+
+
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/generate/stream"])
+@pytest.mark.parametrize("raw, err", [
+    (b"{not json", "InvalidInputError"),
+    (json.dumps({"text": "a", "num_beams": 0}).encode(), "InvalidOptionError"),
+    (json.dumps({"text": " ".join(["word"] * 100)}).encode(), "InvalidInputError"),  # > max_input_len 32
+    (json.dumps({"input_ids": [list(range(2, 60))]}).encode(), "InvalidInputError"),
+    (json.dumps({"max_new_tokens": 5}).encode(), "InvalidInputError"),                 # no input
+    (json.dumps({"text": "a", "beams": 2}).encode(), "InvalidOptionError"),           # unknown option
+    (json.dumps({"text": "a", "max_new_tokens": 500}).encode(), "InvalidOptionError"),  # > max_output_len
+    (json.dumps({"input_ids": [[40000, 1]]}).encode(), "InvalidInputError"),          # outside the vocab
+    (json.dumps({"text": "a", "top_p": "high"}).encode(), "InvalidOptionError"),
+])
+def test_bad_requests_get_4xx_json_errors(server, path, raw, err):
+    status, headers, data = server.call("POST", path, raw)
+    assert 400 <= status < 500, (status, data)
+    assert headers.get("content-type", "").startswith("application/json")
+    doc = json.loads(data)
+    assert doc["error"]["type"] == err and doc["error"]["message"], doc
+
+
+def test_wrong_route_and_method(server):
+    status, _, data = server.call("GET", "/v1/generate")
+    assert status == 405 and json.loads(data)["error"]["type"] == "MethodNotAllowedError"
+    status, _, data = server.call("GET", "/v2/nothing")
+    assert status == 404 and json.loads(data)["error"]["type"] == "NotFoundError"
+
+
+def test_api_key_is_required_and_a_refused_request_does_no_work(server):
+    server.generate({"text": "warm up", "max_new_tokens": 4})
+    before = server.metrics()
+    body = json.dumps({"text": TEXTS[0], "max_new_tokens": 16}).encode()
+    for key in (None, "wrong-key", ""):
+        for method, path, b in (("POST", "/v1/generate", body), ("POST", "/v1/generate/stream", body),
+                                ("GET", "/metrics", None), ("GET", "/healthz", None)):
+            status, _, data = server.call(method, path, b, key=key)
+            assert status == 401, (key, path, data)
+            assert json.loads(data)["error"]["type"] == "AuthenticationError"
+    after = server.metrics()
+    assert _metric(after, "t5rt_generated_tokens_total") == _metric(before, "t5rt_generated_tokens_total")
+    ok = 't5rt_requests_total{route="/v1/generate",status="200"}'
+    assert _metric(after, ok) == _metric(before, ok)
+
+
+def test_metrics_answer_in_prometheus_text(server):
+    server.generate({"text": TEXTS[0], "max_new_tokens": 6})
+    server.stream({"text": TEXTS[1], "max_new_tokens": 6})
+    text = server.metrics()
+    for name in ("t5rt_requests_total", "t5rt_errors_total", "t5rt_generated_tokens_total",
+                 "t5rt_request_latency_seconds_bucket", "t5rt_time_to_first_token_seconds_bucket",
+                 "t5rt_queue_depth", "t5rt_slots_in_use", "t5rt_requests_in_flight"):
+        assert name in text, name
+    assert _metric(text, 't5rt_requests_total{route="/v1/generate",status="200"}') >= 1
+    assert _metric(text, "t5rt_time_to_first_token_seconds_count") >= 1
+    assert _metric(text, "t5rt_generated_tokens_total") > 0
+
+
+def test_killing_a_replica_mid_load_loses_no_request(server, reference):
+    sid = server.proc.pid
+    victims = _model_replicas(sid)
+    assert len(victims) == REPLICAS, victims
+    retries_before = _metric(server.metrics(), "t5rt_retries_total")
+    reqs = [dict(d, max_new_tokens=24) for d in _mixed_requests(40)]
+    streams = [{"text": TEXTS[i % 4], "max_new_tokens": 24, "num_beams": 1 + i % 2} for i in range(4)]
+    with ThreadPoolExecutor(len(reqs) + len(streams)) as ex:
+        futs = [ex.submit(server.generate, d) for d in reqs]
+        sfuts = [ex.submit(server.stream, d) for d in streams]
+        time.sleep(1.0)  # requests are on both replicas now
+        os.kill(victims[0], signal.SIGKILL)
+        answers = [f.result(timeout=180) for f in futs]
+        stream_events = [f.result(timeout=180) for f in sfuts]
+    for doc, (status, got) in zip(reqs, answers):
+        assert status == 200, (doc, got)
+        _assert_same(got, _expected(reference, doc))
+    for doc, events in zip(streams, stream_events):
+        assert [t for e in events for t in e["tokens"]] == _expected(reference, doc).sequences[0]
+    assert _metric(server.metrics(), "t5rt_retries_total") > retries_before, "no request was on the killed replica"
+    deadline = time.monotonic() + 90  # Ray Serve starts a replacement
+    while len(now := _model_replicas(sid)) < REPLICAS or victims[0] in now:
+        assert time.monotonic() < deadline, f"replica not replaced: {now}\n{server.log_tail()}"
+        time.sleep(1)
+    status, got = server.generate({"text": TEXTS[0], "max_new_tokens": 8})
+    assert status == 200 and got["sequences"] == _expected(reference, {"text": TEXTS[0], "max_new_tokens": 8}).sequences
