@@ -29,6 +29,7 @@ from .generation_config import GenerationConfig
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
 from .runtime.runner import RuntimeOptions, T5Runner
+from .service.inflight import rows_per_input
 from .service.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -254,6 +255,10 @@ class Runtime:
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
+        if self.options.inflight and rows_per_input(cfg) > self.options.max_batch:
+            raise InvalidOptionError(
+                f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
+                f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
         return Request(ids, mask, cfg, cfg.max_new_tokens or m.max_output_len, timeout=timeout)
 
     def _stream_request(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
@@ -275,9 +280,10 @@ class Runtime:
             if self._closed:
                 raise RuntimeClosedError("this runtime was closed; load a new one to generate again")
             if self._scheduler is None:
-                from .service import Scheduler, SoloExecutor
+                from .service import InflightExecutor, Scheduler, SoloExecutor
 
-                self._scheduler = Scheduler(SoloExecutor(self, self._stats), self._stats,
+                executor = InflightExecutor if self.options.inflight else SoloExecutor
+                self._scheduler = Scheduler(executor(self, self._stats), self._stats,
                                             max_queue=self.options.max_queue)
             return self._scheduler
 

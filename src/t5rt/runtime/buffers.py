@@ -105,6 +105,35 @@ class DecoderBuffers:
             logits=dev.zeros((n, d.vocab_size), "float32"),
         )
 
+    @classmethod
+    def allocate_slots(cls, m: Manifest, dev: Device, rows: int, src_len: int, cache_len: int) -> "DecoderBuffers":
+        """A slot pool's buffers (in-flight batching): `rows` decoder rows with cross K/V and mask
+        of their own, filled per request as it joins (service/slots.py). Every row's mask starts
+        with one valid source column, so an empty row computes finite garbage, never NaN."""
+        d, act = m.dims, m.act_dtype
+        L = d.num_decoder_layers
+        kv = (rows, d.num_heads, src_len, d.d_kv)
+        enc = EncoderBuffers(batch=rows, src_len=src_len, input_ids=None, hidden=None,
+                             attention_mask=dev.zeros((rows, src_len), "int64"),
+                             cross_k=[dev.zeros(kv, act) for _ in range(L)],
+                             cross_v=[dev.zeros(kv, act) for _ in range(L)])
+        enc.attention_mask[:, 0] = 1
+        return cls.allocate(m, dev, enc, 1, cache_len)
+
+    def rows_view(self, lo: int, hi: int) -> "DecoderBuffers":
+        """Rows lo..hi-1 as DecoderBuffers of views (C-contiguous: rows are the leading axis),
+        unbound: for binding an engine to the first n rows, or a request's own cache ops."""
+        def cut(bufs: list[Any]) -> list[Any]:
+            return [b[lo:hi] for b in bufs]
+
+        return DecoderBuffers(
+            rows=hi - lo, rows_per_input=1, src_len=self.src_len, cache_len=self.cache_len,
+            input_ids=self.input_ids[lo:hi], position=self.position[lo:hi],
+            encoder_attention_mask=self.encoder_attention_mask[lo:hi],
+            cross_k=cut(self.cross_k), cross_v=cut(self.cross_v), self_k=cut(self.self_k),
+            self_v=cut(self.self_v), new_k=cut(self.new_k), new_v=cut(self.new_v),
+            logits=self.logits[lo:hi])
+
     def bind(self, m: Manifest, engine: Any) -> None:
         r = m.roles["decoder_step"]
         engine.bind(r["input_ids"], self.input_ids)

@@ -113,13 +113,24 @@ class T5Runner:
             cache.popitem(last=False)
         return value
 
-    def encoder_buffers(self, batch: int, src_len: int) -> EncoderBuffers:
-        def make() -> EncoderBuffers:
-            b = EncoderBuffers.allocate(self.m, self.dev, batch, src_len)
-            b.bind(self.m, self.sessions["encoder"].engine(), self.sessions["cross_kv"].engine())
-            return b
+    def new_encoder_buffers(self, batch: int, src_len: int) -> EncoderBuffers:
+        b = EncoderBuffers.allocate(self.m, self.dev, batch, src_len)
+        b.bind(self.m, self.sessions["encoder"].engine(), self.sessions["cross_kv"].engine())
+        return b
 
-        return self._lru(self._enc, (batch, src_len), make)
+    def encoder_buffers(self, batch: int, src_len: int) -> EncoderBuffers:
+        return self._lru(self._enc, (batch, src_len), lambda: self.new_encoder_buffers(batch, src_len))
+
+    def bind_decoder(self, bufs: DecoderBuffers) -> DecoderBuffers:
+        """Bind a new decoder-step engine (CUDA: its own ORT graph) to `bufs`; -> bufs."""
+        bufs.bind(self.m, self.sessions["decoder_step"].engine())
+        return bufs
+
+    def decoder_cache_len(self, max_new_tokens: int) -> int:
+        """Self-cache rows for a request of max_new_tokens (a backend may fix it: TensorRT's
+        in-place KV layer wants a static one)."""
+        return getattr(self.sessions["decoder_step"], "static_cache_len", None) \
+            or cache_bucket(max_new_tokens, self.m.max_output_len)
 
     def decoder_slot(self, enc: EncoderBuffers, rows_per_input: int, cache_len: int) -> _DecodeSlot:
         def make() -> _DecodeSlot:
@@ -142,19 +153,26 @@ class T5Runner:
         """input_ids/attention_mask [B, s] host int64 -> encoder buffers holding hidden + cross K/V."""
         b, s = input_ids.shape
         enc = self.encoder_buffers(b, src_bucket(s, self.m.max_input_len))
-        ids = np.zeros((b, enc.src_len), np.int64)
-        mask = np.zeros((b, enc.src_len), np.int64)
-        ids[:, :s] = input_ids
-        mask[:, :s] = attention_mask
         t0 = time.perf_counter()
+        self.run_encoder(enc, input_ids, attention_mask)
+        self.dev.synchronize()
+        self.timings.encode_s = time.perf_counter() - t0
+        return enc
+
+    def run_encoder(self, enc: EncoderBuffers, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
+        """Enqueue encoder + cross K/V for host inputs [b, s] (b <= enc.batch, s <= enc.src_len;
+        the rest of the buffers is padding: masked, one valid column so no row is all-masked)."""
+        b, s = input_ids.shape
+        ids = np.zeros((enc.batch, enc.src_len), np.int64)
+        mask = np.zeros((enc.batch, enc.src_len), np.int64)
+        mask[b:, 0] = 1
+        ids[:b, :s] = input_ids
+        mask[:b, :s] = attention_mask
         with self.dev.use():
             enc.input_ids[...] = self.dev.asarray(ids)
             enc.attention_mask[...] = self.dev.asarray(mask)
             enc.engines["encoder"].run()
             enc.engines["cross_kv"].run()
-        self.dev.synchronize()
-        self.timings.encode_s = time.perf_counter() - t0
-        return enc
 
     # -- decode ----------------------------------------------------------------------------
     def decode(self, enc: EncoderBuffers, strategy: Any, max_new_tokens: int, *,
@@ -166,10 +184,7 @@ class T5Runner:
         on_check(steps) -> bool runs after each done check (the host is in sync then: streaming
         reads tokens there); True stops decoding (the request was cancelled).
         """
-        # a backend may fix the cache length (TensorRT's in-place KV layer wants a static one)
-        cache_len = getattr(self.sessions["decoder_step"], "static_cache_len", None) \
-            or cache_bucket(max_new_tokens, self.m.max_output_len)
-        slot = self.decoder_slot(enc, strategy.rows_per_input, cache_len)
+        slot = self.decoder_slot(enc, strategy.rows_per_input, self.decoder_cache_len(max_new_tokens))
         bufs = slot.bufs
         engine = bufs.engine
         write_form = self.m.cache_update == "write"

@@ -1,0 +1,350 @@
+"""In-flight (continuous) batching for encoder-decoder generation (DESIGN.md §5a).
+
+A request is cut into members (chunks of inputs that fit a slot pool, like the direct path's
+max_batch chunks); each member owns a contiguous block of rows in the pool of its source bucket,
+its own decoding strategy (batch = its inputs, request-wide RNG rows: `first_input`), and, on
+CUDA, the CUDA graph captured over its per-step decoding work. One scheduler step:
+
+    drop      cancelled / timed-out requests leave; their rows are free at once
+    join      waiting members take free rows (FIFO per pool, so a beam block waiting for
+              room is never overtaken for good); their encoder + cross K/V run batched
+              (one encoder launch per pool per step) and are scattered into their rows
+    step      per pool: ONE decoder-step launch over the first n rows (n = slot-count bucket),
+              cache row writes, then each member's token choice on its own rows (a graph replay
+              each on CUDA) feeding its next tokens and positions
+    check     every done_check_interval steps (or when a member reached max_new_tokens): the
+              one host sync; finished members return their result at once and leave; streamed
+              inputs get their new tokens
+
+A member's tokens do not depend on its neighbours: the decoder step is row-independent and a
+member's strategy is exactly the one the direct path builds for the same chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..runtime.buckets import src_bucket
+from ..runtime.kv_cache import CacheOps
+from .request import Request
+from .slots import SlotPool, _pow2_at_least
+from .solo import finish
+from .stats import ServiceStats
+
+KEEP_STRATEGIES = 64  # idle strategies kept for reuse (reset in place), least recently used dropped
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request's progress: its members' results by chunk index."""
+
+    req: Request
+    parts: list[Any]
+    left: int
+    joined_at: float | None = None
+    steps: int = 0
+
+
+@dataclass(eq=False)
+class _Member:
+    job: _Job
+    index: int                # chunk index within the request
+    first_input: int          # request-wide index of its first input (RNG rows)
+    input_ids: np.ndarray     # [b, s] host, trimmed to the chunk's longest input
+    attention_mask: np.ndarray
+    rows_per_input: int
+    src_len: int              # source bucket = its pool
+    pool: SlotPool | None = None
+    lo: int = 0
+    strategy: Any = None
+    key: Any = None           # strategy reuse key (None: never reused)
+    view: Any = None          # DecoderBuffers of its rows (views into the pool)
+    cache: CacheOps | None = None  # beam search: reorder inside its rows
+    graph: Any = None         # CUDA: its captured per-step decoding work
+    steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def rows(self) -> int:
+        return self.inputs * self.rows_per_input
+
+    @property
+    def max_new(self) -> int:
+        return self.job.req.max_new_tokens
+
+
+def rows_per_input(cfg: Any) -> int:
+    """Decoder rows one input takes: beams, sampled return sequences, or 1."""
+    if cfg.num_beams > 1:
+        return cfg.num_beams
+    return cfg.num_return_sequences if cfg.do_sample else 1
+
+
+class InflightExecutor:
+    """The scheduler's executor when RuntimeOptions.inflight (the default)."""
+
+    def __init__(self, runtime: Any, stats: ServiceStats):
+        self.rt = runtime
+        self.runner = runtime.runner
+        self.dev = runtime.device
+        self.opts = runtime.options
+        self.stats = stats
+        self.capacity = self.opts.max_batch  # rows per pool
+        self.pending: list[_Member] = []
+        self.active: list[_Member] = []
+        self.pools: dict[int, SlotPool] = {}
+        self._enc: dict[tuple[int, int], Any] = {}
+        self._idle: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id -> (key, strategy)
+        self._cache_len = self.runner.decoder_cache_len(runtime.manifest.max_output_len)
+        self._reuse = not self.dev.is_cuda or self.opts.reuse_step_graphs
+        self._graphs = self.dev.is_cuda and self.opts.cuda_graphs
+
+    # -- executor protocol -----------------------------------------------------------------
+    def admit(self, requests: list[Request]) -> None:
+        for req in requests:
+            self.pending += self._members(req)
+
+    def busy(self) -> bool:
+        return bool(self.pending or self.active)
+
+    def waiting(self) -> int:
+        return len({id(m.job) for m in self.pending})
+
+    def slots_in_use(self) -> int:
+        return sum(m.rows for m in self.active)
+
+    def step(self) -> None:
+        self._drop(time.perf_counter())
+        self._join()
+        for pool in list(self.pools.values()):
+            members = [m for m in self.active if m.pool is pool]
+            if members:
+                self._step_pool(pool, members)
+
+    def fail_all(self, exc: BaseException) -> None:
+        jobs = {id(m.job): m.job for m in self.active + self.pending}
+        for m in list(self.active):
+            self._leave(m)
+        self.pending.clear()
+        for job in jobs.values():
+            self.stats.count("failed")
+            job.req.fail(exc)
+
+    # -- members ---------------------------------------------------------------------------
+    def _members(self, req: Request) -> list[_Member]:
+        r = rows_per_input(req.config)
+        per = max(1, min(self.opts.max_batch, self.capacity // r))
+        job = _Job(req, [], 0)
+        members = []
+        for lo in range(0, req.inputs, per):
+            ids, mask = req.input_ids[lo:lo + per], req.attention_mask[lo:lo + per]
+            s = int(np.nonzero(mask.any(axis=0))[0].max()) + 1  # the chunk's own longest input
+            members.append(_Member(job, len(members), lo, ids[:, :s], mask[:, :s], r,
+                                   src_bucket(s, self.rt.manifest.max_input_len)))
+        job.parts, job.left = [None] * len(members), len(members)
+        return members
+
+    def _drop(self, now: float) -> None:
+        seen: dict[int, bool] = {}
+
+        def gone(m: _Member) -> bool:
+            k = id(m.job)
+            if k not in seen:
+                seen[k] = m.job.req.dropped(now)
+                if seen[k]:
+                    self.stats.count("cancelled" if m.job.req.future.cancelled() else "timed_out")
+            return seen[k]
+
+        for m in [m for m in self.active if gone(m)]:
+            self._leave(m)
+        self.pending = [m for m in self.pending if not gone(m)]
+
+    def _join(self) -> None:
+        """Waiting members take free rows, FIFO within each pool; then their encoders run."""
+        blocked: set[int] = set()
+        joining: dict[int, list[_Member]] = {}
+        still: list[_Member] = []
+        for m in self.pending:
+            if m.src_len in blocked:
+                still.append(m)
+                continue
+            pool = self._pool(m.src_len)
+            lo = pool.alloc(m.rows)
+            if lo is None:
+                blocked.add(m.src_len)
+                still.append(m)
+                continue
+            m.pool, m.lo = pool, lo
+            joining.setdefault(m.src_len, []).append(m)
+        self.pending = still
+        for members in joining.values():
+            self._start(members)
+
+    def _pool(self, src_len: int) -> SlotPool:
+        pool = self.pools.get(src_len)
+        if pool is None:
+            pool = self.pools[src_len] = SlotPool(self.runner, src_len, self._cache_len, self.capacity)
+        return pool
+
+    def _start(self, members: list[_Member]) -> None:
+        """Encoder + cross K/V of members joining one pool, batched (<= max_batch inputs a
+        launch), scattered into their rows; each gets its strategy and its first inputs."""
+        xp, pool = self.dev.xp, members[0].pool
+        now = time.perf_counter()
+        groups: list[list[_Member]] = [[]]
+        for m in members:
+            if groups[-1] and sum(x.inputs for x in groups[-1]) + m.inputs > self.opts.max_batch:
+                groups.append([])
+            groups[-1].append(m)
+        with self.dev.use():
+            for group in groups:
+                k = sum(m.inputs for m in group)
+                width = max(m.input_ids.shape[1] for m in group)
+                ids = np.zeros((k, width), np.int64)
+                mask = np.zeros((k, width), np.int64)
+                src, dst, row = [], [], 0
+                for m in group:
+                    b, s = m.input_ids.shape
+                    ids[row:row + b, :s], mask[row:row + b, :s] = m.input_ids, m.attention_mask
+                    src += [row + i for i in range(b) for _ in range(m.rows_per_input)]
+                    dst += range(m.lo, m.lo + m.rows)
+                    row += b
+                enc = self._encoder(k, pool.src_len)
+                self.runner.run_encoder(enc, ids, mask)
+                pool.load(enc, xp.asarray(np.array(src, np.int64)), xp.asarray(np.array(dst, np.int64)))
+            for m in members:
+                m.strategy = self._strategy(m)
+                m.view = pool.bufs.rows_view(m.lo, m.lo + m.rows)
+                if m.strategy.parent is not None:
+                    m.cache = CacheOps(xp, m.view, self.runner.kernels)
+                self._feed(m)
+                if m.job.joined_at is None:
+                    m.job.joined_at = now
+                self.active.append(m)
+
+    def _encoder(self, inputs: int, src_len: int) -> Any:
+        """Encoder buffers per (batch bucket, source bucket), kept for the runtime's life (a
+        handful of shapes; each its own engine and, on CUDA, its own captured graph)."""
+        key = (min(_pow2_at_least(inputs), self.opts.max_batch), src_len)
+        enc = self._enc.get(key)
+        if enc is None:
+            enc = self._enc[key] = self.runner.new_encoder_buffers(*key)
+        return enc
+
+    def _strategy(self, m: _Member) -> Any:
+        cfg = m.job.req.config
+        key = None
+        if self._reuse and not cfg.logits_processors:
+            fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
+            key = (repr(fields), m.inputs, m.max_new, m.first_input)
+            for sid, (k, st) in self._idle.items():
+                if k == key:
+                    del self._idle[sid]
+                    st.reset()
+                    m.key = key
+                    return st
+        from ..decoding import make_strategy
+
+        st = self.rt.manifest.special_tokens
+        m.key = key
+        return make_strategy(
+            self.dev.xp, cfg, batch=m.inputs, vocab_size=self.rt.manifest.dims.vocab_size,
+            max_new_tokens=m.max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
+            decoder_start_token_id=st.decoder_start_token_id, first_input=m.first_input,
+            kernels=self.runner.kernels)
+
+    @staticmethod
+    def _feed(m: _Member) -> None:
+        """The chosen tokens and their positions become the member's next engine inputs."""
+        m.view.input_ids[:, 0] = m.strategy.tokens
+        m.view.position[...] = m.strategy.step_counter
+
+    def _after_engine(self, m: _Member) -> None:
+        """A member's per-step work after the shared engine launch (captured on CUDA)."""
+        m.strategy.step(m.view.logits)
+        if m.cache is not None:  # beam search: rows 0..t are valid after step t
+            m.cache.reorder(m.strategy.parent, m.strategy.step_counter)
+        self._feed(m)
+
+    def _leave(self, m: _Member) -> None:
+        self.active.remove(m)
+        m.pool.free(m.lo, m.rows)
+        m.graph = None  # its captured graph (and the graph's memory pool) go with it
+        if m.key is not None:
+            self._idle[id(m.strategy)] = (m.key, m.strategy)
+            while len(self._idle) > KEEP_STRATEGIES:
+                self._idle.popitem(last=False)
+        m.strategy = m.view = m.cache = None
+
+    # -- one step of one pool --------------------------------------------------------------
+    def _step_pool(self, pool: SlotPool, members: list[_Member]) -> None:
+        t0 = time.perf_counter()
+        with self.dev.use():
+            pool.step(pool.launch_rows())
+            for m in members:
+                if m.graph is not None:
+                    m.graph.launch()
+                elif self._graphs and m.steps >= 1 and m.strategy.capturable:
+                    # step 0 ran eagerly (it loads every kernel); from step 1 on: one replay
+                    from ..runtime.cuda_graph import CapturedStep
+
+                    m.graph = CapturedStep(lambda m=m: self._after_engine(m), self.dev.stream)
+                    m.graph.launch()
+                else:
+                    self._after_engine(m)
+                m.steps += 1
+        host = time.perf_counter() - t0
+        if pool.steps % self.opts.done_check_interval == 0 or any(m.steps >= m.max_new for m in members):
+            w0 = time.perf_counter()
+            self.dev.synchronize()  # the one host synchronisation
+            t1 = time.perf_counter()
+            self._check(members, t1)
+            host += time.perf_counter() - t1
+            del w0
+        self.stats.stepped(sum(m.rows for m in members), host)
+
+    def _check(self, members: list[_Member], now: float) -> None:
+        xp = self.dev.xp
+        with self.dev.use():
+            done = self.dev.to_host(xp.stack([m.strategy.done() for m in members]))
+        for m, d in zip(members, done):
+            req = m.job.req
+            if req.first_token_at is None:
+                req.first_token_at = now
+                self.stats.first_token(now - req.submitted)
+            if bool(d) or m.steps >= m.max_new:
+                self._complete(m)
+            elif req.writer is not None and m.first_input == 0 and m.strategy.parent is None:
+                t = int(self.dev.to_host(m.strategy.step_counter))
+                req.writer.update(self.dev.to_host(m.strategy.history[0, 1:t + 1]).tolist())
+
+    def _complete(self, m: _Member) -> None:
+        cfg, job = m.job.req.config, m.job
+        seqs, scores = m.strategy.result()
+        tok = m.strategy.token_scores() if cfg.output_scores else None
+        job.parts[m.index] = ([list(map(int, s)) for s in seqs], [float(x) for x in scores], tok)
+        job.steps = max(job.steps, m.steps)
+        self._leave(m)
+        job.left -= 1
+        if job.left:
+            return
+        sequences, scores_all, token_scores = [], [], []
+        for s, sc, tk in job.parts:
+            sequences += s
+            scores_all += sc
+            token_scores += tk or []
+        req, now = job.req, time.perf_counter()
+        timings = {"queue_s": (job.joined_at or now) - req.submitted,
+                   "ttft_s": (req.first_token_at or now) - req.submitted,
+                   "latency_s": now - req.submitted, "steps": job.steps}
+        finish(req, self.rt._output(sequences, scores_all, token_scores, cfg, timings), self.stats)

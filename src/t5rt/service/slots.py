@@ -1,0 +1,89 @@
+"""A slot pool: the static decode batch of in-flight batching for one source bucket (DESIGN.md §5a).
+
+    bufs         DecoderBuffers of `capacity` rows: self caches [C, H, T, Dk], cross K/V
+                 [C, H, S, Dk] and mask [C, S] per row, input_ids [C, 1], position [C], logits [C, V]
+    engines[n]   the decoder step bound to the first n rows (n = a power of two, the slot-count
+                 bucket; on CUDA each is its own ORT/TensorRT CUDA graph)
+
+A request chunk takes a contiguous block of rows (beam search reorders inside its block),
+lowest rows first so that launches stay small; each step runs the engine over the first n rows
+that cover every occupied block, whatever positions those rows sit at (position is per row).
+Free rows compute garbage nobody reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..runtime.buffers import DecoderBuffers, EncoderBuffers
+from ..runtime.kv_cache import CacheOps
+
+
+def _pow2_at_least(n: int) -> int:
+    b = 1
+    while b < n:
+        b *= 2
+    return b
+
+
+class SlotPool:
+    def __init__(self, runner: Any, src_len: int, cache_len: int, capacity: int):
+        self.runner = runner
+        self.src_len, self.cache_len, self.capacity = src_len, cache_len, capacity
+        self.bufs = DecoderBuffers.allocate_slots(runner.m, runner.dev, capacity, src_len, cache_len)
+        self.used = np.zeros(capacity, dtype=bool)  # host map of occupied rows
+        self._heads: dict[int, tuple[DecoderBuffers, CacheOps]] = {}
+        self.steps = 0  # decoder steps launched (the done-check cadence counts these)
+
+    # -- rows ------------------------------------------------------------------------------
+    def alloc(self, rows: int) -> int | None:
+        """The lowest free block of `rows` contiguous rows -> its first row, or None."""
+        run = 0
+        for i in range(self.capacity):
+            run = run + 1 if not self.used[i] else 0
+            if run == rows:
+                lo = i - rows + 1
+                self.used[lo:i + 1] = True
+                return lo
+        return None
+
+    def free(self, lo: int, rows: int) -> None:
+        self.used[lo:lo + rows] = False
+
+    @property
+    def rows_in_use(self) -> int:
+        return int(self.used.sum())
+
+    def launch_rows(self) -> int:
+        """The slot-count bucket: the smallest power of two covering every occupied row."""
+        occupied = np.flatnonzero(self.used)
+        top = int(occupied[-1]) + 1 if occupied.size else 1
+        return min(_pow2_at_least(top), self.capacity)
+
+    # -- device work -----------------------------------------------------------------------
+    def head(self, n: int) -> tuple[DecoderBuffers, CacheOps]:
+        """(first n rows bound to their own engine, their cache ops), made on first use."""
+        got = self._heads.get(n)
+        if got is None:
+            view = self.runner.bind_decoder(self.bufs.rows_view(0, n))
+            got = self._heads[n] = (view, CacheOps(self.runner.dev.xp, view, self.runner.kernels))
+        return got
+
+    def load(self, enc: EncoderBuffers, src_rows: Any, dst_rows: Any) -> None:
+        """Cross K/V and mask of encoder rows src_rows[i] -> pool rows dst_rows[i] (device index
+        arrays [R] int64; a beam request's input repeats once per beam)."""
+        b = self.bufs
+        s = enc.src_len  # == self.src_len (pools are per source bucket)
+        for dst, src in zip(b.cross_k + b.cross_v, enc.cross_k + enc.cross_v):
+            dst[dst_rows] = src[src_rows]
+        b.encoder_attention_mask[dst_rows, :s] = enc.attention_mask[src_rows]
+
+    def step(self, n: int) -> None:
+        """Enqueue the decoder step over rows 0..n-1 and (write form) the cache row writes."""
+        view, cache = self.head(n)
+        view.engine.run()
+        if self.runner.m.cache_update == "write":
+            cache.write(view.position)
+        self.steps += 1
