@@ -12,18 +12,15 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from conftest import SPIECE, make_t5
+from t5rt.serve.local import LocalServer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="ray[serve] is not installed (pip install -e '.[serve]')")
@@ -31,7 +28,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 API_KEY = "test-key-123"
 REPLICAS = 2
 START_TIMEOUT_S = 180
-MODEL_TITLE = b"ray::ServeReplica:t5rt:T5Model"
 TEXTS = ["translate English to German: That is good.", "summarize: the cat sat on the mat and looked around",
          "hello world", "question: what is t5? context: a text to text model"]
 # mixed generate() options; each request is also run through Runtime.generate() for the answer
@@ -50,42 +46,11 @@ MIXED = [
 ]
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Every live process whose session id is `sid` (the server and all Ray processes it started)."""
-    pids = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(p))
-    return pids
-
-
-def _model_replicas(sid: int) -> list[int]:
-    out = []
-    for pid in _session_pids(sid):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(MODEL_TITLE):
-                out.append(pid)
-        except OSError:
-            pass
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
-        self.url, self.proc, self.log = url, proc, log
+    """The shared server, with the test's HTTP helpers."""
+
+    def __init__(self, local: LocalServer):
+        self.local, self.url, self.proc = local, local.url, local.proc
 
     def call(self, method: str, path: str, body: bytes | None = None, key: str | None = API_KEY,
              timeout: float = 120) -> tuple[int, dict, bytes]:
@@ -116,7 +81,7 @@ class Server:
         return data.decode()
 
     def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+        return self.local.log_tail()
 
 
 def _metric(text: str, name: str) -> float:
@@ -135,7 +100,7 @@ def export_dir(tmp_path_factory):
     model = make_t5(seed=3, vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
     model.save_pretrained(root / "model")
     shutil.copy(SPIECE, root / "model" / "spiece.model")
-    export(str(root / "model"), root / "export", ExportOptions(max_input_len=32, max_output_len=24, validate=False),
+    export(str(root / "model"), root / "export", ExportOptions(max_input_len=32, max_output_len=32, validate=False),
            log=lambda *a, **k: None)
     return root / "export"
 
@@ -152,54 +117,13 @@ def reference(export_dir):
 
 @pytest.fixture(scope="module")
 def server(export_dir, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    cmd = [sys.executable, "-m", "t5rt", "serve", str(export_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--replicas", str(REPLICAS), "--device", "cpu", "--backend", "ort", "--api-key", API_KEY]
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log)
+    local = LocalServer(export_dir, replicas=REPLICAS, device="cpu", api_key=API_KEY, log=log,
+                        extra_args=("--backend", "ort", "--api-key", API_KEY), start_timeout_s=START_TIMEOUT_S)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"t5rt serve exited with {proc.returncode}:\n{srv.log_tail()}")
-            try:
-                if srv.call("GET", "/healthz", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"t5rt serve not healthy after {START_TIMEOUT_S} s:\n{srv.log_tail()}")
-            time.sleep(1)
-        yield srv
+        yield Server(local)
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (the command shuts Serve and Ray down), then SIGKILL whatever of its session is left."""
-    sid = proc.pid
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 10
-    while (left := _session_pids(sid)) and time.monotonic() < deadline:
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
+        local.stop()
 
 
 def _expected(rt, doc: dict):
@@ -311,8 +235,7 @@ def test_metrics_answer_in_prometheus_text(server):
 
 
 def test_killing_a_replica_mid_load_loses_no_request(server, reference):
-    sid = server.proc.pid
-    victims = _model_replicas(sid)
+    victims = server.local.model_replicas()
     assert len(victims) == REPLICAS, victims
     retries_before = _metric(server.metrics(), "t5rt_retries_total")
     reqs = [dict(d, max_new_tokens=24) for d in _mixed_requests(40)]
@@ -331,7 +254,7 @@ def test_killing_a_replica_mid_load_loses_no_request(server, reference):
         assert [t for e in events for t in e["tokens"]] == _expected(reference, doc).sequences[0]
     assert _metric(server.metrics(), "t5rt_retries_total") > retries_before, "no request was on the killed replica"
     deadline = time.monotonic() + 90  # Ray Serve starts a replacement
-    while len(now := _model_replicas(sid)) < REPLICAS or victims[0] in now:
+    while len(now := server.local.model_replicas()) < REPLICAS or victims[0] in now:
         assert time.monotonic() < deadline, f"replica not replaced: {now}\n{server.log_tail()}"
         time.sleep(1)
     status, got = server.generate({"text": TEXTS[0], "max_new_tokens": 8})
