@@ -92,17 +92,22 @@ class Ingress:
     async def _generate(self, request: Request, t0: float) -> Response:
         req = parse_generate_request(await request.body(), max_bytes=self.max_body_bytes)
         self.metrics.in_flight.inc()
+        t1 = time.perf_counter()
         try:
             res = await self._call(lambda: self.model.generate.remote(req))
         finally:
             self.metrics.in_flight.dec()
+        t2 = time.perf_counter()
         self.metrics.replica_stats(res["replica"], res["stats"])
         if "error" in res:
             raise _Replied(res["error"])
         self.metrics.tokens.inc(res["tokens"])
         if res.get("ttft_s") is not None:
             self.metrics.ttft.observe(res["ttft_s"])
-        return JSONResponse(res["ok"])
+        # where the time went (ms): parsing here, the call to the model deployment, inside the replica
+        timing = (f"parse;dur={1e3 * (t1 - t0):.2f}, model;dur={1e3 * (t2 - t1):.2f}, "
+                  f"replica;dur={1e3 * res['replica_s']:.2f}")
+        return JSONResponse(res["ok"], headers={"Server-Timing": timing})
 
     async def _stream(self, request: Request, t0: float) -> Response:
         route = "/v1/generate/stream"

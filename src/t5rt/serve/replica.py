@@ -10,6 +10,7 @@ Runtime.stats() for the ingress's /metrics.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,12 +31,13 @@ class T5Replica:
 
     # -- calls from the ingress ------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
+        t0 = time.perf_counter()
         try:
             out = await self.rt.agenerate(*req.call_args(), **req.call_kwargs())
         except T5rtError as e:
             return {"error": error_reply(e), **self._info()}
         doc = output_doc(out)
-        return {"ok": doc, "tokens": sum(len(s) for s in doc["sequences"]),
+        return {"ok": doc, "tokens": sum(len(s) for s in doc["sequences"]), "replica_s": time.perf_counter() - t0,
                 "ttft_s": (out.timings or {}).get("ttft_s"), **self._info()}
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[dict[str, Any]]:
