@@ -11,6 +11,11 @@ from .runner import run_bench
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--load" in argv:  # the load bench (bench/load/): open-loop arrivals, in-flight batching
+        from .load import main as load_main
+
+        return load_main([a for a in argv if a != "--load"])
     args = build_parser().parse_args(argv)
     try:
         opts = options_from_args(args)

@@ -1,0 +1,98 @@
+"""One load run: materialize + export the model, then per system (one loaded at a time):
+warm up, [t5rt-serial: fit the solo latency], and drive every rate until it saturates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..presets import materialize, resolve_model
+from ..results import describe_machine
+from ..runner import resolve_device, resolve_precision
+from ..t5rt_system import export_model, exporter_version
+from .driver import SoloModel, closed_loop, drive, saturated, summarize
+from .options import LoadOptions
+from .report import summary
+from .targets import HFSerialTarget, RuntimeTarget
+from .workload import LoadRequest, make_requests, poisson_arrivals
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """The model a load run drives: HF weights, the t5rt export, and the request factory."""
+
+    opts: LoadOptions
+    device: str
+    precision: str
+    label: str
+    hf_dir: Path
+    export_dir: Path
+    config: dict[str, Any]
+
+    def requests(self, n: int, seed: int, every_mode: bool = False) -> list[LoadRequest]:
+        o = self.opts
+        return make_requests(n, src=o.src, new=o.new, mix=o.mix, vocab_size=int(self.config["vocab_size"]),
+                             eos_token_id=int(self.config.get("eos_token_id", 1)), seed=seed, every_mode=every_mode)
+
+
+def prepare(opts: LoadOptions, log: Log = print) -> Prepared:
+    """Materialize the weights and export them for t5rt (both cached under opts.cache_dir)."""
+    opts.validate()
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    source = resolve_model(opts.model)
+    cache = Path(opts.cache_dir).expanduser() / f"{source.label.replace('/', '--')}-{source.fingerprint()}"
+    cache.mkdir(parents=True, exist_ok=True)
+    hf_dir = materialize(source, cache / "hf", log)
+    config = json.loads((hf_dir / "config.json").read_text())
+    max_in, max_out = max(64, opts.src[1]), max(64, opts.new[1])
+    export_dir = export_model(hf_dir, cache / f"t5rt-{precision}-in{max_in}-out{max_out}-exp{exporter_version()}",
+                              precision, max_in, max_out, log)
+    return Prepared(opts, device, precision, source.label, hf_dir, export_dir, config)
+
+
+def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
+    p = prepare(opts, log)
+    device, precision, hf_dir, export_dir, requests = p.device, p.precision, p.hf_dir, p.export_dir, p.requests
+
+    def make(system: str) -> Any:
+        if system == "hf":
+            return HFSerialTarget(hf_dir, device=device, precision=precision)
+        return RuntimeTarget(export_dir, inflight=system == "t5rt", backend=opts.backend, device=device,
+                             max_batch=opts.max_batch)
+
+    rows: list[dict[str, Any]] = []
+    solo: SoloModel | None = None
+    order = sorted(opts.systems, key=lambda s: s != "t5rt-serial")  # the solo fit comes first
+    for system in order:
+        log(f"[load] {system}: loading")
+        target = make(system)
+        try:
+            asyncio.run(closed_loop(target, requests(opts.warmup, opts.seed + 7, every_mode=True)))
+            if system == "t5rt-serial":
+                calib = asyncio.run(closed_loop(target, requests(opts.calibrate, opts.seed + 11, every_mode=True)))
+                solo = SoloModel.fit(calib)
+                log(f"[load] solo latency a + b * new_tokens per mode: {solo.coef}")
+            for i, rate in enumerate(sorted(opts.rates)):
+                arrivals = poisson_arrivals(rate, opts.duration, opts.seed + 1000 + i)
+                reqs = requests(len(arrivals), opts.seed + 2000 + i)  # the same requests for every system
+                before = target.counters()
+                outs, sent, elapsed = asyncio.run(drive(target, reqs, arrivals, opts.drain))
+                row = summarize(target.name if system != "hf" else system, rate, outs, sent, elapsed,
+                                solo if system != "hf" else None, before, target.counters())
+                rows.append(row)
+                log(f"[load] {system} @ {rate:g} req/s: {row['completed']}/{sent} done, "
+                    f"{row['throughput_rps']:.2f} req/s, p99 {row['latency_p99_s']}")
+                if saturated(row):
+                    log(f"[load] {system} saturated at {rate:g} req/s; higher rates skipped")
+                    break
+        finally:
+            target.close()
+    return {"machine": describe_machine(device), "model": p.label, "precision": precision,
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+            "solo_model": solo and solo.coef, "rows": rows, "summary": summary(rows)}
