@@ -259,3 +259,29 @@ def test_killing_a_replica_mid_load_loses_no_request(server, reference):
         time.sleep(1)
     status, got = server.generate({"text": TEXTS[0], "max_new_tokens": 8})
     assert status == 200 and got["sequences"] == _expected(reference, {"text": TEXTS[0], "max_new_tokens": 8}).sequences
+
+
+def test_load_bench_http_target_matches_in_process(server, export_dir):
+    """The load bench's HTTP target (`python -m t5rt.bench --load --url/--serve`) on the shared
+    server: the same requests in-process and over HTTP give the same tokens, paired by id."""
+    import asyncio
+
+    from t5rt.bench.load.driver import closed_loop
+    from t5rt.bench.load.http import HTTPTarget, overhead
+    from t5rt.bench.load.targets import RuntimeTarget
+    from t5rt.bench.load.workload import make_requests
+
+    reqs = make_requests(9, src=(4, 20), new=(4, 12), mix=(("greedy", 1), ("sample", 1), ("beam4", 1)),
+                         vocab_size=32128, eos_token_id=1, seed=5)
+    http = HTTPTarget(server.url, api_key=API_KEY)
+    local = RuntimeTarget(export_dir, inflight=True, backend="ort", device="cpu", threads=1)
+    try:
+        remote = asyncio.run(closed_loop(http, reqs))
+        near = asyncio.run(closed_loop(local, reqs))
+    finally:
+        http.close()
+        local.close()
+    assert all(o.error is None and o.first is not None for o in remote), [o.error for o in remote]
+    summary = overhead(near, remote)
+    assert summary["pairs"] == len(reqs) and summary["tokens_agree"] == 1.0, summary
+    assert summary["overhead_p50_s"] is not None
