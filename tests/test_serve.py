@@ -285,3 +285,24 @@ def test_load_bench_http_target_matches_in_process(server, export_dir):
     summary = overhead(near, remote)
     assert summary["pairs"] == len(reqs) and summary["tokens_agree"] == 1.0, summary
     assert summary["overhead_p50_s"] is not None
+
+
+def test_overload_is_refused_with_retry_after(export_dir, reference, tmp_path):
+    """Tiny limits (1 replica, 2 requests in flight, 1 waiting): a burst is partly refused with
+    503/429 + Retry-After and an OverloadedError document; what is accepted is answered right."""
+    args = ("--backend", "ort", "--max-queue", "1", "--max-ongoing-requests", "2", "--max-queued-requests", "1")
+    with LocalServer(export_dir, replicas=1, device="cpu", extra_args=args, log=tmp_path / "server.log",
+                     start_timeout_s=START_TIMEOUT_S) as local:
+        srv = Server(local)
+        docs = [{"text": TEXTS[i % 4], "max_new_tokens": 24, "min_new_tokens": 24, "num_beams": 2} for i in range(16)]
+        with ThreadPoolExecutor(len(docs)) as ex:
+            answers = list(ex.map(lambda d: srv.call("POST", "/v1/generate", json.dumps(d).encode(), key=None), docs))
+    refused = [(s, h, b) for s, h, b in answers if s != 200]
+    assert refused, "no request was refused"
+    for status, headers, data in refused:
+        assert status in (429, 503), (status, data)
+        assert int(headers.get("Retry-After", headers.get("retry-after"))) >= 1
+        assert json.loads(data)["error"]["type"] == "OverloadedError"
+    for doc, (status, _, data) in zip(docs, answers):
+        if status == 200:
+            _assert_same(json.loads(data), _expected(reference, doc))
