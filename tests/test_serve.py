@@ -189,6 +189,7 @@ def test_stream_events_add_up_to_generate(server, reference):
     (json.dumps({"text": "a", "max_new_tokens": 500}).encode(), "InvalidOptionError"),  # > max_output_len
     (json.dumps({"input_ids": [[40000, 1]]}).encode(), "InvalidInputError"),          # outside the vocab
     (json.dumps({"text": "a", "top_p": "high"}).encode(), "InvalidOptionError"),
+    (json.dumps({"text": "a" * (1 << 20)}).encode(), "RequestTooLargeError"),        # over 1 MiB: 413
 ])
 def test_bad_requests_get_4xx_json_errors(server, path, raw, err):
     status, headers, data = server.call("POST", path, raw)

@@ -15,6 +15,7 @@ from t5rt.serve.errors import AuthenticationError, ServiceUnavailableError
 from t5rt.serve.protocol import (
     OPTION_NAMES,
     RequestTooLargeError,
+    SSEReader,
     error_reply,
     parse_generate_request,
     sse_event,
@@ -110,6 +111,15 @@ def test_sse_event_is_one_data_line():
     assert sse_event({"error": {}}, event="error").startswith(b"event: error\ndata: ")
 
 
+def test_sse_reader_reads_what_sse_event_writes():
+    stream = sse_event({"tokens": [1, 2], "text": "a", "finished": False}) + sse_event({"error": {"type": "X"}}, "error") \
+        + sse_event({"tokens": [], "text": "", "finished": True})
+    reader = SSEReader()
+    got = [r for line in stream.splitlines(keepends=True) if (r := reader.feed(line)) is not None]
+    assert got == [(None, {"tokens": [1, 2], "text": "a", "finished": False}), ("error", {"error": {"type": "X"}}),
+                   (None, {"tokens": [], "text": "", "finished": True})]
+
+
 # -- placement -------------------------------------------------------------------------------------
 
 def test_two_cpu_replicas_fit_a_two_core_machine():
@@ -160,3 +170,22 @@ def test_serve_is_not_imported_by_t5rt():
     code = "import sys, t5rt, t5rt.cli; t5rt.cli.build_parser('generate'); print('ray' in sys.modules, 't5rt.serve' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_serve_command_line_errors_are_one_line_before_ray_starts(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "t5rt", "serve", *args], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    p = run("--help")
+    assert p.returncode == 0 and "--replicas" in p.stdout and "--address" in p.stdout and "--api-key" in p.stdout
+    p = run(str(tmp_path / "nothing-here"))
+    assert p.returncode == 1 and p.stderr.startswith("t5rt: error:") and len(p.stderr.splitlines()) == 1, p.stderr
+    p = run(str(tmp_path), "--max-replicas", "2", "--min-replicas", "3")
+    assert p.returncode == 1 and "min_replicas=3 exceeds max_replicas=2" in p.stderr, p.stderr
+    p = run(str(tmp_path), "--replicas", "0")
+    assert p.returncode == 1 and "replicas=0" in p.stderr, p.stderr
+    assert "Ray" not in p.stderr  # refused before any cluster was started

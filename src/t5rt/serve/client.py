@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import T5rtError
+from .protocol import SSEReader
 
 
 class ServerError(T5rtError):
@@ -57,21 +58,18 @@ class Client:
             resp = conn.getresponse()
             if resp.status != 200:
                 _raise(resp.status, resp.read(), resp.getheader("Retry-After"))
-            event = None
+            sse = SSEReader()
             for raw in resp:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    doc = json.loads(line[5:])
-                    if event == "error":
-                        err = doc.get("error", {})
-                        raise ServerError(200, err.get("type", "?"), err.get("message", ""))
-                    yield doc
-                    if doc.get("finished"):
-                        return
-                elif not line:
-                    event = None
+                got = sse.feed(raw)
+                if got is None:
+                    continue
+                event, doc = got
+                if event == "error":
+                    err = doc.get("error", {})
+                    raise ServerError(200, err.get("type", "?"), err.get("message", ""))
+                yield doc
+                if doc.get("finished"):
+                    return
         finally:
             conn.close()
 

@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import T5rtError
 from .errors import AuthenticationError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .protocol import ErrorReply, error_reply, parse_generate_request, sse_event
+from .protocol import ErrorReply, RequestTooLargeError, error_reply, parse_generate_request, sse_event
 
 ROUTES = {"/v1/generate": "POST", "/v1/generate/stream": "POST", "/healthz": "GET", "/metrics": "GET"}
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+HEALTH_TIMEOUT_S = 5.0
 
 
 def _replica_lost_errors() -> tuple[type[BaseException], ...]:
@@ -86,11 +87,25 @@ class Ingress:
                                       if not got else "wrong API key in the Authorization header")
 
     async def _healthz(self) -> Response:
-        info = await self._call(lambda: self.model.stats.remote(), deadline=time.monotonic() + 5.0)
+        """200 once a model replica answers (within HEALTH_TIMEOUT_S), else 503."""
+        try:
+            info = await asyncio.wait_for(self._call(lambda: self.model.stats.remote(),
+                                                     deadline=time.monotonic() + HEALTH_TIMEOUT_S), HEALTH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailableError(f"no model replica answered within {HEALTH_TIMEOUT_S:g} s "
+                                          "(still loading, or all restarting)") from None
         return JSONResponse({"status": "ok", "replica": info["replica"]})
 
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused before it is read when its Content-Length is over the limit."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            raise RequestTooLargeError(f"request body is {length} bytes; this server takes at most "
+                                       f"{self.max_body_bytes}")
+        return await request.body()
+
     async def _generate(self, request: Request, t0: float) -> Response:
-        req = parse_generate_request(await request.body(), max_bytes=self.max_body_bytes)
+        req = parse_generate_request(await self._body(request), max_bytes=self.max_body_bytes)
         self.metrics.in_flight.inc()
         t1 = time.perf_counter()
         try:
@@ -112,7 +127,7 @@ class Ingress:
     async def _stream(self, request: Request, t0: float) -> Response:
         route = "/v1/generate/stream"
         try:
-            req = parse_generate_request(await request.body(), stream=True, max_bytes=self.max_body_bytes)
+            req = parse_generate_request(await self._body(request), stream=True, max_bytes=self.max_body_bytes)
             items = await self._open_stream(req)
         except T5rtError as e:
             return self._error(e, route, t0)
@@ -180,6 +195,11 @@ class Ingress:
                         self._count_error(route, reply, t0)
                         yield sse_event(reply.doc(), event="error")
                         return
+                except Exception as e:  # noqa: BLE001 - a server fault mid-stream: say so, then end
+                    reply = error_reply(e)
+                    self._count_error(route, reply, t0)
+                    yield sse_event(reply.doc(), event="error")
+                    return
         finally:
             self.metrics.in_flight.dec()
 

@@ -169,6 +169,25 @@ def sse_event(doc: dict[str, Any], event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(doc, ensure_ascii=False)}\n\n".encode()
 
 
+class SSEReader:
+    """The client side of sse_event: fed the response line by line, returns (event name or None,
+    document) for each data line, else None."""
+
+    def __init__(self) -> None:
+        self.event: str | None = None
+
+    def feed(self, raw: bytes) -> tuple[str | None, dict[str, Any]] | None:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+        elif line.startswith("data:"):
+            event, self.event = self.event, None
+            return event, json.loads(line[5:])
+        elif not line:
+            self.event = None
+        return None
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -222,4 +241,4 @@ def error_reply(exc: BaseException) -> ErrorReply:
         else:
             status, retry = 500, None
         return ErrorReply(status, type(exc).__name__, str(exc), retry)
-    return ErrorReply(500, "InternalError", f"unexpected {type(exc).__name__}: {exc}")
+    return ErrorReply(500, "InternalError", f"unexpected {type(exc).__name__}: {str(exc)[:2000]}")

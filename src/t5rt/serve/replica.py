@@ -58,10 +58,6 @@ class T5Replica:
     def stats(self) -> dict[str, Any]:
         return self._info()
 
-    def check_health(self) -> None:
-        """Ray Serve's periodic health check: a closed runtime is a dead replica."""
-        self.rt.stats()  # raises once the runtime is broken
-
     # -- the runtime ------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any]:
         stats = self.rt.stats()

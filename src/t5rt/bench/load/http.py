@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...serve.protocol import SSEReader
 from .targets import Outcome
 from .workload import LoadRequest
 
@@ -73,21 +74,20 @@ class HTTPTarget:
                 if resp.status != 200:
                     out.error = f"HTTP {resp.status}: {(await resp.text())[:300]}"
                 else:
-                    event = None
+                    sse = SSEReader()
                     async for raw in resp.content:
-                        line = raw.decode().rstrip("\r\n")
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            doc = json.loads(line[5:])
-                            if event == "error":
-                                out.error = f"{doc['error']['type']}: {doc['error']['message']}"
-                                break
-                            if doc["tokens"] and out.first is None:
-                                out.first = time.perf_counter()
-                            seq += doc["tokens"]
-                            if doc["finished"]:
-                                break
+                        got = sse.feed(raw)
+                        if got is None:
+                            continue
+                        event, doc = got
+                        if event == "error":
+                            out.error = f"{doc['error']['type']}: {doc['error']['message']}"
+                            break
+                        if doc["tokens"] and out.first is None:
+                            out.first = time.perf_counter()
+                        seq += doc["tokens"]
+                        if doc["finished"]:
+                            break
         except Exception as e:  # noqa: BLE001 - reported per request (connection refused, reset, ...)
             out.error = f"{type(e).__name__}: {e}"
         out.end = time.perf_counter()
