@@ -116,7 +116,7 @@ def test_sampling_seeded_and_topk1_is_greedy(rt_v11):
 def test_strategy_reused_across_requests(v11, how):
     """A request of the same shape and config reuses the last one's strategy, reset in place."""
     model, d = v11
-    rt = t5rt.load(d, backend="ort", device="cpu")
+    rt = t5rt.load(d, backend="ort", device="cpu", inflight=False)  # the direct path's strategy cache
     kw = dict(max_new_tokens=18, min_new_tokens=5, **how)
     runs = []
     for seed in (21, 22, 21):  # A, B, A: B's state must not leak into A's second run

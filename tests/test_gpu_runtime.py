@@ -67,7 +67,7 @@ def test_strategy_and_graph_reused_across_requests(fp32_model, beams):
     """Requests of one shape and config reuse the strategy (reset in place) and the CUDA graph
     captured over its step: request after request, tokens stay Hugging Face's."""
     model, dirs = fp32_model
-    rt = t5rt.load(dirs["write"], backend="ort", device="cuda", reuse_step_graphs=True)
+    rt = t5rt.load(dirs["write"], backend="ort", device="cuda", reuse_step_graphs=True, inflight=False)
     kw = dict(max_new_tokens=40, min_new_tokens=10, num_beams=beams)
     batches = [_inputs(s, (11, 6), 2048) for s in (4, 5, 4)]  # A, B, A again: same shapes
     graphs = []
@@ -97,7 +97,7 @@ def test_low_precision_agreement(fp32_model, tmp_path_factory, precision):
     is bounded by what Hugging Face's own model makes in the same precision on the same GPU."""
     model, _ = fp32_model
     d = _export(model, tmp_path_factory, precision, precision=precision)
-    rt = t5rt.load(d, backend="ort", device="cuda")
+    rt = t5rt.load(d, backend="ort", device="cuda", inflight=False)  # reads the direct path's buffers
     ids, mask = _inputs(4, (16, 16, 16, 16), 2048)
     ref, _ = _hf(model, ids, mask, max_new_tokens=32, min_new_tokens=32, num_beams=1)
     out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, min_new_tokens=32)
@@ -138,7 +138,7 @@ def test_t5_large_shaped_fp16_is_finite(tmp_path_factory):
         model.encoder(input_ids=torch.arange(2, 34)[None])
         hook.remove()
     d = _export(model, tmp_path_factory, "large16", precision="fp16", max_input_len=64, max_output_len=32)
-    rt = t5rt.load(d, backend="ort", device="cuda")
+    rt = t5rt.load(d, backend="ort", device="cuda", inflight=False)  # reads the direct path's buffers
     ids, mask = _inputs(6, (32, 20), 32128)
     out = rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16)
     # min_new_tokens writes -inf into eos' logit in the buffer: read the logits of a plain request

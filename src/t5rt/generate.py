@@ -300,8 +300,6 @@ class Runtime:
         """One request alone, start to end, in chunks of max_batch inputs (the direct path);
         None when it was cancelled or timed out on the way."""
         cfg, ids, mask, max_new = req.config, req.input_ids, req.attention_mask, req.max_new_tokens
-        from .decoding import make_strategy
-
         sequences: list[list[int]] = []
         scores: list[float] = []
         token_scores: list[list[float]] = []
@@ -312,7 +310,7 @@ class Runtime:
             # trim the chunk's padding to its own longest input
             s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
             chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
-            got = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo, req)
+            got = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, lo, req)
             if got is None:
                 return None
             seqs, scs, tok = got
@@ -328,10 +326,10 @@ class Runtime:
         return self._output(sequences, scores, token_scores, cfg, agg)
 
     def _generate_chunk(self, ids: np.ndarray, mask: np.ndarray, cfg: GenerationConfig, max_new: int,
-                        make_strategy: Any, first_input: int,
+                        first_input: int,
                         req: "Request") -> tuple[list[list[int]], list[float], Any] | None:
         with self.device.use():  # state set up on the stream the engines and graphs run on
-            strategy = self._strategy(cfg, ids.shape[0], max_new, first_input, make_strategy)
+            strategy = self._strategy(cfg, ids.shape[0], max_new, first_input)
         enc = self.runner.encode(ids, mask)
         eager = not strategy.capturable  # user hooks run Python per step: no CUDA graph
         dropped = False
@@ -356,34 +354,47 @@ class Runtime:
         return [list(map(int, s)) for s in seqs], [float(x) for x in scores], tok
 
 
-    def _strategy(self, cfg: GenerationConfig, batch: int, max_new: int, first_input: int,
-                  make_strategy: Any) -> Any:
+    def _strategy(self, cfg: GenerationConfig, batch: int, max_new: int, first_input: int) -> Any:
         """A strategy for this chunk: the one an identical earlier request used, reset in place
         (its buffers keep their addresses, so with RuntimeOptions.reuse_step_graphs the runner's
         CUDA graph captured over its step replays again), else a new one. Strategies running user
         logits processors (host code) are never kept."""
-        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
-        key = (repr(fields), batch, max_new, first_input)
-        cached = None if cfg.logits_processors else self._strategies.get(key)
+        key = reuse_key(cfg, batch, max_new, first_input)
+        cached = None if key is None else self._strategies.get(key)
         if cached is not None:
             self._strategies.move_to_end(key)
             cached.reset()
             return cached
+        strategy = self._new_strategy(cfg, batch, max_new, first_input)
+        # CUDA: only with reuse_step_graphs (the GPU half of reuse has not run on a GPU yet)
+        if key is not None and (not self.device.is_cuda or self.options.reuse_step_graphs):
+            self._strategies[key] = strategy
+            while len(self._strategies) > self.options.max_cached_buckets:
+                _, dropped = self._strategies.popitem(last=False)
+                self.runner.forget(dropped)  # its captured graphs can never be hit again
+        return strategy
+
+    def _new_strategy(self, cfg: GenerationConfig, batch: int, max_new: int, first_input: int) -> Any:
+        """The decoding strategy for `batch` inputs starting at request-wide input `first_input`."""
+        from .decoding import make_strategy
+
         st = self.manifest.special_tokens
-        strategy = make_strategy(
+        return make_strategy(
             self.device.xp, cfg, batch=batch, vocab_size=self.manifest.dims.vocab_size,
             max_new_tokens=max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
             decoder_start_token_id=st.decoder_start_token_id,
             first_input=first_input,  # a chunked request samples exactly like one batch
             kernels=self.runner.kernels,  # fused token choice on the GPU (None: array code)
         )
-        # CUDA: only with reuse_step_graphs (the GPU half of reuse has not run on a GPU yet)
-        if strategy.capturable and (not self.device.is_cuda or self.options.reuse_step_graphs):
-            self._strategies[key] = strategy
-            while len(self._strategies) > self.options.max_cached_buckets:
-                _, dropped = self._strategies.popitem(last=False)
-                self.runner.forget(dropped)  # its captured graphs can never be hit again
-        return strategy
+
+
+def reuse_key(cfg: GenerationConfig, batch: int, max_new: int, first_input: int) -> tuple | None:
+    """What makes two strategies interchangeable after reset(); None: never reuse (user logits
+    processors are host code)."""
+    if cfg.logits_processors:
+        return None
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
+    return (repr(fields), batch, max_new, first_input)
 
 
 def _load_tokenizer(m: Manifest) -> Any:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidOptionError
 from .presets import PRESETS
@@ -51,12 +53,7 @@ class BenchOptions:
         def bad(name: str, why: str) -> InvalidOptionError:
             return InvalidOptionError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is invalid: {why}")
 
-        if self.device not in DEVICES:
-            raise bad("device", f"use one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"use one of {', '.join(PRECISIONS)}")
-        if self.backend not in BACKENDS:
-            raise bad("backend", f"use one of {', '.join(BACKENDS)}")
+        check_choices(self, bad)
         for name in ("batch_sizes", "beams", "new_tokens"):
             v = getattr(self, name)
             if not v or any(x < 1 for x in v):
@@ -70,6 +67,13 @@ class BenchOptions:
         unknown = [p for p in self.peers if p not in PEERS]
         if unknown:
             raise bad("peers", f"unknown {', '.join(unknown)}; choose from {', '.join(PEERS)} or 'none'")
+
+
+def check_choices(opts: Any, bad: Callable[[str, str], Exception]) -> None:
+    """--device / --precision / --backend of any bench's options must be known values."""
+    for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("backend", BACKENDS)):
+        if getattr(opts, name) not in allowed:
+            raise bad(name, f"use one of {', '.join(allowed)}")
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -104,19 +104,37 @@ def _label(s: System) -> str:
     return f"{s.name}@{s.precision}"
 
 
-def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
-    opts.validate()
-    device = resolve_device(opts.device)
+@dataclasses.dataclass
+class Model:
+    """The weights a bench run measures, resolved: device, precision, cache folder, HF dir, config."""
+
+    device: str
+    precision: str
+    source: Any
+    cache: Path
+    hf_dir: Path
+    config: dict[str, Any]
+
+
+def prepare_model(model: str | None, device: str, precision: str, cache_dir: Path, log: Log = print) -> Model:
+    """--model / --device / --precision / --cache-dir -> the materialized weights (cached)."""
+    device = resolve_device(device)
     if device == "cuda" and resolve_device("auto") != "cuda":
         raise InvalidOptionError("--device cuda asked, but cupy sees no CUDA device here; "
                                  "use --device cpu or install t5rt[cuda]")
-    precision = resolve_precision(opts.precision, device)
-    source = resolve_model(opts.model)
-    cache = Path(opts.cache_dir).expanduser() / f"{source.label.replace('/', '--')}-{source.fingerprint()}"
+    precision = resolve_precision(precision, device)
+    source = resolve_model(model)
+    cache = Path(cache_dir).expanduser() / f"{source.label.replace('/', '--')}-{source.fingerprint()}"
     cache.mkdir(parents=True, exist_ok=True)
     hf_dir = materialize(source, cache / "hf", log)
-    config = json.loads((hf_dir / "config.json").read_text())
-    vocab = int(config["vocab_size"])
+    return Model(device, precision, source, cache, hf_dir, json.loads((hf_dir / "config.json").read_text()))
+
+
+def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
+    opts.validate()
+    model = prepare_model(opts.model, opts.device, opts.precision, opts.cache_dir, log)
+    device, precision, source, cache, hf_dir = model.device, model.precision, model.source, model.cache, model.hf_dir
+    vocab = int(model.config["vocab_size"])
     max_input_len = max(512, opts.src_len)
     max_output_len = max(256, max(opts.new_tokens) + 1)
 

@@ -22,7 +22,6 @@ member's strategy is exactly the one the direct path builds for the same chunk.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -124,12 +123,15 @@ class InflightExecutor:
         return sum(m.rows for m in self.active)
 
     def step(self) -> None:
-        self._drop(time.perf_counter())
-        self._join()
-        for pool in list(self.pools.values()):
-            members = [m for m in self.active if m.pool is pool]
-            if members:
-                self._step_pool(pool, members)
+        # every array op below runs on the runtime's stream (CUDA: the legacy default stream
+        # would not be ordered with it)
+        with self.dev.use():
+            self._drop(time.perf_counter())
+            self._join()
+            for pool in list(self.pools.values()):
+                members = [m for m in self.active if m.pool is pool]
+                if members:
+                    self._step_pool(pool, members)
 
     def fail_all(self, exc: BaseException) -> None:
         jobs = {id(m.job): m.job for m in self.active + self.pending}
@@ -242,26 +244,16 @@ class InflightExecutor:
         return enc
 
     def _strategy(self, m: _Member) -> Any:
-        cfg = m.job.req.config
-        key = None
-        if self._reuse and not cfg.logits_processors:
-            fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "logits_processors"}
-            key = (repr(fields), m.inputs, m.max_new, m.first_input)
-            for sid, (k, st) in self._idle.items():
-                if k == key:
-                    del self._idle[sid]
-                    st.reset()
-                    m.key = key
-                    return st
-        from ..decoding import make_strategy
+        """An idle strategy of the same key reset in place, else a new one (the direct path's)."""
+        from ..generate import reuse_key
 
-        st = self.rt.manifest.special_tokens
-        m.key = key
-        return make_strategy(
-            self.dev.xp, cfg, batch=m.inputs, vocab_size=self.rt.manifest.dims.vocab_size,
-            max_new_tokens=m.max_new, pad_token_id=st.pad_token_id, eos_token_id=st.eos_token_id,
-            decoder_start_token_id=st.decoder_start_token_id, first_input=m.first_input,
-            kernels=self.runner.kernels)
+        m.key = reuse_key(m.job.req.config, m.inputs, m.max_new, m.first_input) if self._reuse else None
+        for sid, (k, st) in self._idle.items():
+            if m.key is not None and k == m.key:
+                del self._idle[sid]
+                st.reset()
+                return st
+        return self.rt._new_strategy(m.job.req.config, m.inputs, m.max_new, m.first_input)
 
     @staticmethod
     def _feed(m: _Member) -> None:
@@ -291,6 +283,7 @@ class InflightExecutor:
         t0 = time.perf_counter()
         with self.dev.use():
             pool.step(pool.launch_rows())
+            engine = time.perf_counter() - t0
             for m in members:
                 if m.graph is not None:
                     m.graph.launch()
@@ -305,13 +298,11 @@ class InflightExecutor:
                 m.steps += 1
         host = time.perf_counter() - t0
         if pool.steps % self.opts.done_check_interval == 0 or any(m.steps >= m.max_new for m in members):
-            w0 = time.perf_counter()
-            self.dev.synchronize()  # the one host synchronisation
+            self.dev.synchronize()  # the one host synchronisation (its wait is not host time)
             t1 = time.perf_counter()
             self._check(members, t1)
             host += time.perf_counter() - t1
-            del w0
-        self.stats.stepped(sum(m.rows for m in members), host)
+        self.stats.stepped(sum(m.rows for m in members), host, engine)
 
     def _check(self, members: list[_Member], now: float) -> None:
         xp = self.dev.xp

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..errors import BackendError, OverloadedError, RuntimeClosedError, T5rtError
 from .request import Request

@@ -1,5 +1,10 @@
 """Service metrics of one runtime: counters and short windows, written by the scheduler thread,
-read as one snapshot (`Runtime.stats()`) from any thread."""
+read as one snapshot (`Runtime.stats()`) from any thread.
+
+host_s_per_step: host time a scheduler step takes to issue one pool's decoder step and its
+decoding work (waiting on the device excluded); engine_s_per_step: the part spent in the engine
+call (on the CPU that is the engine's compute; on CUDA only its launch), so on the CPU
+host - engine is the scheduler's own overhead per step."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class ServiceStats:
         self.steps = 0             # decoder-step launches (one per pool per scheduler step)
         self.row_steps = 0         # occupied rows summed over steps
         self.host_step_s = 0.0     # host time issuing steps (excl. waiting on the device)
+        self.engine_step_s = 0.0   # of which in the decoder-step engine call (CPU: its compute)
         self._token_times: deque[tuple[float, int]] = deque()
         self._ttft: deque[float] = deque(maxlen=TTFT_KEEP)
 
@@ -44,11 +50,12 @@ class ServiceStats:
         with self._lock:
             self._ttft.append(seconds)
 
-    def stepped(self, rows: int, host_s: float) -> None:
+    def stepped(self, rows: int, host_s: float, engine_s: float = 0.0) -> None:
         with self._lock:
             self.steps += 1
             self.row_steps += rows
             self.host_step_s += host_s
+            self.engine_step_s += engine_s
 
     def _trim(self, now: float) -> None:
         while self._token_times and self._token_times[0][0] < now - WINDOW_S:
@@ -72,5 +79,6 @@ class ServiceStats:
                 steps=self.steps,
                 mean_rows_per_step=self.row_steps / self.steps if self.steps else 0.0,
                 host_s_per_step=self.host_step_s / self.steps if self.steps else 0.0,
+                engine_s_per_step=self.engine_step_s / self.steps if self.steps else 0.0,
             )
         return d

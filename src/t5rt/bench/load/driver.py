@@ -93,8 +93,10 @@ def summarize(system: str, rate: float, outs: list[Outcome], sent: int, elapsed:
     if before is not None and after is not None and after.get("steps", 0) > before.get("steps", 0):
         steps = after["steps"] - before["steps"]
         host = after["host_s_per_step"] * after["steps"] - before["host_s_per_step"] * before["steps"]
+        eng = after["engine_s_per_step"] * after["steps"] - before["engine_s_per_step"] * before["steps"]
         rows = after["mean_rows_per_step"] * after["steps"] - before["mean_rows_per_step"] * before["steps"]
-        row.update(host_s_per_step=host / steps, rows_per_step=rows / steps, steps=steps)
+        row.update(host_s_per_step=host / steps, engine_s_per_step=eng / steps, rows_per_step=rows / steps,
+                   steps=steps)
     return row
 
 

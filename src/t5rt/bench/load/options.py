@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import InvalidOptionError
-from ..options import BACKENDS, DEVICES, PRECISIONS, default_cache_dir
+from ..options import BACKENDS, DEVICES, PRECISIONS, check_choices, default_cache_dir
 from ..presets import PRESETS
 from .workload import DEFAULT_MIX, MODES, parse_mix
 
@@ -43,12 +43,7 @@ class LoadOptions:
         def bad(name: str, why: str) -> InvalidOptionError:
             return InvalidOptionError(f"--{name.replace('_', '-')}={getattr(self, name)!r} is invalid: {why}")
 
-        if self.device not in DEVICES:
-            raise bad("device", f"use one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"use one of {', '.join(PRECISIONS)}")
-        if self.backend not in BACKENDS:
-            raise bad("backend", f"use one of {', '.join(BACKENDS)}")
+        check_choices(self, bad)
         if not self.rates or any(r <= 0 for r in self.rates):
             raise bad("rates", "give a comma-separated list of request rates > 0")
         if self.duration <= 0 or self.drain < 0:

@@ -4,14 +4,12 @@ warm up, [t5rt-serial: fit the solo latency], and drive every rate until it satu
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..presets import materialize, resolve_model
 from ..results import describe_machine
-from ..runner import resolve_device, resolve_precision
+from ..runner import prepare_model
 from ..t5rt_system import export_model, exporter_version
 from .driver import SoloModel, closed_loop, drive, saturated, summarize
 from .http import http_target, overhead
@@ -44,17 +42,11 @@ class Prepared:
 def prepare(opts: LoadOptions, log: Log = print) -> Prepared:
     """Materialize the weights and export them for t5rt (both cached under opts.cache_dir)."""
     opts.validate()
-    device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
-    source = resolve_model(opts.model)
-    cache = Path(opts.cache_dir).expanduser() / f"{source.label.replace('/', '--')}-{source.fingerprint()}"
-    cache.mkdir(parents=True, exist_ok=True)
-    hf_dir = materialize(source, cache / "hf", log)
-    config = json.loads((hf_dir / "config.json").read_text())
+    m = prepare_model(opts.model, opts.device, opts.precision, opts.cache_dir, log)
     max_in, max_out = max(64, opts.src[1]), max(64, opts.new[1])
-    export_dir = export_model(hf_dir, cache / f"t5rt-{precision}-in{max_in}-out{max_out}-exp{exporter_version()}",
-                              precision, max_in, max_out, log)
-    return Prepared(opts, device, precision, source.label, hf_dir, export_dir, config)
+    export_dir = export_model(m.hf_dir, m.cache / f"t5rt-{m.precision}-in{max_in}-out{max_out}-exp{exporter_version()}",
+                              m.precision, max_in, max_out, log)
+    return Prepared(opts, m.device, m.precision, m.source.label, m.hf_dir, export_dir, m.config)
 
 
 def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
