@@ -1,8 +1,9 @@
 """GET /metrics: Prometheus text of one ingress replica.
 
 Counted where the client's view is (the ingress): requests by route and status, errors by type,
-generated tokens, retries after a replica died, latency and time-to-first-token histograms, and
-requests in flight. Each model replica's own service numbers (queue depth, slots in use, tokens/s)
+generated tokens, retries after a replica died, latency and time-to-first-token histograms (a
+stream's first token as the ingress relayed it; a /v1/generate request's as its replica's runtime
+timed it), and requests in flight. Each model replica's own service numbers (queue depth, slots in use, tokens/s)
 come back with every response it sends and are shown per replica, as last reported; a replica
 not heard from for REPLICA_TTL_S is dropped (it died or was scaled away).
 """
