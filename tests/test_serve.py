@@ -235,24 +235,41 @@ def test_metrics_answer_in_prometheus_text(server):
     assert _metric(text, "t5rt_generated_tokens_total") > 0
 
 
+KILL_AT_S, LOAD_FOR_S = 1.0, 3.0  # senders keep requests flowing for LOAD_FOR_S; a replica dies at KILL_AT_S
+
+
 def test_killing_a_replica_mid_load_loses_no_request(server, reference):
+    """44 senders send back to back (40 mixed /v1/generate, 4 streams) for LOAD_FOR_S, so both
+    replicas hold requests whenever one is killed; every answer must still be right."""
     victims = server.local.model_replicas()
     assert len(victims) == REPLICAS, victims
     retries_before = _metric(server.metrics(), "t5rt_retries_total")
     reqs = [dict(d, max_new_tokens=24) for d in _mixed_requests(40)]
     streams = [{"text": TEXTS[i % 4], "max_new_tokens": 24, "num_beams": 1 + i % 2} for i in range(4)]
+    stop_at = time.monotonic() + LOAD_FOR_S
+
+    def keep_sending(send, doc):
+        got = [send(doc)]
+        while time.monotonic() < stop_at:
+            got.append(send(doc))
+        return got
+
     with ThreadPoolExecutor(len(reqs) + len(streams)) as ex:
-        futs = [ex.submit(server.generate, d) for d in reqs]
-        sfuts = [ex.submit(server.stream, d) for d in streams]
-        time.sleep(1.0)  # requests are on both replicas now
+        futs = [ex.submit(keep_sending, server.generate, d) for d in reqs]
+        sfuts = [ex.submit(keep_sending, server.stream, d) for d in streams]
+        time.sleep(KILL_AT_S)
         os.kill(victims[0], signal.SIGKILL)
         answers = [f.result(timeout=180) for f in futs]
         stream_events = [f.result(timeout=180) for f in sfuts]
-    for doc, (status, got) in zip(reqs, answers):
-        assert status == 200, (doc, got)
-        _assert_same(got, _expected(reference, doc))
-    for doc, events in zip(streams, stream_events):
-        assert [t for e in events for t in e["tokens"]] == _expected(reference, doc).sequences[0]
+    for doc, got in zip(reqs, answers):
+        want = _expected(reference, doc)
+        for status, one in got:
+            assert status == 200, (doc, one)
+            _assert_same(one, want)
+    for doc, got in zip(streams, stream_events):
+        want = _expected(reference, doc).sequences[0]
+        for events in got:
+            assert [t for e in events for t in e["tokens"]] == want
     assert _metric(server.metrics(), "t5rt_retries_total") > retries_before, "no request was on the killed replica"
     deadline = time.monotonic() + 90  # Ray Serve starts a replacement
     while len(now := server.local.model_replicas()) < REPLICAS or victims[0] in now:
