@@ -99,7 +99,12 @@ def run_cli(args: argparse.Namespace) -> int:
     if local:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(address=args.address, log_to_driver=False)
+        try:
+            ray.init(address=args.address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as e:
+            raise T5rtError(f"could not join the Ray cluster at {args.address} ({' '.join(str(e).split())[:300]}); "
+                            "is it running ('ray start --head'), and is its auth token here "
+                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)?") from None
     # after ray.init, which installs its own SIGTERM handler (exit without cleanup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
