@@ -324,3 +324,58 @@ def test_overload_is_refused_with_retry_after(export_dir, reference, tmp_path):
     for doc, (status, _, data) in zip(docs, answers):
         if status == 200:
             _assert_same(json.loads(data), _expected(reference, doc))
+
+
+def test_a_stream_resumes_without_repeats_when_its_replica_dies(reference):
+    """The ingress's resume logic, on the real chunks of a runtime stream: the first attempt's
+    replica dies after two chunks (a stand-in for the Ray Serve handle raises Ray's
+    ActorDiedError there), the second attempt replays from the start, and the client still gets
+    each token and each piece of text exactly once."""
+    import asyncio
+
+    from ray.exceptions import ActorDiedError
+
+    from t5rt.serve.ingress import Ingress
+    from t5rt.serve.protocol import SSEReader, chunk_doc, parse_generate_request
+
+    doc = {"text": TEXTS[0], "max_new_tokens": 24}
+    chunks = [chunk_doc(c) for c in reference.stream(TEXTS[0], max_new_tokens=24)]
+    assert len(chunks) >= 3, "too few chunks to cut the stream in the middle"
+    want = _expected(reference, doc)
+
+    class DyingHandle:  # .options(stream=True).stream.remote(req) as on a DeploymentHandle
+        attempts = 0
+
+        def options(self, stream):
+            return self
+
+        @property
+        def stream(self):
+            return self
+
+        def remote(self, req):
+            self.attempts += 1
+            return self._items(dies=self.attempts == 1)
+
+        async def _items(self, dies):
+            yield {"started": True, "replica": f"r{self.attempts}", "stats": {}}
+            for i, c in enumerate(chunks):
+                if dies and i == 2:
+                    raise ActorDiedError()
+                yield {"chunk": c}
+
+    async def relay():
+        ingress = Ingress(DyingHandle())
+        req = parse_generate_request(json.dumps(doc).encode(), stream=True)
+        items = await ingress._open_stream(req)
+        return [part async for part in ingress._relay(req, items, time.perf_counter())], ingress
+
+    parts, ingress = asyncio.run(relay())
+    reader = SSEReader()
+    events = [ev for line in b"".join(parts).splitlines(keepends=True) if (ev := reader.feed(line)) is not None]
+    assert all(name is None for name, _ in events), events
+    docs = [d for _, d in events]
+    assert [t for d in docs for t in d["tokens"]] == want.sequences[0]
+    assert "".join(d["text"] for d in docs) == want.texts[0]
+    assert docs[-1]["finished"] and ingress.model.attempts == 2
+    assert _metric(ingress.metrics.text().decode(), "t5rt_retries_total") == 1
