@@ -10,11 +10,11 @@ import json
 import pytest
 
 import t5rt
+from t5rt.errors import RequestTooLargeError
 from t5rt.serve import placement
 from t5rt.serve.errors import AuthenticationError, ServiceUnavailableError
 from t5rt.serve.protocol import (
     OPTION_NAMES,
-    RequestTooLargeError,
     SSEReader,
     error_reply,
     parse_generate_request,
@@ -90,6 +90,7 @@ def test_stream_takes_one_input_and_body_size_is_bounded():
     (t5rt.InvalidInputError("x"), 400, None),
     (t5rt.InvalidOptionError("x"), 400, None),
     (RequestTooLargeError("x"), 413, None),
+    (t5rt.errors.InvalidLogitsError("x"), 422, None),
     (AuthenticationError("x"), 401, None),
     (t5rt.OverloadedError("x"), 429, 1),
     (t5rt.RequestTimeoutError("x"), 504, None),

@@ -241,7 +241,13 @@ def test_timeout_raises_request_timeout_error(rt, requests_and_solo):
     reqs, solo = requests_and_solo
     gate, running = blocked(rt)
     late = rt.submit(**reqs[3], timeout=0.05)
-    time.sleep(0.1)
+    # generate() / agenerate() keep their deadline even while the scheduler is stuck in a step
+    t0 = time.perf_counter()
+    with pytest.raises(t5rt.RequestTimeoutError):
+        rt.generate(**reqs[4], timeout=0.1)
+    with pytest.raises(t5rt.RequestTimeoutError):
+        asyncio.run(rt.agenerate(**reqs[4], timeout=0.1))
+    assert time.perf_counter() - t0 < 5 and not gate.release.is_set()
     gate.release.set()
     with pytest.raises(t5rt.RequestTimeoutError, match="timeout"):
         late.result(30)
@@ -341,3 +347,34 @@ def test_gpu_sixteen_threads_equal_solo(tiny):
             assert same(out, solo[i])
         st = r.stats()
         assert st["requests_failed"] == 0 and st["slots_in_use"] == 0
+
+
+def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):
+    reqs, solo = requests_and_solo
+
+    def broken(history, logits, step):
+        if step == 3:
+            raise ValueError("broken hook")
+        return logits
+
+    futs = [rt.submit(**kw) for kw in reqs[:6]]
+    bad = rt.submit(input_ids=[[5, 6, 7, 1]], max_new_tokens=12, logits_processors=[broken])
+    with pytest.raises(ValueError, match="broken hook"):
+        bad.result(60)
+    assert all(same(f.result(60), s) for f, s in zip(futs, solo))
+    assert rt.stats()["slots_in_use"] == 0
+
+
+def test_generate_inside_a_logits_processor_is_refused_not_a_deadlock(rt):
+    seen = []
+
+    def nested(history, logits, step):
+        if step == 0:
+            try:
+                rt.generate(input_ids=[[4, 1]], max_new_tokens=2)
+            except t5rt.T5rtError as e:
+                seen.append(e)
+        return logits
+
+    assert rt.generate(input_ids=[[5, 6, 1]], max_new_tokens=3, logits_processors=[nested], timeout=30).sequences
+    assert seen and "own decoding step" in str(seen[0])

@@ -17,13 +17,16 @@ Public API (torch-free)::
 
 from .errors import (
     BackendError,
+    InvalidExportError,
     InvalidInputError,
+    InvalidLogitsError,
     InvalidOptionError,
     MissingDependencyError,
     NotAnExportError,
     OverloadedError,
     RequestTimeoutError,
     RuntimeClosedError,
+    RequestTooLargeError,
     T5rtError,
 )
 from .generate import GenerateOutput, Runtime, load
@@ -38,7 +41,9 @@ __all__ = [
     "BackendError",
     "GenerateOutput",
     "GenerationConfig",
+    "InvalidExportError",
     "InvalidInputError",
+    "InvalidLogitsError",
     "InvalidOptionError",
     "Manifest",
     "MissingDependencyError",
@@ -46,6 +51,7 @@ __all__ = [
     "OverloadedError",
     "RequestTimeoutError",
     "RuntimeClosedError",
+    "RequestTooLargeError",
     "Runtime",
     "RuntimeOptions",
     "StreamChunk",

@@ -80,7 +80,11 @@ def _ids(v: str) -> list[int]:
 # dest (a GenerationConfig field) -> (flag, argparse kwargs). logits_processors is Python-only.
 GENERATION_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_new_tokens": ("--max-new-tokens", dict(type=int, metavar="N", help="tokens to generate at most "
-                                                "(default: the export's max output length)")),
+                                                "(default: as Hugging Face generate() for this model: "
+                                                "its generation_config.json max_new_tokens or max_length - 1, "
+                                                "else 20)")),
+    "max_length": ("--max-length", dict(type=int, metavar="N", help="Hugging Face's max_length: decoder tokens "
+                                        "including the start token (max_new_tokens wins when both are given)")),
     "min_new_tokens": ("--min-new-tokens", dict(type=int, metavar="N", help="no eos before N new tokens")),
     "num_beams": ("--num-beams", dict(type=int, metavar="N", help="beam search with N beams (1: greedy)")),
     "num_return_sequences": ("--num-return-sequences", dict(type=int, metavar="N",
@@ -142,6 +146,13 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
         for i, t in enumerate(args.texts):
             if not t.strip():
                 raise InvalidInputError(f"input {i} (TEXT argument {i + 1}) is empty; give text to generate from")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+                byte = os.fsencode(t[e.start])[:1].hex() if 0xDC80 <= ord(t[e.start]) <= 0xDCFF else None
+                raise InvalidInputError(f"TEXT argument {i + 1} is not UTF-8 text"
+                                        + (f" (byte 0x{byte} at character {e.start})" if byte else "")
+                                        + "; give UTF-8 text") from None
         return list(args.texts)
     if sys.stdin is None:
         raise InvalidInputError("no input: give TEXT arguments or one input per line on stdin")

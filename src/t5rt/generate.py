@@ -13,9 +13,12 @@ the runtime ready for the next one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +27,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidOptionError, RuntimeClosedError
+from .errors import (
+    InvalidExportError,
+    InvalidInputError,
+    InvalidOptionError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    RuntimeClosedError,
+    T5rtError,
+)
+from .export_check import verify_export
 from .generation_config import GenerationConfig
+from .inputs import parse_inputs
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
+from .runtime.memory import check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
 from .service.inflight import rows_per_input
 from .service.stats import ServiceStats
@@ -59,6 +73,8 @@ class Runtime:
         self.manifest = manifest
         self.options = options
         self.device = Device(resolve_device(options.device))
+        # nothing of the export runs before its files passed (DESIGN.md §11); cost in .verification
+        self.verification = verify_export(manifest, hashes=options.verify)
         from .engines import open_sessions
 
         self.backend, self.backend_reason, sessions = open_sessions(manifest, options.backend, self.device, options)
@@ -68,7 +84,7 @@ class Runtime:
             kernels = _load_kernels()
         self.runner = T5Runner(manifest, self.device, sessions, options, kernels)
         self.tokenizer = _load_tokenizer(manifest)
-        self.generation_config = GenerationConfig()
+        self.generation_config = _generation_defaults(manifest)
         self.last_timings: dict[str, float] = {}
         # strategies kept across requests (reset in place), so their captured CUDA graphs replay
         self._strategies: OrderedDict[tuple, Any] = OrderedDict()
@@ -80,86 +96,8 @@ class Runtime:
 
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, texts: Any, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
-        """-> (ids [B, s], mask [B, s]) int64 host arrays, right padded; every problem raises."""
-        if (texts is None) == (input_ids is None):
-            raise InvalidInputError("pass either texts or input_ids (exactly one of them)")
-        pad = self.manifest.special_tokens.pad_token_id
-        if texts is not None:
-            if isinstance(texts, str):
-                texts = [texts]
-            if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-                raise InvalidInputError("texts must be a string or a list of strings")
-            if len(texts) == 0:
-                raise InvalidInputError("no input: texts is an empty list")
-            for i, t in enumerate(texts):
-                if not t.strip():
-                    raise InvalidInputError(f"input {i} is empty; give text to generate from")
-            if self.tokenizer is None:
-                raise InvalidInputError(
-                    f"this export ({self.manifest.directory}) has no tokenizer files; "
-                    "pass input_ids, or re-export from a model directory that has spiece.model"
-                )
-            rows = [self.tokenizer.encode(t) for t in texts]
-            vocab = self.manifest.dims.vocab_size
-            if any(tok >= vocab for r in rows for tok in r):
-                raise InvalidInputError(
-                    f"the export's tokenizer makes ids >= the model's vocab_size {vocab}: "
-                    "tokenizer files and model do not match; re-export from a consistent model directory"
-                )
-            if attention_mask is not None:
-                raise InvalidInputError("attention_mask goes with input_ids, not with texts")
-            masks = [[1] * len(r) for r in rows]
-        else:
-            if isinstance(input_ids, np.ndarray) or hasattr(input_ids, "__array__"):
-                arr = np.asarray(input_ids)
-                if arr.ndim == 1:
-                    arr = arr[None, :]
-                if arr.ndim != 2:
-                    raise InvalidInputError(f"input_ids must be 2-D [batch, length], got shape {arr.shape}")
-                rows = [list(map(int, r)) for r in arr]
-            else:
-                if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (int, np.integer)):
-                    input_ids = [input_ids]  # one flat list of ids is one input
-                try:
-                    rows = [list(map(int, r)) for r in input_ids]
-                except (TypeError, ValueError):
-                    raise InvalidInputError("input_ids must be a list of lists of token ids or a 2-D array") from None
-            if len(rows) == 0:
-                raise InvalidInputError("no input: input_ids is empty")
-            if attention_mask is not None:
-                src = np.asarray(attention_mask).tolist() if hasattr(attention_mask, "__array__") else attention_mask
-                if src and not isinstance(src[0], (list, tuple)):
-                    src = [src]  # one 1-D mask goes with one 1-D input_ids
-                am = [list(map(int, r)) for r in src]
-                if len(am) != len(rows) or any(len(a) != len(r) for a, r in zip(am, rows)):
-                    raise InvalidInputError("attention_mask must have the shape of input_ids")
-                if any(v not in (0, 1) for a in am for v in a):
-                    raise InvalidInputError("attention_mask values must be 0 or 1")
-                masks = am
-            else:
-                masks = [[1] * len(r) for r in rows]
-            vocab = self.manifest.dims.vocab_size
-            for i, (r, mk) in enumerate(zip(rows, masks)):
-                if sum(mk) == 0:
-                    raise InvalidInputError(f"input {i} is empty (no tokens, or attention_mask all 0)")
-                bad = [t for t in r if t < 0 or t >= vocab]
-                if bad:
-                    raise InvalidInputError(f"input {i} has token ids outside [0, {vocab}): {bad[:5]}")
-        lens = [len(r) for r in rows]
-        max_in = self.manifest.max_input_len
-        for i, n in enumerate(lens):
-            if n > max_in:
-                raise InvalidInputError(
-                    f"input {i} is {n} tokens long; this export takes at most {max_in} "
-                    f"(shorten it, or re-export with --max-input-len {n})"
-                )
-        s = max(lens)
-        ids = np.full((len(rows), s), pad, np.int64)
-        mask = np.zeros((len(rows), s), np.int64)
-        for i, (r, mk) in enumerate(zip(rows, masks)):
-            ids[i, : len(r)] = r
-            mask[i, : len(mk)] = mk
-        return ids, mask
+        """-> (ids [B, s], mask [B, s]) int64 host arrays, right padded; every problem raises (inputs.py)."""
+        return parse_inputs(texts, input_ids, attention_mask, manifest=self.manifest, tokenizer=self.tokenizer)
 
     # -- generate (any thread) --------------------------------------------------------------
     def generate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
@@ -168,11 +106,17 @@ class Runtime:
         """Generate for every input; safe from any thread (the runtime's scheduler runs it).
 
         options: GenerationConfig fields, and `timeout` (seconds; RequestTimeoutError past it)."""
-        future = self.submit(texts, input_ids=input_ids, attention_mask=attention_mask, config=config, **options)
+        if self._scheduler is not None and self._scheduler.is_worker():
+            raise InvalidInputError("generate() called from inside this runtime's own decoding step (a logits "
+                                    "processor?) would wait for itself; use submit() there, or another runtime")
+        req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
-            out = future.result()
+            out = req.future.result(timeout=_left(req))
+        except TimeoutError as e:  # the deadline holds here too, even if a step runs long
+            req.future.cancel()
+            raise e if isinstance(e, RequestTimeoutError) else req.timed_out() from None
         except BaseException:
-            future.cancel()  # KeyboardInterrupt while waiting: the request leaves the batch
+            req.future.cancel()  # KeyboardInterrupt while waiting: the request leaves the batch
             raise
         self.last_timings = out.timings
         return out
@@ -183,9 +127,7 @@ class Runtime:
         """Enqueue a request -> concurrent.futures.Future[GenerateOutput]. Bad input raises here,
         in the caller's thread; a full queue raises OverloadedError. `future.cancel()` frees the
         request's slots at the next step."""
-        req = self._request(texts, input_ids, attention_mask, config, options)
-        self._service().put(req)
-        return req.future
+        return self._enqueue(texts, input_ids, attention_mask, config, options).future
 
     async def agenerate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
                         attention_mask: Any = None, config: GenerationConfig | None = None,
@@ -193,11 +135,14 @@ class Runtime:
         """`await rt.agenerate(...)`: generate() for asyncio; cancelling the task cancels the request."""
         import asyncio
 
-        future = self.submit(texts, input_ids=input_ids, attention_mask=attention_mask, config=config, **options)
+        req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
-            return await asyncio.wrap_future(future)
+            return await asyncio.wait_for(asyncio.wrap_future(req.future), _left(req))
+        except TimeoutError as e:
+            req.future.cancel()
+            raise e if isinstance(e, RequestTimeoutError) else req.timed_out() from None
         except asyncio.CancelledError:
-            future.cancel()
+            req.future.cancel()
             raise
 
     def stream(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
@@ -249,17 +194,29 @@ class Runtime:
 
         timeout = options.pop("timeout", None)
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not timeout > 0):
+                                    or not 0 < timeout < math.inf):
             raise InvalidOptionError(f"timeout={timeout!r} is invalid: must be a number of seconds > 0 (or None)")
-        cfg = GenerationConfig.from_options(config or self.generation_config, **options)
+        cfg = GenerationConfig.from_options(self.generation_config if config is None else config, **options)
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
+        max_new = cfg.max_new_tokens_for(m.max_output_len)
+        if cfg.min_new_tokens > max_new:
+            raise InvalidOptionError(f"min_new_tokens={cfg.min_new_tokens} exceeds the {max_new} new tokens this "
+                                     "request makes at most; raise max_new_tokens")
         if self.options.inflight and rows_per_input(cfg) > self.options.max_batch:
             raise InvalidOptionError(
                 f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
                 f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
-        return Request(ids, mask, cfg, cfg.max_new_tokens or m.max_output_len, timeout=timeout)
+        check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
+                           max_new_tokens=max_new, device=self.device, options=self.options)
+        return Request(ids, mask, cfg, max_new, timeout=timeout, owner=self)
+
+    def _enqueue(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
+                 options: dict[str, Any]) -> "Request":
+        req = self._request(texts, input_ids, attention_mask, config, options)
+        self._service().put(req)
+        return req
 
     def _stream_request(self, texts: Any, input_ids: Any, attention_mask: Any, config: GenerationConfig | None,
                         options: dict[str, Any]) -> "Request":
@@ -283,8 +240,11 @@ class Runtime:
                 from .service import InflightExecutor, Scheduler, SoloExecutor
 
                 executor = InflightExecutor if self.options.inflight else SoloExecutor
-                self._scheduler = Scheduler(executor(self, self._stats), self._stats,
+                # the worker sees the runtime through a weak proxy (each queued Request holds it
+                # strongly), so an idle runtime nobody references is freed and stops its thread
+                self._scheduler = Scheduler(executor(weakref.proxy(self), self._stats), self._stats,
                                             max_queue=self.options.max_queue)
+                weakref.finalize(self, self._scheduler.close, wait=False)
             return self._scheduler
 
     # -- execution (scheduler thread only) -------------------------------------------------
@@ -310,7 +270,10 @@ class Runtime:
             # trim the chunk's padding to its own longest input
             s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
             chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
-            got = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, lo, req)
+            try:
+                got = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, lo, req)
+            except MemoryError as e:  # the estimate (runtime/memory.py) erred low: still a T5rtError
+                raise too_large(e) from e
             if got is None:
                 return None
             seqs, scs, tok = got
@@ -388,6 +351,20 @@ class Runtime:
         )
 
 
+def too_large(e: MemoryError) -> RequestTooLargeError:
+    """A MemoryError the estimate (runtime/memory.py) did not foresee, as the T5rtError it is."""
+    if isinstance(e, RequestTooLargeError):
+        return e
+    return RequestTooLargeError(f"this request ran out of memory ({e or 'MemoryError'}); ask for "
+                                "fewer beams, new tokens or inputs per chunk")
+
+
+def _left(req: "Request") -> float | None:
+    """Seconds until the request's deadline (None: no timeout)."""
+    d = req.deadline
+    return None if d is None else max(d - time.perf_counter(), 0.0)
+
+
 def reuse_key(cfg: GenerationConfig, batch: int, max_new: int, first_input: int) -> tuple | None:
     """What makes two strategies interchangeable after reset(); None: never reuse (user logits
     processors are host code)."""
@@ -397,6 +374,26 @@ def reuse_key(cfg: GenerationConfig, batch: int, max_new: int, first_input: int)
     return (repr(fields), batch, max_new, first_input)
 
 
+def _generation_defaults(m: Manifest) -> GenerationConfig:
+    """The export's generation_config.json (the model's own defaults, which HF generate() uses),
+    else HF's defaults. A max_length beyond what the export holds is capped to it."""
+    path = m.directory / "generation_config.json" if m.directory is not None else None
+    if path is None or not path.is_file():
+        return GenerationConfig()
+    try:
+        cfg = GenerationConfig.from_hf(json.loads(path.read_text()), strict=False)
+    except (ValueError, T5rtError) as e:
+        log.warning("t5rt: %s is unusable (%s); using Hugging Face's generation defaults", path, e)
+        return GenerationConfig()
+    cap = m.max_output_len
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens > cap:
+        cfg.max_new_tokens = cap
+    if cfg.max_length is not None and cfg.max_length - 1 > cap:
+        log.info("t5rt: the model's max_length %d is capped to the export's %d new tokens", cfg.max_length, cap)
+        cfg.max_length = cap + 1
+    return cfg
+
+
 def _load_tokenizer(m: Manifest) -> Any:
     if m.directory is None or not {"spiece.model", "tokenizer.json"} & set(m.tokenizer_files):
         return None
@@ -404,9 +401,9 @@ def _load_tokenizer(m: Manifest) -> Any:
 
     try:
         return T5Tokenizer.from_dir(m.directory)
-    except Exception as e:  # noqa: BLE001 - a broken tokenizer must not stop id-level use
-        log.warning("t5rt: tokenizer files present but unusable (%s); pass input_ids", e)
-        return None
+    except Exception as e:  # noqa: BLE001 - a listed (and hashed) tokenizer that cannot be read: a bad export
+        raise InvalidExportError(f"{m.directory}: its tokenizer_files ({', '.join(m.tokenizer_files)}) cannot be "
+                                 f"read ({type(e).__name__}: {e}); re-export the model") from None
 
 
 def _load_kernels() -> Any:

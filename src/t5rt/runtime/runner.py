@@ -33,9 +33,12 @@ class RuntimeOptions:
     cuda_graphs: bool = True          # replay the decoder step as CUDA graphs on the GPU
     kernels: bool = True              # use t5rt.kernels' fused CUDA kernels where they exist
     done_check_interval: int = 8      # steps between host checks of "all sequences finished"
-    max_batch: int = 64               # larger requests run in chunks of this many inputs
+    max_batch: int = 64               # larger requests run in chunks of this many inputs; in-flight:
+                                      # the decoder rows of one decode batch (slot pool)
     max_cached_buckets: int = 8       # buffer sets kept alive (least recently used dropped)
-    threads: int | None = None        # CPU: intra-op threads (None: the backend's default)
+    threads: int | None = None        # CPU: intra-op threads (None: the cores this process may use)
+    cpu_spin: bool = False            # CPU: let ORT's thread pool spin while waiting (faster only on
+                                      # an idle machine with cores to spare)
     profile: bool = False             # split per-step device time into engine / decoding (CUDA events)
     tf32: bool = False                # allow TF32 matmuls for fp32 graphs on the GPU (faster, not exact)
     # ORT load-time rewrite (engines/ort_rewrite.py): fp32 residual Add + RMSNorm -> one
@@ -52,14 +55,32 @@ class RuntimeOptions:
     max_queue: int = 1024
     # concurrent requests share decoder steps (in-flight batching); False: one request at a time
     inflight: bool = True
+    # load(): check every file's sha256 against the manifest (export_check.py). False skips only
+    # the hashing, for a disk you trust; the schema, confinement, sizes and graph I/O are checked.
+    verify: bool = True
+    # refuse a request whose estimated memory (runtime/memory.py) exceeds this many bytes;
+    # None: what the device has (CUDA: free memory; CPU: available host memory)
+    max_request_bytes: int | None = None
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt"):
             raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort' or 'trt'")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise InvalidOptionError(f"threads={self.threads!r} is invalid: an integer >= 1, or None for "
+                                     "the cores this process may use")
         for name in ("done_check_interval", "max_batch", "max_cached_buckets", "max_queue"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
+        t = self.threads
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 4096):
+            raise InvalidOptionError(f"threads={t!r} is invalid: an integer >= 0 (0 or None: the backend's default)")
+        if not isinstance(self.verify, bool):
+            raise InvalidOptionError(f"verify={self.verify!r} is invalid: must be True or False")
+        v = self.max_request_bytes
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InvalidOptionError(f"max_request_bytes={v!r} is invalid: must be an integer >= 1 or None")
 
 
 @dataclass

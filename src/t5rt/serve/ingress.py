@@ -19,10 +19,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..errors import T5rtError
+from ..errors import RequestTooLargeError, T5rtError
 from .errors import AuthenticationError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .protocol import ErrorReply, RequestTooLargeError, error_reply, parse_generate_request, sse_event
+from .protocol import ErrorReply, error_reply, parse_generate_request, sse_event
 
 ROUTES = {"/v1/generate": "POST", "/v1/generate/stream": "POST", "/healthz": "GET", "/metrics": "GET"}
 RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)

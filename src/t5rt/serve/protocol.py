@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError, InvalidOptionError, T5rtError
+from ..errors import InvalidInputError, InvalidLogitsError, InvalidOptionError, RequestTooLargeError, T5rtError
 from ..generation_config import GenerationConfig
 from .errors import AuthenticationError, MethodNotAllowedError, NotFoundError, ServiceUnavailableError
 
@@ -30,10 +30,6 @@ INPUT_NAMES = ("text", "input_ids")
 REQUEST_NAMES = frozenset(INPUT_NAMES + OPTION_NAMES + ("timeout",))
 MAX_BODY_BYTES = 1 << 20
 RETRY_AFTER_S = 1
-
-
-class RequestTooLargeError(InvalidInputError):
-    """The request body is larger than the server takes (413)."""
 
 
 @dataclass
@@ -224,10 +220,12 @@ def error_reply(exc: BaseException) -> ErrorReply:
     failures are 5xx."""
     if isinstance(exc, T5rtError):
         named = _named_status(exc)
-        if isinstance(exc, RequestTooLargeError):
+        if isinstance(exc, RequestTooLargeError):  # a body over the limit, or too big for memory
             status, retry = 413, None
         elif isinstance(exc, (InvalidInputError, InvalidOptionError)):
             status, retry = 400, None
+        elif isinstance(exc, InvalidLogitsError):  # this request's decoding met NaN/inf scores
+            status, retry = 422, None
         elif isinstance(exc, AuthenticationError):
             status, retry = 401, None
         elif isinstance(exc, NotFoundError):

@@ -285,24 +285,37 @@ class InflightExecutor:
             pool.step(pool.launch_rows())
             engine = time.perf_counter() - t0
             for m in members:
-                if m.graph is not None:
-                    m.graph.launch()
-                elif self._graphs and m.steps >= 1 and m.strategy.capturable:
-                    # step 0 ran eagerly (it loads every kernel); from step 1 on: one replay
-                    from ..runtime.cuda_graph import CapturedStep
+                try:
+                    if m.graph is not None:
+                        m.graph.launch()
+                    elif self._graphs and m.steps >= 1 and m.strategy.capturable:
+                        # step 0 ran eagerly (it loads every kernel); from step 1 on: one replay
+                        from ..runtime.cuda_graph import CapturedStep
 
-                    m.graph = CapturedStep(lambda m=m: self._after_engine(m), self.dev.stream)
-                    m.graph.launch()
-                else:
-                    self._after_engine(m)
+                        m.graph = CapturedStep(lambda m=m: self._after_engine(m), self.dev.stream)
+                        m.graph.launch()
+                    else:
+                        self._after_engine(m)  # user logits processors run here (host code)
+                except Exception as e:  # noqa: BLE001 - one request's failure is that request's
+                    self._fail_job(m.job, e)
+                    continue
                 m.steps += 1
+        members = [m for m in members if m.strategy is not None]
         host = time.perf_counter() - t0
-        if pool.steps % self.opts.done_check_interval == 0 or any(m.steps >= m.max_new for m in members):
+        if members and (pool.steps % self.opts.done_check_interval == 0 or any(m.steps >= m.max_new for m in members)):
             self.dev.synchronize()  # the one host synchronisation (its wait is not host time)
             t1 = time.perf_counter()
             self._check(members, t1)
             host += time.perf_counter() - t1
         self.stats.stepped(sum(m.rows for m in members), host, engine)
+
+    def _fail_job(self, job: _Job, exc: BaseException) -> None:
+        """One request failed (e.g. its logits processor raised): it alone leaves and gets `exc`."""
+        for m in [m for m in self.active if m.job is job]:
+            self._leave(m)
+        self.pending = [m for m in self.pending if m.job is not job]
+        self.stats.count("failed")
+        job.req.fail(exc)
 
     def _check(self, members: list[_Member], now: float) -> None:
         xp = self.dev.xp

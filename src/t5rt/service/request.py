@@ -94,6 +94,7 @@ class Request:
     submitted: float = field(default_factory=time.perf_counter)
     id: int = field(default_factory=lambda: next(_ids))
     first_token_at: float | None = None  # when its first chosen token was seen on the host
+    owner: Any = field(default=None, repr=False)  # the Runtime: alive while it has requests
 
     @property
     def deadline(self) -> float | None:
@@ -112,11 +113,14 @@ class Request:
         if self.future.cancelled():
             return True
         if self.expired(now):
-            self.fail(RequestTimeoutError(
-                f"request {self.id} ran past its timeout of {self.timeout:g} s and was dropped; "
-                "give a longer timeout, fewer new tokens, or send fewer concurrent requests"))
+            self.fail(self.timed_out())
             return True
         return False
+
+    def timed_out(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"request {self.id} ran past its timeout of {self.timeout:g} s and was dropped; "
+            "give a longer timeout, fewer new tokens, or send fewer concurrent requests")
 
     def finish(self, output: Any) -> bool:
         """Resolve the future (False when the caller had cancelled it: nothing is delivered)."""

@@ -71,13 +71,17 @@ class Scheduler:
     def queue_depth(self) -> int:
         return len(self._queue) + self.executor.waiting()
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None, wait: bool = True) -> None:
         """Stop the worker; requests not finished yet fail with RuntimeClosedError."""
         with self._cv:
             self._closed = True
             self._cv.notify()
-        if threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    def is_worker(self) -> bool:
+        """True in the scheduler's own thread (where waiting on a request would deadlock)."""
+        return threading.current_thread() is self._thread
 
     @property
     def closed(self) -> bool:
@@ -101,11 +105,17 @@ class Scheduler:
                 self.executor.step()
             except Exception as e:  # noqa: BLE001 - the worker must outlive any one failure
                 log.exception("t5rt: scheduler step failed")
-                err = e if isinstance(e, T5rtError) else BackendError(
-                    f"the runtime failed while running this request: {type(e).__name__}: {e}")
+                if isinstance(e, MemoryError):
+                    from ..generate import too_large
+
+                    err: T5rtError = too_large(e)
+                else:
+                    err = e if isinstance(e, T5rtError) else BackendError(
+                        f"the runtime failed while running this request: {type(e).__name__}: {e}")
                 for r in arrivals:
                     r.fail(err)
                 self.executor.fail_all(err)
+            del arrivals  # an idle worker holds no request (each holds its runtime)
         closed = RuntimeClosedError("the runtime was closed before this request finished")
         for r in left:
             r.fail(closed)

@@ -2,8 +2,8 @@
 
     bufs         DecoderBuffers of `capacity` rows: self caches [C, H, T, Dk], cross K/V
                  [C, H, S, Dk] and mask [C, S] per row, input_ids [C, 1], position [C], logits [C, V]
-    engines[n]   the decoder step bound to the first n rows (n = a power of two, the slot-count
-                 bucket; on CUDA each is its own ORT/TensorRT CUDA graph)
+    engines[n]   the decoder step bound to the first n rows (CUDA: n = a power of two, the
+                 slot-count bucket, each its own ORT/TensorRT CUDA graph; CPU: any n)
 
 A request chunk takes a contiguous block of rows (beam search reorders inside its block),
 lowest rows first so that launches stay small; each step runs the engine over the first n rows
@@ -57,9 +57,13 @@ class SlotPool:
         return int(self.used.sum())
 
     def launch_rows(self) -> int:
-        """The slot-count bucket: the smallest power of two covering every occupied row."""
+        """Rows to run: on CUDA the slot-count bucket, the smallest power of two covering every
+        occupied row (one captured graph each); on the CPU (compute-bound, no graphs) exactly
+        up to the last occupied row."""
         occupied = np.flatnonzero(self.used)
         top = int(occupied[-1]) + 1 if occupied.size else 1
+        if not self.runner.dev.is_cuda:
+            return top
         return min(_pow2_at_least(top), self.capacity)
 
     # -- device work -----------------------------------------------------------------------
