@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# shared/ beside the checkout (CI); $T5RT_SHARED points elsewhere (e.g. a git worktree's runs)
+SHARED = Path(os.environ.get("T5RT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 SPIECE = SHARED / "data" / "t5-spiece.model"
 
 # Tiny shapes that still exercise every code path: 2 heads, relative buckets, tied/untied heads.

@@ -4,6 +4,7 @@
     t5rt build DIR [...]                              TensorRT engines for an export
     t5rt generate DIR [options] TEXT...               text in, text out (stdin: one input a line)
     t5rt bench ...                                    = python -m t5rt.bench ...
+    t5rt serve DIR [--replicas N] [--address ...]     HTTP on Ray Serve (t5rt/serve/)
 
 Every error a user can cause prints ONE line on stderr ("t5rt: error: ...") and exits non-zero;
 set T5RT_DEBUG=1 to see the traceback. Importing this module is cheap: the runtime, the
@@ -350,6 +351,7 @@ COMMANDS = {
     "build": "build TensorRT engines for an export (needs TensorRT)",
     "generate": "generate text with an export (one input per TEXT, or per stdin line)",
     "bench": "benchmark t5rt against Hugging Face generate (= python -m t5rt.bench)",
+    "serve": "serve an export over HTTP on Ray Serve (needs the 'serve' extra)",
 }
 
 
@@ -384,8 +386,20 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    from .serve.cli import add_cli_arguments  # no ray import: that waits for _cmd_serve
+
+    add_cli_arguments(p)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import run_cli
+
+    return run_cli(args)
+
+
 _COMMAND_ARGUMENTS = {"export": _add_export_arguments, "build": _add_build_arguments,
-                      "generate": _add_generate_arguments}
+                      "generate": _add_generate_arguments, "serve": _add_serve_arguments}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -427,7 +441,7 @@ def _run(argv: list[str]) -> int:
         i = argv.index("bench")
         return _cmd_bench(argv[i + 1:])
     args = parse_args(argv)
-    func = {"export": _cmd_export, "build": _cmd_build, "generate": _cmd_generate}[args.func]
+    func = {"export": _cmd_export, "build": _cmd_build, "generate": _cmd_generate, "serve": _cmd_serve}[args.func]
     return int(func(args) or 0)
 
 

@@ -5,6 +5,7 @@
     driver.py     open-loop driving, solo-latency fit, per-rate summary
     report.py     table, JSON, latency-against-load plot
     run.py        one run over every system and rate
+    http.py       the HTTP target (--url / --serve N: `t5rt serve`) and its overhead against in-process
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from ..presets import PRESETS
 from .workload import DEFAULT_MIX, MODES, parse_mix
 
 SYSTEMS = ("t5rt", "t5rt-serial", "hf")
+HTTP = "http"  # `t5rt serve` driven over HTTP (--url or --serve): compared with "t5rt" in-process
 
 
 @dataclass
@@ -34,6 +35,9 @@ class LoadOptions:
     json: Path | None = None
     plot: Path | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
+    url: str | None = None      # drive this `t5rt serve` (serving the bench's export) as system "http"
+    serve: int | None = None    # or start `t5rt serve` on the bench's export with this many replicas
+    api_key: str | None = None
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> InvalidOptionError:
@@ -48,9 +52,15 @@ class LoadOptions:
             lo, hi = getattr(self, name)
             if not 1 <= lo <= hi:
                 raise bad(name, "give LO,HI with 1 <= LO <= HI")
-        unknown = [s for s in self.systems if s not in SYSTEMS]
+        unknown = [s for s in self.systems if s not in SYSTEMS + (HTTP,)]
         if unknown or not self.systems:
-            raise bad("systems", f"choose from {', '.join(SYSTEMS)}")
+            raise bad("systems", f"choose from {', '.join(SYSTEMS + (HTTP,))}")
+        if (HTTP in self.systems) != (self.url is not None or self.serve is not None):
+            raise bad("systems", "the http system goes with --url URL or --serve N (and they add it)")
+        if self.url is not None and self.serve is not None:
+            raise bad("url", "give --url or --serve, not both")
+        if self.serve is not None and self.serve < 1:
+            raise bad("serve", "must be a number of replicas >= 1")
         if self.calibrate < 2:
             raise bad("calibrate", "must be >= 2")
 
@@ -94,8 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", type=_range, default=LoadOptions.new, metavar="LO,HI", help="new tokens (forced)")
     p.add_argument("--mix", type=_mix, default=DEFAULT_MIX, metavar="greedy=5,sample=3,beam4=2",
                    help=f"request modes and weights ({', '.join(MODES)})")
-    p.add_argument("--systems", type=lambda t: tuple(s for s in t.split(",") if s), default=SYSTEMS,
-                   metavar=",".join(SYSTEMS))
+    p.add_argument("--systems", type=lambda t: tuple(s for s in t.split(",") if s), default=None,
+                   metavar=",".join(SYSTEMS + (HTTP,)),
+                   help=f"default: {','.join(SYSTEMS)}; with --url / --serve: t5rt,{HTTP}")
+    p.add_argument("--url", default=None, metavar="http://HOST:PORT",
+                   help="also drive this `t5rt serve` (it must serve the bench's export: the log names it); "
+                        "the table gets the HTTP path's overhead against in-process t5rt at the same load")
+    p.add_argument("--serve", type=int, default=None, metavar="N",
+                   help="start `t5rt serve` on the bench's export with N replicas (local Ray) and drive it as --url")
+    p.add_argument("--api-key", default=None, help="the server's API key (--url)")
     p.add_argument("--calibrate", type=int, default=LoadOptions.calibrate,
                    help="requests run alone to fit the solo latency (the slowdown column)")
     p.add_argument("--warmup", type=int, default=LoadOptions.warmup, help="untimed requests per system")
@@ -107,10 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _default_systems(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("t5rt", HTTP) if args.url or args.serve else SYSTEMS
+
+
 def options_from_args(args: argparse.Namespace) -> LoadOptions:
     opts = LoadOptions(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
                        rates=args.rates, duration=args.duration, drain=args.drain, src=args.src, new=args.new,
-                       mix=args.mix, systems=args.systems, calibrate=args.calibrate, warmup=args.warmup,
+                       mix=args.mix, systems=args.systems or _default_systems(args), calibrate=args.calibrate,
+                       warmup=args.warmup, url=args.url, serve=args.serve, api_key=args.api_key,
                        max_batch=args.max_batch, seed=args.seed, json=args.json, plot=args.plot,
                        cache_dir=args.cache_dir or default_cache_dir())
     opts.validate()

@@ -15,6 +15,7 @@ COLUMNS = [  # (header, key, format)
     ("p50 TTFT s", "ttft_p50_s", "{:.3f}"), ("p99 TTFT s", "ttft_p99_s", "{:.3f}"),
     ("p99 slowdown", "slowdown_p99", "{:.2f}"), ("rows/step", "rows_per_step", "{:.1f}"),
     ("host ms/step", "host_s_per_step", "{:.3f}"), ("engine ms/step", "engine_s_per_step", "{:.3f}"),
+    ("+HTTP p50 ms", "overhead_p50_s", "{:.2f}"), ("+HTTP p99 ms", "overhead_p99_s", "{:.2f}"),
 ]
 
 
@@ -22,7 +23,7 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
-    return fmt.format(v * 1e3 if key.endswith("_s_per_step") else v)
+    return fmt.format(v * 1e3 if key.endswith("_s_per_step") or key.startswith("overhead_") else v)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

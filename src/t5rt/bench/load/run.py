@@ -12,7 +12,8 @@ from ..results import describe_machine
 from ..runner import prepare_model
 from ..t5rt_system import export_model, exporter_version
 from .driver import SoloModel, closed_loop, drive, saturated, summarize
-from .options import LoadOptions
+from .http import http_target, overhead
+from .options import HTTP, LoadOptions
 from .report import summary
 from .targets import HFSerialTarget, RuntimeTarget
 from .workload import LoadRequest, make_requests, poisson_arrivals
@@ -53,12 +54,15 @@ def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
     device, precision, hf_dir, export_dir, requests = p.device, p.precision, p.hf_dir, p.export_dir, p.requests
 
     def make(system: str) -> Any:
+        if system == HTTP:
+            return http_target(opts, export_dir, device, log)
         if system == "hf":
             return HFSerialTarget(hf_dir, device=device, precision=precision)
         return RuntimeTarget(export_dir, inflight=system == "t5rt", backend=opts.backend, device=device,
                              max_batch=opts.max_batch)
 
     rows: list[dict[str, Any]] = []
+    outcomes: dict[tuple[str, float], list] = {}  # (system, rate) -> outcomes, to pair t5rt and http
     solo: SoloModel | None = None
     order = sorted(opts.systems, key=lambda s: s != "t5rt-serial")  # the solo fit comes first
     for system in order:
@@ -75,6 +79,7 @@ def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
                 reqs = requests(len(arrivals), opts.seed + 2000 + i)  # the same requests for every system
                 before = target.counters()
                 outs, sent, elapsed = asyncio.run(drive(target, reqs, arrivals, opts.drain))
+                outcomes[(system, rate)] = outs
                 row = summarize(target.name if system != "hf" else system, rate, outs, sent, elapsed,
                                 solo if system != "hf" else None, before, target.counters())
                 rows.append(row)
@@ -85,6 +90,9 @@ def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
                     break
         finally:
             target.close()
+    for row in rows:
+        if row["system"] == HTTP and ("t5rt", row["offered_rps"]) in outcomes:
+            row.update(overhead(outcomes[("t5rt", row["offered_rps"])], outcomes[(HTTP, row["offered_rps"])]))
     return {"machine": describe_machine(device), "model": p.label, "precision": precision,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
             "solo_model": solo and solo.coef, "rows": rows, "summary": summary(rows)}
