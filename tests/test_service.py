@@ -23,7 +23,7 @@ import t5rt
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import SPIECE, export_tiny, hf_generate, make_t5  # noqa: E402
+from conftest import SPIECE, export_tiny, hf_generate, make_t5, padded_inputs  # noqa: E402
 
 NEW = 16
 # T5's real spiece.model: next to the checkout (conftest.SPIECE), or beside the worktrees' parent
@@ -378,3 +378,19 @@ def test_generate_inside_a_logits_processor_is_refused_not_a_deadlock(rt):
 
     assert rt.generate(input_ids=[[5, 6, 1]], max_new_tokens=3, logits_processors=[nested], timeout=30).sequences
     assert seen and "own decoding step" in str(seen[0])
+
+
+def test_requests_using_the_whole_cache_leave_no_stale_positions(tiny, solo_rt):
+    """Requests asking for the export's whole output length (max_output_len new tokens) leave
+    rows whose position is the cache length; the pool step that runs over those freed rows must
+    not write cache row T (it raised IndexError on the CPU; on a GPU it would write out of bounds)."""
+    m = solo_rt.manifest.max_output_len
+    ids, mask = padded_inputs(9, lens=(5,))
+    reqs = [dict(input_ids=ids, attention_mask=mask, max_new_tokens=m, min_new_tokens=m, num_beams=1 + i % 3)
+            for i in range(12)]
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1) as r:
+        with ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(lambda kw: r.generate(**kw), reqs))
+        again = r.generate(**reqs[0])  # the pool still serves
+    for g, kw in zip(got + [again], reqs + [reqs[0]]):
+        assert same(g, solo_rt.generate(**kw))

@@ -50,7 +50,12 @@ class SlotPool:
         return None
 
     def free(self, lo: int, rows: int) -> None:
+        """Rows lo..lo+rows-1 are free again. Their position goes back to 0: the pool step runs
+        over free rows too, and a row left at a finished request's last position (the cache
+        length, for one that used the whole output length) would write past its cache."""
         self.used[lo:lo + rows] = False
+        with self.runner.dev.use():  # ordered with the steps on the runtime's stream
+            self.bufs.position[lo:lo + rows] = 0
 
     @property
     def rows_in_use(self) -> int:
