@@ -19,7 +19,9 @@ Layout (format_version 1)::
       "special_tokens": {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0},
       "tokenizer_files": ["spiece.model", ...],
       "graphs": {"encoder": GRAPH, "cross_kv": GRAPH, "decoder_step": GRAPH},
-      "roles": {"encoder": {...}, "cross_kv": {...}, "decoder_step": {...}}
+      "roles": {"encoder": {...}, "cross_kv": {...}, "decoder_step": {...}},
+      "weights": null | {"file": "decoder_weights.safetensors", "sha256": "...", "format": "safetensors",
+                         "dtypes": {name: dtype}, "logit_scale": 1.0}   (the native engine's; t5rt.weights)
     }
 
     GRAPH = {"file": "encoder.onnx", "sha256": "...", "external_data": null | "encoder.onnx.data",
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotAnExportError
+from .weights import WeightsSpec
 
 FORMAT = "t5rt-export"
 FORMAT_VERSION = 1
@@ -157,6 +160,7 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     roles: dict[str, dict[str, Any]]
     tokenizer_files: tuple[str, ...] = ()
+    weights: WeightsSpec | None = None  # decoder weights for backend="native" (optional)
     format_version: int = FORMAT_VERSION
     directory: Path | None = field(default=None, compare=False)
 
@@ -198,6 +202,7 @@ class Manifest:
             "tokenizer_files": list(self.tokenizer_files),
             "graphs": {k: g.to_json() for k, g in self.graphs.items()},
             "roles": self.roles,
+            **({"weights": self.weights.to_json()} if self.weights is not None else {}),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -231,6 +236,7 @@ class Manifest:
             tokenizer_files=tuple(d.get("tokenizer_files", ())),
             graphs={k: GraphSpec.from_json(g) for k, g in d["graphs"].items()},
             roles={k: dict(v) for k, v in d["roles"].items()},
+            weights=WeightsSpec.from_json(d["weights"]) if d.get("weights") else None,
             directory=directory,
         )
         m.validate()

@@ -28,7 +28,7 @@ from .kv_cache import CacheOps
 class RuntimeOptions:
     """How a loaded runtime runs (how it decodes is GenerationConfig's business)."""
 
-    backend: str = "auto"             # "auto" | "ort" | "trt"
+    backend: str = "auto"             # "auto" | "ort" | "trt" | "native" (CUDA: t5rt's own decoder-step kernels)
     device: str = "auto"              # "auto" | "cpu" | "cuda"
     cuda_graphs: bool = True          # replay the decoder step as CUDA graphs on the GPU
     kernels: bool = True              # use t5rt.kernels' fused CUDA kernels where they exist
@@ -48,10 +48,13 @@ class RuntimeOptions:
     # Off until tests/test_gpu_runtime.py::test_strategy_and_graph_reused_across_requests has run
     # on a GPU (written after the last GPU session; CPU-tested: strategy reuse itself).
     reuse_step_graphs: bool = False
+    # backend="native": the whole decoder step as one persistent kernel (grid barrier between
+    # phases); False launches one kernel per phase (same results, slower; a fallback)
+    native_persistent: bool = True
 
     def validate(self) -> None:
-        if self.backend not in ("auto", "ort", "trt"):
-            raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort' or 'trt'")
+        if self.backend not in ("auto", "ort", "trt", "native"):
+            raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort', 'trt' or 'native'")
         for name in ("done_check_interval", "max_batch", "max_cached_buckets"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -166,7 +169,8 @@ class T5Runner:
         slot = self.decoder_slot(enc, strategy.rows_per_input, cache_len)
         bufs = slot.bufs
         engine = bufs.engine
-        write_form = self.m.cache_update == "write"
+        # the native engine writes the new K/V rows into the caches itself
+        write_form = self.m.cache_update == "write" and not getattr(engine, "writes_cache", False)
         reorder = getattr(strategy, "parent", None) is not None
 
         def after_engine() -> None:
