@@ -273,11 +273,17 @@ __device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* x
 #pragma unroll
               for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
                 if (n0 + n < N) {
-                  const float* xr = xs + (i64)(n0 + n) * K + (i64)c * Ch::E;
+                  // 16-byte shared loads (K % E == 0 here, so the row offset is 16-byte aligned)
+                  const float4* xr = (const float4*)(xs + (i64)(n0 + n) * K + (i64)c * Ch::E);
 #pragma unroll
-                  for (int e = 0; e < Ch::E; ++e) {
-                    acc0[n] += f0[e] * xr[e];
-                    if (TWO) acc1[n] += f1[e] * xr[e];
+                  for (int e4 = 0; e4 < Ch::E / 4; ++e4) {
+                    const float4 xv = xr[e4];
+                    const float xe[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                      acc0[n] += f0[4 * e4 + e] * xe[e];
+                      if (TWO) acc1[n] += f1[4 * e4 + e] * xe[e];
+                    }
                   }
                 }
               }
