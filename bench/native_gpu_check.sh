@@ -6,6 +6,9 @@ set -o pipefail
 OUT=${OUT:-/tmp/native-out}; mkdir -p "$OUT"
 STAGES=${1:-kernels,tests,bench}
 export PYTHONUNBUFFERED=1 T5RT_KERNELS=${T5RT_KERNELS:-nvrtc}
+# a fatbin built elsewhere for this GPU (nvcc -fatbin -gencode=arch=compute_90,code=sm_90 of
+# every kernels/*.cu) saves the NVRTC compile: FATBIN=path
+if [[ -n ${FATBIN:-} && -f $FATBIN ]]; then export T5RT_KERNELS=fatbin T5RT_KERNELS_FATBIN=$FATBIN; fi
 export PYTHONPATH=$PWD/src:$PWD:$PWD/_site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 t0=$(date +%s)

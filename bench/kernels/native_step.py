@@ -34,13 +34,15 @@ SHAPES = {  # d, heads, d_kv, d_ff, layers, gated
 V, S, T, POS = 32128, 32, 64, 32
 
 
-def make_table(name: str, act_dtype: str, n: int):
+def make_table(name: str, act_dtype: str, n: int, dev=None):
     cp = cupy()
     from t5rt.kernels.native import DeviceModel, StepBuffers, StepTable
     from t5rt.weights import to_storage
 
     d, h, dk, f, layers, gated = SHAPES[name]
-    m = R.random_model(d, h, dk, f, layers, V, act_dtype, gated, seed=0)
+    if dev is None:
+        dev = DeviceModel(R.random_model(d, h, dk, f, layers, V, act_dtype, gated, seed=0))
+    m = dev.model
     rng = np.random.default_rng(1)
     act = lambda *shape: cp.asarray(to_storage(rng.standard_normal(shape).astype(np.float32) * 0.5, act_dtype))  # noqa: E731
     bufs = StepBuffers(
@@ -49,7 +51,7 @@ def make_table(name: str, act_dtype: str, n: int):
         cross_k=[act(n, h, S, dk) for _ in range(layers)], cross_v=[act(n, h, S, dk) for _ in range(layers)],
         self_k=[act(n, h, T, dk) for _ in range(layers)], self_v=[act(n, h, T, dk) for _ in range(layers)],
         logits=cp.zeros((n, V), cp.float32))
-    return m, StepTable(DeviceModel(m), bufs)
+    return m, StepTable(dev, bufs)
 
 
 def phase_bytes(m, ph: Phase, n: int) -> int:
@@ -74,8 +76,10 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
     rows, records = [], []
     for name in models:
         for act_dtype in precisions:
+            dev = None
             for n in batches:
-                m, tab = make_table(name, act_dtype, n)
+                m, tab = make_table(name, act_dtype, n, dev)
+                dev = tab.dev
                 tag = f"{name} {act_dtype} N={n}"
                 step_bytes = sum(phase_bytes(m, p, n) for p in LAYER_PHASES) * len(m.layers) \
                     + phase_bytes(m, Phase.EMBED, n) + phase_bytes(m, Phase.LM_HEAD, n)
@@ -86,8 +90,12 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                         records.append(dict(model=name, dtype=act_dtype, n=n, kernel=f"phase {ph.name.lower()}", us=us,
                                             bytes=phase_bytes(m, ph, n)))
                 tokens = cp.empty((n,), cp.int64)
+                from t5rt.kernels.native import StepTable
+
+                no_prefetch = StepTable(tab.dev, tab.bufs, prefetch=False)
                 variants = {
                     "step (persistent)": tab.launch,
+                    "step (persistent, no L2 prefetch)": no_prefetch.launch,
                     "step (per-phase launches)": tab.launch_phases,
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }
@@ -95,8 +103,9 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                     us = time_device(fn, reps=10, iters=30)
                     rows.append(Row(label, tag, us, step_bytes))
                     records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us, bytes=step_bytes))
-                tab = m = None
-                cp.get_default_memory_pool().free_all_blocks()
+                tab = m = no_prefetch = None
+            dev = None
+            cp.get_default_memory_pool().free_all_blocks()
     return rows, records
 
 
