@@ -480,8 +480,9 @@ __device__ void t5rt_prefetch_phase(const T5rtNativeStep& s, int ph, int l, int 
 }
 
 // ---- one phase, executed by every block of the launch ----
+// (not inlined: both drivers call one copy, which halves the compile time of the fatbin)
 template <int A>
-__device__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l, float* xs) {
+__device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l, float* xs) {
   typedef typename T5rtAct<A>::T AT;
   typedef typename T5rtChunkOf<A>::type Ch;
   const int N = (int)s.N, d = (int)s.d, I = (int)(s.H * s.Dk), F = (int)s.F;
