@@ -6,7 +6,8 @@
 Cases: greedy, beam 4, sampling (top_k=50, top_p=0.9) at batch 1 and 8, vocab 32128 (t5-small).
 Modes (t5rt.decoding.make_strategy):
   array    fused=False, kernels=None: the array code only (cupy elementwise ops, sort-free top-k)
-  fused    one state-update kernel per step (step_kernels.py); token choice still array code
+  fused    one state-update kernel per step (t5rt.kernels sample_update / beam_update); token
+           choice still array code
   kernels  fused + t5rt.kernels for the choice (argmax_logsumexp, sample_logprob,
            beam_step)
 Per case: a fresh strategy with max_new_tokens = --steps; step 0 runs eagerly (compiles and

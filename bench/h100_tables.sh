@@ -41,5 +41,15 @@ case "${1:-tests}" in
         python bench/gpu_quick.py --shape ${s%%:*} --precision ${s##*:} --runs 8 --ort-ops \
             --out "$OUT/h100-step-split-${s%%:*}-${s##*:}.json" 2>&1 | grep -v Warning | tail -25
       done ;;
-  *)  echo "usage: bench/h100_tables.sh tests|trt|small-fp32|small-fp16|small-bf16|base-fp32|base-fp16|base-bf16|large-fp16|large-bf16|compile|curve|split" >&2; exit 2 ;;
+  alone)  # the README headline's baseline check: t5rt and HF eager each alone in its own process
+      table h100-alone-t5rt-small-fp32 --model t5-small --precision fp32 --batch-sizes 1,32 --beams 1,4 --peers none
+      table h100-alone-hf-small-fp32 --model t5-small --precision fp32 --batch-sizes 1,32 --beams 1,4 --peers hf --no-t5rt ;;
+  wheel)  # a non-editable install (wheel) finds its CUDA sources and compiles them with NVRTC
+      rm -rf /tmp/whl /tmp/t5rt-wheel && python -m pip wheel -q --no-deps --no-build-isolation . -w /tmp/whl
+      python -m pip install -q --no-deps --target /tmp/t5rt-wheel /tmp/whl/t5rt-*.whl
+      (cd /tmp && T5RT_KERNELS=nvrtc PYTHONPATH=/tmp/t5rt-wheel:$PYTHONPATH python -c "
+import t5rt.kernels as k
+assert str(k.KERNELS_DIR).startswith('/tmp/t5rt-wheel'), k.KERNELS_DIR
+k.load(); print('wheel kernels:', k.KERNELS_DIR, len(k.kernel_sources()), 'sources;', k.source())") 2>&1 | tee "$OUT/wheel-nvrtc.log" ;;
+  *)  echo "usage: bench/h100_tables.sh tests|trt|small-fp32|small-fp16|small-bf16|base-fp32|base-fp16|base-bf16|large-fp16|large-bf16|compile|curve|split|alone|wheel" >&2; exit 2 ;;
 esac

@@ -207,6 +207,12 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
     for f in loaded.tokenizer_files():
         shutil.copyfile(f, out / f.name)
         copied.append(f.name)
+    gen = getattr(loaded.model, "generation_config", None)
+    if "generation_config.json" not in copied and gen is not None:
+        # the defaults HF generate() uses for this model (max_length, num_beams, ...), which the
+        # runtime's generate() also uses; an in-memory model has no file to copy
+        gen.to_json_file(out / "generation_config.json")
+        copied.append("generation_config.json")
     if copied:
         log(f"  copied {', '.join(copied)}")
     pad, eos, start = special_tokens(loaded.model)

@@ -1,8 +1,9 @@
 // t5rt_kernels.cuh - what every kernels/*.cu shares: integer types, launch geometry, the float
 // sort key, the counter-based RNG and deterministic block reductions.
 //
-// NVRTC-safe: no standard headers (the NVRTC fallback in kernels/__init__.py inlines this file).
-// Python mirrors: the enums below are IntEnums in kernels/__init__.py (Geometry, CopyUnit);
+// NVRTC-safe: no standard headers (the NVRTC fallback in src/t5rt/kernels/__init__.py inlines
+// this file). Host-safe too: kernels/host_prelude.h compiles every kernels/*.cu as C++ for the
+// CPU tests. Python mirrors: the enums below are IntEnums in t5rt.kernels (Geometry, CopyUnit);
 // tests/test_kernels.py checks that the values agree.
 #ifndef T5RT_KERNELS_CUH
 #define T5RT_KERNELS_CUH
@@ -11,10 +12,10 @@ typedef unsigned long long u64;
 typedef long long i64;
 typedef unsigned int u32;
 
-// Bumped whenever a kernel's signature changes. The loader looks for the kernel
-// t5rt_abi_<N> (kernels/__init__.py: ABI) and refuses a build that lacks it.
-#define T5RT_KERNELS_ABI 1
-extern "C" __global__ void t5rt_abi_1() {}
+// Bumped whenever a kernel's signature changes or a kernel is added or removed. The loader looks for the kernel
+// t5rt_abi_<N> (t5rt.kernels.ABI) and refuses a build that lacks it.
+#define T5RT_KERNELS_ABI 2
+extern "C" __global__ void t5rt_abi_2() {}
 
 // Launch geometry shared with the Python wrappers.
 enum T5rtGeometry {
@@ -24,6 +25,8 @@ enum T5rtGeometry {
   T5RT_TOPK_THREADS = 256,     // beam_topk partial / merge block size
   T5RT_TOPK_CHUNK = 4096,      // elements per partial top-k block (u64 keys in shared memory)
   T5RT_TOPK_MAX_K = 64,        // largest k beam_topk supports
+  T5RT_DEC_THREADS = 256,      // decoding_step.cu: block size of every t5rt_dec_* kernel
+  T5RT_DEC_MAX_K = 64,         // t5rt_dec_beam_update: largest K = 2 * num_beams
 };
 
 // Bytes copied per thread per iteration by the cache kernels (one instantiation each).

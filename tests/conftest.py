@@ -66,6 +66,17 @@ def t5_factory(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    """kernels/*.cu compiled for the CPU once per session (t5rt.kernels.host.HostKernels, a
+    launcher every t5rt.kernels wrapper takes); skips only where no C++ compiler exists."""
+    from t5rt.kernels import host
+
+    if host.compiler() is None:
+        pytest.skip("no C++ compiler for the host build of kernels/*.cu")
+    return host.HostKernels(tmp_path_factory.mktemp("host_kernels"))
+
+
 @functools.lru_cache(maxsize=None)
 def _gpu_reason() -> str | None:
     if importlib.util.find_spec("cupy") is None:

@@ -110,6 +110,29 @@ def test_missing_peers_are_reported_not_fatal(tmp_path, monkeypatch):
     assert rows["optimum"].status == "unavailable" and "optimum worker" in rows["optimum"].reason
 
 
+def test_check_fails_installed_peers_that_did_not_run_and_fp32_disagreement(monkeypatch):
+    from t5rt.bench.check import check_problems
+    from t5rt.bench.results import BenchResult, Row
+
+    def row(system, precision="fp32", status="ok", agreement=1.0, reason=""):
+        return Row(system=system, precision=precision, device="cpu", batch=1, beams=1, src_len=8, new_tokens=4,
+                   status=status, reason=reason, agreement=agreement if status == "ok" else None)
+
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if not installed
+    opts = BenchOptions(peers=("hf", "ct2"))
+    good = BenchResult(machine={}, options={}, rows=[row("t5rt"), row("hf"), row("ct2", status="unavailable")])
+    assert check_problems(good, opts) == []
+    bad = BenchResult(machine={}, options={}, rows=[
+        row("t5rt", agreement=0.98), row("t5rt", precision="bf16", agreement=0.9),
+        row("hf"), row("hf-compile", status="unavailable", reason="ImportError: shadowed")])
+    problems = check_problems(bad, opts)
+    assert len(problems) == 2
+    assert "t5rt@fp32" in problems[0] and "0.980" in problems[0]
+    assert "hf-compile@fp32" in problems[1] and "shadowed" in problems[1]
+    no_hf = BenchResult(machine={}, options={}, rows=[row("t5rt"), row("hf", status="failed", reason="boom")])
+    assert any("Hugging Face" in p for p in check_problems(no_hf, opts))
+
+
 # -- a real run --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -118,7 +141,7 @@ def tiny_run(tmp_path_factory):
     argv = [sys.executable, "-m", "t5rt.bench", "--model", str(d / "tiny"), "--device", "cpu",
             "--batch-sizes", "1,2", "--beams", "1,2", "--src-len", "12", "--new-tokens", "6",
             "--runs", "2", "--warmup", "0", "--peers", "hf,optimum,ct2", "--cache-dir", str(d / "cache"),
-            "--json", str(d / "r.json"), "--csv", str(d / "r.csv"), "--plot", str(d / "r.png")]
+            "--json", str(d / "r.json"), "--csv", str(d / "r.csv"), "--plot", str(d / "r.png"), "--check"]
     if OPTIMUM_PY:
         argv += ["--optimum-python", OPTIMUM_PY]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))

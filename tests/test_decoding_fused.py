@@ -1,25 +1,22 @@
-"""The fused decoding-step kernels (t5rt.decoding.step_kernels) checked on the CPU.
+"""The fused decoding-step kernels (kernels/decoding_step.cu) checked on the CPU.
 
-The CUDA source of the state-update kernels is also compiled as C++ for the host (one block of
-one thread) and driven through the very same strategy code on numpy arrays (`fused=` a
-HostStepKernels). Every state buffer must equal the array code's after every step — including
-steps after done() — and the decoded sequences must equal Hugging Face `generate()` on a tiny
-real T5. The GPU runs of the same kernels are in test_decoding_gpu.py.
+kernels/*.cu are compiled as C++ for the host (t5rt.kernels.host.HostKernels: blocks of real
+geometry, barriers, shared memory) and driven through the very same strategy code on numpy
+arrays (`fused=` the host launcher). Every state buffer must equal the array code's after every
+step — including steps after done() — and the decoded sequences must equal Hugging Face
+`generate()` on a tiny real T5. The GPU runs of the same kernels are in test_decoding_gpu.py;
+each kernel against its NumPy reference in test_kernels_host.py.
 """
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
+import t5rt.kernels
 from t5rt import GenerationConfig
 from t5rt.decoding import make_strategy
-from t5rt.decoding.step_kernels import HostStepKernels, make_step_kernels
-
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler for the host build of the step kernels")
+from t5rt.decoding.ops import kernel_launcher
 
 V, T, B = 64, 10, 3
 PAD, EOS, START = 0, 1, 0
@@ -36,11 +33,6 @@ CONFIGS = [
     dict(num_beams=2, early_stopping="never", length_penalty=-0.5),
     dict(num_beams=2, do_sample=True, seed=9, top_k=10, output_scores=True),
 ]
-
-
-@pytest.fixture(scope="module")
-def host_kernels(tmp_path_factory):
-    return HostStepKernels(tmp_path_factory.mktemp("step_kernels"))
 
 
 def _logits_source(seed: int, eos_bias: float):
@@ -147,16 +139,19 @@ def test_min_new_tokens_kernel_blocks_eos_until_min(host_kernels):
 
 
 def test_launcher_choice():
-    assert make_step_kernels(np, None) is None  # numpy: array code by default
-    assert make_step_kernels(np, False) is None
+    assert kernel_launcher(np, None) is None  # numpy: array code by default
+    assert kernel_launcher(np, False) is None
     k = object()
-    assert make_step_kernels(np, k) is k
+    assert kernel_launcher(np, k) is k
 
 
 # --- against Hugging Face on a tiny real T5 -----------------------------------------------------
+@pytest.mark.parametrize("with_kernels", [False, True])
 @pytest.mark.parametrize("opts", [dict(), dict(num_beams=3, length_penalty=0.8, num_return_sequences=2),
                                   dict(num_beams=2, no_repeat_ngram_size=2, min_new_tokens=3)])
-def test_fused_matches_hf_generate(host_kernels, opts):
+def test_fused_matches_hf_generate(host_kernels, opts, with_kernels):
+    """with_kernels: the token choice is t5rt.kernels too (argmax_logsumexp, beam_step,
+    beam_topk), as on the GPU: every kernel of a step runs, here on the host build."""
     torch = pytest.importorskip("torch")
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -174,7 +169,8 @@ def test_fused_matches_hf_generate(host_kernels, opts):
     cfg = GenerationConfig(max_new_tokens=steps, **opts)
     cfg.validate()
     s = make_strategy(np, cfg, batch=2, vocab_size=vocab, max_new_tokens=steps, pad_token_id=PAD,
-                      eos_token_id=EOS, decoder_start_token_id=START, fused=host_kernels)
+                      eos_token_id=EOS, decoder_start_token_id=START, fused=host_kernels,
+                      kernels=t5rt.kernels if with_kernels else None)
     r = s.rows_per_input
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state

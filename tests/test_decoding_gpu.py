@@ -2,7 +2,7 @@
 CUDA graph (capture fails on any host synchronisation) replays to the same tokens as eager.
 
 Every case runs in three modes: "array" (array code only, fused=False), "fused" (one
-state-update kernel per step, step_kernels.py) and "kernels" (that + t5rt.kernels for the token
+state-update kernel per step, kernels/decoding_step.cu) and "kernels" (that + t5rt.kernels for the token
 choice: argmax_logsumexp, sample_logprob, beam_step/beam_topk).
 
 Logits come from a fixed random "bigram model" (logits = table[last token] + noise[t]) so the

@@ -7,11 +7,13 @@ GPU tests run once per kernel source ('nvrtc' always, 'fatbin' when the CMake bu
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -230,13 +232,48 @@ def test_reference_sampler_follows_its_distribution():
 
 
 # ==============================================================================================
-# GPU: kernels vs references
+# Kernels vs references: on the GPU (NVRTC and the CMake fatbin) and on the CPU (the host build of
+# the same sources, t5rt.kernels.host), through the same typed wrappers
 # ==============================================================================================
+
+# The host build runs 1024-thread blocks as fibers: rows are capped there (CPU time), still wider
+# than 4 * 1024 elements, so every thread strides over several and a top-k spans chunks.
+HOST_MAX_WIDTH = 9000
+
+
+class Dev:
+    """Where a test's kernels run: the CUDA module from one source (cupy) or the host build (numpy)."""
+
+    def __init__(self, name: str, launcher):
+        self.name, self.launcher, self.xp = name, launcher, launcher.xp
+        self.host = name == "host"
+
+    def put(self, a, dtype=None):
+        """A copy on the device (numpy too: the kernels write in place, the references must not see it)."""
+        return self.xp.array(a, dtype=dtype, copy=True)
+
+    def get(self, a) -> np.ndarray:
+        return a if isinstance(a, np.ndarray) else a.get()
+
+    def cap(self, width: int) -> int:
+        return min(width, HOST_MAX_WIDTH) if self.host else width
+
+
+@pytest.fixture(params=[pytest.param("nvrtc", marks=pytest.mark.gpu),
+                        pytest.param("fatbin", marks=pytest.mark.gpu), "host"])
+def dev(request, monkeypatch):
+    if request.param == "host":
+        return Dev("host", request.getfixturevalue("host_kernels"))
+    if request.param == "fatbin" and (why := K._stale_reason(K.fatbin_path())):
+        pytest.skip(f"no usable CMake build: {why}")
+    launcher = K.CudaLauncher(request.param)
+    assert launcher.loaded.how.startswith(request.param)
+    return Dev(request.param, launcher)
 
 
 @pytest.fixture(params=["nvrtc", "fatbin"])
 def kernel_source(request, monkeypatch):
-    """Run the test with the kernels from NVRTC and from the CMake build."""
+    """GPU-only tests: the default launcher with the kernels from NVRTC and from the CMake build."""
     if request.param == "fatbin" and (why := K._stale_reason(K.fatbin_path())):
         pytest.skip(f"no usable CMake build: {why}")
     monkeypatch.setenv(K.SOURCE_ENV, request.param)
@@ -259,84 +296,78 @@ def _random_cache(g, shape, dtype):
     return g.standard_normal(shape).astype(dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("n,h,t,dk,layers,dtype", [
     (1, 1, 5, 8, 1, "fp32"), (3, 4, 7, 64, 2, "fp16"), (2, 3, 9, 12, 3, "bf16"),
-    (5, 2, 16, 6, 2, "fp16"), (4, 8, 33, 64, 6, "bf16"), (2, 2, 4, 3, 1, "fp32"),
+    (5, 2, 16, 6, 2, "fp16"), (4, 8, 33, 64, 6, "bf16"), (2, 2, 4, 3, 1, "fp32"), (3, 2, 5, 3, 1, "fp16"),
 ])
-def test_kv_write_matches_reference(kernel_source, n, h, t, dk, layers, dtype):
-    cp = _cp()
+def test_kv_write_matches_reference(dev, n, h, t, dk, layers, dtype):
     g = np.random.default_rng(n * 100 + t)
     dt = _CACHE_DTYPES[dtype]
     caches = [_random_cache(g, (n, h, t, dk), dt) for _ in range(2 * layers)]
     rows = [_random_cache(g, (n, h, 1, dk), dt) for _ in range(2 * layers)]
     pos = g.integers(0, t, size=n).astype(np.int64)
     pos[-1] = t if n > 2 else pos[-1]  # out of range: must write nothing
-    d_caches = [cp.asarray(c) for c in caches]
-    d_rows = [cp.asarray(r) for r in rows]
-    K.kv_write(K.PointerTable(d_caches), K.PointerTable(d_rows), cp.asarray(pos))
+    d_caches = [dev.put(c) for c in caches]
+    d_rows = [dev.put(r) for r in rows]
+    K.kv_write(K.PointerTable(d_caches, dev.launcher), K.PointerTable(d_rows, dev.launcher), dev.put(pos))
     for got, want in zip(d_caches, R.kv_write(caches, rows, pos)):
-        np.testing.assert_array_equal(got.get(), want)
+        np.testing.assert_array_equal(dev.get(got), want)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("n,h,t,dk,layers,dtype,length,slots", [
     (1, 2, 5, 8, 1, "fp32", 3, None), (4, 4, 10, 64, 2, "fp16", 10, None),
     (8, 3, 17, 12, 3, "bf16", 9, 1), (6, 2, 8, 6, 2, "fp16", 1, 3), (4, 8, 40, 64, 6, "bf16", 25, 5),
+    (3, 2, 6, 3, 1, "fp16", 4, None), (3, 2, 6, 2, 1, "fp16", 7, 1),
 ])
-def test_beam_reorder_matches_reference(kernel_source, n, h, t, dk, layers, dtype, length, slots):
-    cp = _cp()
+def test_beam_reorder_matches_reference(dev, n, h, t, dk, layers, dtype, length, slots):
     g = np.random.default_rng(n * 7 + t)
     dt = _CACHE_DTYPES[dtype]
     caches = [_random_cache(g, (n, h, t, dk), dt) for _ in range(2 * layers)]
     parent = g.integers(0, n, size=n).astype(np.int64)
     parent[0] = 0  # own parent: skipped by the kernel, must still be right
-    d_caches = [cp.asarray(c) for c in caches]
-    table = K.PointerTable(d_caches)
-    K.beam_reorder(table, cp.asarray(parent), cp.asarray([length], dtype=np.int64),
-                   K.reorder_scratch(table, slots))
+    d_caches = [dev.put(c) for c in caches]
+    table = K.PointerTable(d_caches, dev.launcher)
+    K.beam_reorder(table, dev.put(parent), dev.put([length], dtype=np.int64), K.reorder_scratch(table, slots))
     for got, want in zip(d_caches, R.beam_reorder(caches, parent, length)):
-        np.testing.assert_array_equal(got.get(), want)
+        np.testing.assert_array_equal(dev.get(got), want)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("n,v", [(1, 32128), (3, 384), (7, 1), (2, 1000), (16, 32128)])
-def test_argmax_rows_matches_reference(kernel_source, n, v):
-    cp = _cp()
+def test_argmax_rows_matches_reference(dev, n, v):
     g = np.random.default_rng(v + n)
-    x = np.round(g.standard_normal((n, v)), 1).astype(np.float32)  # ties: first index wins
-    np.testing.assert_array_equal(K.argmax_rows(cp.asarray(x)).get(), R.argmax_rows(x))
+    v = dev.cap(v)
+    x = np.round(g.standard_normal((n, v + 3)), 1).astype(np.float32)  # ties: first index wins
+    rows = dev.put(x)[:, :v]  # row stride V + 3
+    np.testing.assert_array_equal(dev.get(K.argmax_rows(rows, launcher=dev.launcher)), R.argmax_rows(x[:, :v]))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("b,m,k,ties", [
     (1, 4 * 32128, 8, False), (3, 4 * 32128, 64, True), (2, 5000, 1, False), (4, 100, 17, True),
     (1, 64, 64, False), (5, 8193, 12, True),
 ])
-def test_beam_topk_matches_reference(kernel_source, b, m, k, ties):
-    cp = _cp()
+def test_beam_topk_matches_reference(dev, b, m, k, ties):
     g = np.random.default_rng(m + k)
+    m = dev.cap(m)
     s = g.standard_normal((b, m)).astype(np.float32)
     if ties:
         s = np.round(s, 1).astype(np.float32)
-    ws = K.TopKWorkspace(b, m, k)
-    vals, idx = K.beam_topk(cp.asarray(s), k, ws)
+    ws = K.TopKWorkspace(b, m, k, launcher=dev.launcher)
+    vals, idx = K.beam_topk(dev.put(s), k, ws)
     want_v, want_i = R.beam_topk(s, k)
-    np.testing.assert_array_equal(idx.get(), want_i)
-    np.testing.assert_array_equal(vals.get(), want_v)
+    np.testing.assert_array_equal(dev.get(idx), want_i)
+    np.testing.assert_array_equal(dev.get(vals), want_v)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("b,nb,v,k", [(1, 4, 32128, 8), (3, 2, 384, 4), (2, 5, 1001, 10)])
-def test_beam_step_matches_reference(kernel_source, b, nb, v, k):
-    cp = _cp()
+def test_beam_step_matches_reference(dev, b, nb, v, k):
     g = np.random.default_rng(v)
+    v = dev.cap(v)
     logits = (g.standard_normal((b * nb, v)) * 4).astype(np.float32)
     beam = (g.standard_normal(b * nb) * 3).astype(np.float32)
-    vals, idx = K.beam_step(cp.asarray(logits), cp.asarray(beam), nb, k)
+    vals, idx = K.beam_step(dev.put(logits), dev.put(beam), nb, k, launcher=dev.launcher)
     want_v, want_i = R.beam_step(logits, beam, nb, k)
-    np.testing.assert_array_equal(idx.get(), want_i)
-    np.testing.assert_allclose(vals.get(), want_v, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(dev.get(idx), want_i)
+    np.testing.assert_allclose(dev.get(vals), want_v, rtol=0, atol=2e-5)
 
 
 def _assert_tokens_match(tokens, logits, seed, step, case):
@@ -352,20 +383,20 @@ def _assert_tokens_match(tokens, logits, seed, step, case):
         assert probs[i, tok] > 0 and abs(edge - u) < 1e-5, (case, i, tok, ref, u, edge)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("n,v", [(1, 32128), (5, 384), (3, 1001), (8, 32128)])
-def test_sample_matches_reference(kernel_source, n, v):
-    cp = _cp()
+def test_sample_matches_reference(dev, n, v):
     g = np.random.default_rng(v + n)
+    if dev.host:  # 7 cases x 2 draws of 1024-thread blocks: fewer, narrower rows
+        n, v = min(n, 3), min(v, 4099)
     logits = (g.standard_normal((n, v)) * 3).astype(np.float32)
-    d_logits = cp.asarray(logits)
+    d_logits = dev.put(logits)
     seed, step = 1234, 5
-    d_seed, d_step = cp.asarray([seed], dtype=np.uint64), cp.asarray([step], dtype=np.int64)
+    d_seed, d_step = dev.put([seed], dtype=np.uint64), dev.put([step], dtype=np.int64)
     for case in SAMPLE_CASES:
         opts = K.SampleOptions(*case)
-        tokens = K.topk_topp_sample(d_logits, d_seed, d_step, opts).get()
+        tokens = dev.get(K.topk_topp_sample(d_logits, d_seed, d_step, opts, launcher=dev.launcher))
         _assert_tokens_match(tokens, logits, seed, step, case)
-        again = K.topk_topp_sample(d_logits, d_seed, d_step, opts).get()
+        again = dev.get(K.topk_topp_sample(d_logits, d_seed, d_step, opts, launcher=dev.launcher))
         np.testing.assert_array_equal(tokens, again)  # fixed seed and step: reproducible
 
 
@@ -436,17 +467,19 @@ def test_graph_replay_writes_cache_and_draws_fresh_numbers(kernel_source):
         np.testing.assert_array_equal(c.get(), np.repeat(r.get(), t, axis=2))
 
 
-@pytest.mark.gpu
-def test_wrappers_reject_bad_arguments(kernel_source):
-    cp = _cp()
+def test_wrappers_reject_bad_arguments(dev):
+    xp, launcher = dev.xp, dev.launcher
     with pytest.raises(InvalidInputError):
-        K.argmax_rows(cp.zeros((2, 3), dtype=np.float16))
+        K.argmax_rows(xp.zeros((2, 3), dtype=np.float16), launcher=launcher)
     with pytest.raises(InvalidInputError):
-        K.TopKWorkspace(1, 100, 65)
-    c = [cp.zeros((2, 2, 4, 8), dtype=np.float16)]
+        K.TopKWorkspace(1, 100, 65, launcher=launcher)
+    c = [xp.zeros((2, 2, 4, 8), dtype=np.float16)]
     with pytest.raises(InvalidInputError):
-        K.kv_write(K.PointerTable(c), K.PointerTable([cp.zeros((2, 2, 1, 8), dtype=np.float32)]),
-                   cp.zeros(2, dtype=np.int64))
+        K.kv_write(K.PointerTable(c, launcher), K.PointerTable([xp.zeros((2, 2, 1, 8), dtype=np.float32)], launcher),
+                   xp.zeros(2, dtype=np.int64))
+    foreign = [[0.0, 1.0]] if dev.host else np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(InvalidInputError, match=f"must be a {xp.__name__} array"):
+        K.argmax_rows(foreign, launcher=launcher)  # only the launcher's own arrays
 
 
 # ==============================================================================================
@@ -466,18 +499,19 @@ def test_reference_sample_logprob_is_the_sampler_with_row_offset():
         np.testing.assert_array_equal(tail, tok[2:])  # rows keep their RNG stream
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("n,v", [(1, 32128), (5, 384), (8, 32128)])
-def test_sample_logprob_matches_reference(kernel_source, n, v):
-    cp = _cp()
+def test_sample_logprob_matches_reference(dev, n, v):
     g = np.random.default_rng(v + 7 * n)
+    if dev.host:
+        n, v = min(n, 3), min(v, 4099)
     logits = (g.standard_normal((n, v)) * 3).astype(np.float32)
-    d_logits = cp.asarray(logits)
+    d_logits = dev.put(logits)
     seed, step, offset = 99, 6, 3
-    d_seed, d_step = cp.asarray([seed], dtype=np.uint64), cp.asarray([step], dtype=np.int64)
+    d_seed, d_step = dev.put([seed], dtype=np.uint64), dev.put([step], dtype=np.int64)
+    run = dict(launcher=dev.launcher)
     for case in SAMPLE_CASES:
-        tok, lp = K.sample_logprob(d_logits, d_seed, d_step, K.SampleOptions(*case), row_offset=offset)
-        tok, lp = tok.get(), lp.get()
+        tok, lp = K.sample_logprob(d_logits, d_seed, d_step, K.SampleOptions(*case), row_offset=offset, **run)
+        tok, lp = dev.get(tok), dev.get(lp)
         want_tok, _ = R.sample_logprob(logits, seed, step, *case, row_offset=offset)
         probs = R.sample_probs(logits, *case)
         for i in range(n):
@@ -487,36 +521,161 @@ def test_sample_logprob_matches_reference(kernel_source, n, v):
                 assert probs[i, tok[i]] > 0 and abs(cdf[min(tok[i], want_tok[i])] - u) < 1e-5, (case, i)
         want_lp = np.log(probs[np.arange(n), tok])
         np.testing.assert_allclose(lp, want_lp, rtol=0, atol=2e-4)
-        tok0, _ = K.sample_logprob(d_logits, d_seed, d_step, K.SampleOptions(*case))
-        same = K.topk_topp_sample(d_logits, d_seed, d_step, K.SampleOptions(*case))
-        np.testing.assert_array_equal(tok0.get(), same.get())  # offset 0: the same draw
+        tok0, _ = K.sample_logprob(d_logits, d_seed, d_step, K.SampleOptions(*case), **run)
+        same = K.topk_topp_sample(d_logits, d_seed, d_step, K.SampleOptions(*case), **run)
+        np.testing.assert_array_equal(dev.get(tok0), dev.get(same))  # offset 0: the same draw
 
 
-@pytest.mark.gpu
-def test_row_logsumexp_matches_reference(kernel_source):
-    cp = _cp()
+def test_row_logsumexp_matches_reference(dev):
     g = np.random.default_rng(4)
-    logits = (g.standard_normal((6, 32128)) * 5).astype(np.float32)
-    mx, ls = K.row_logsumexp(cp.asarray(logits))
+    logits = (g.standard_normal((6, dev.cap(32128))) * 5).astype(np.float32)
+    mx, ls = K.row_logsumexp(dev.put(logits), launcher=dev.launcher)
     want = R.log_softmax(logits)
-    got = (logits - mx.get()[:, None]) - ls.get()[:, None]
+    got = (logits - dev.get(mx)[:, None]) - dev.get(ls)[:, None]
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("n,v", [(1, 32128), (8, 32128), (3, 1001), (2, 5)])
-def test_argmax_logsumexp_matches_reference(kernel_source, n, v):
-    cp = _cp()
+def test_argmax_logsumexp_matches_reference(dev, n, v):
     g = np.random.default_rng(n * v)
+    v = dev.cap(v)
     logits = (g.standard_normal((n, v)) * 4).astype(np.float32)
     logits[:, g.integers(0, v, 3)] = -np.inf  # banned tokens add nothing
     if n > 1:
         logits[1] = np.round(logits[1])  # many ties: the first maximum wins
         logits[-1, :] = -np.inf
         logits[-1, v // 2] = 0.5
-    idx, mx, ls = K.argmax_logsumexp(cp.asarray(logits))
+    d_logits = dev.put(logits)
+    idx, mx, ls = K.argmax_logsumexp(d_logits, launcher=dev.launcher)
     want_i, want_m, want_l = R.argmax_logsumexp(logits)
-    np.testing.assert_array_equal(idx.get(), want_i)
-    np.testing.assert_array_equal(mx.get(), want_m)
-    np.testing.assert_allclose(ls.get(), want_l, rtol=0, atol=2e-5)
-    np.testing.assert_array_equal(idx.get(), K.argmax_rows(cp.asarray(logits)).get())
+    np.testing.assert_array_equal(dev.get(idx), want_i)
+    np.testing.assert_array_equal(dev.get(mx), want_m)
+    np.testing.assert_allclose(dev.get(ls), want_l, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(dev.get(idx), dev.get(K.argmax_rows(d_logits, launcher=dev.launcher)))
+
+
+# ==============================================================================================
+# The decoding strategies' state updates (decoding_step.cu) vs their references
+# ==============================================================================================
+
+PAD, EOS, START = 0, 1, 0
+
+
+def _put_state(dev, state):
+    return {k: None if v is None else dev.put(v) for k, v in state.items()}
+
+
+def _assert_state(dev, got, want, step):
+    for k, v in want.items():
+        if v is not None:
+            np.testing.assert_array_equal(dev.get(got[k]), v, err_msg=f"{k} after step {step}")
+
+
+@pytest.mark.parametrize("n,T,with_scores,output_scores", [
+    (5, 6, True, True), (3, 4, False, False), (300, 3, True, False), (2, 1, False, True)])
+def test_sample_update_matches_reference(dev, n, T, with_scores, output_scores):
+    g = np.random.default_rng(n * 10 + T)
+    v = 11  # eos among few tokens: rows finish at different steps
+    history = np.full((n, T + 1), PAD, dtype=np.int64)
+    history[:, 0] = START
+    state = dict(history=history, tokens=np.full(n, START, dtype=np.int64), unfinished=np.ones(n, dtype=bool),
+                 seq_logprob=np.zeros(n, dtype=np.float32),
+                 token_logprob=np.zeros((n, T + 1), dtype=np.float32) if output_scores else None,
+                 step_counter=np.array(0, dtype=np.int64), done=np.array(False))
+    d = _put_state(dev, state)
+    for step in range(T + 2):  # past the limit: done, nothing but `done` is written
+        scores = (g.standard_normal((n, v)) * 2).astype(np.float32)
+        row_max = scores.max(axis=1)
+        row_logsum = np.log(np.exp(scores - row_max[:, None]).sum(axis=1)).astype(np.float32)
+        inputs = (dict(scores=scores, row_max=row_max, row_logsum=row_logsum) if with_scores
+                  else dict(logprob=g.standard_normal(n).astype(np.float32)))
+        nxt = g.integers(0, v, n).astype(np.int64)
+        state = R.sample_update(state, nxt, pad=PAD, eos=EOS, **inputs)
+        K.sample_update(dev.put(nxt), d["history"], d["tokens"], d["unfinished"], d["seq_logprob"],
+                        d["step_counter"], d["done"], pad=PAD, eos=EOS, token_logprob=d["token_logprob"],
+                        launcher=dev.launcher, **{k: dev.put(a) for k, a in inputs.items()})
+        _assert_state(dev, d, state, step)
+    assert bool(state["done"])
+
+
+def _beam_state(b, nb, T, output_scores):
+    n = b * nb
+    history = np.full((n, T + 1), PAD, dtype=np.int64)
+    history[:, 0] = START
+    running = np.zeros((b, nb), dtype=np.float32)
+    running[:, 1:] = -1.0e9
+    w = (T + 1,)
+    return dict(history=history, tokens=np.full(n, START, dtype=np.int64), parent=np.arange(n, dtype=np.int64),
+                running_score=running, fin_seq=np.full((b, nb) + w, PAD, dtype=np.int64),
+                fin_score=np.full((b, nb), -1.0e9, dtype=np.float32), fin_flag=np.zeros((b, nb), dtype=bool),
+                fin_len=np.zeros((b, nb), dtype=np.int64), heuristic_unsat=np.ones(b, dtype=bool),
+                token_logprob=np.zeros((n,) + w, dtype=np.float32) if output_scores else None,
+                fin_token_logprob=np.zeros((b, nb) + w, dtype=np.float32) if output_scores else None,
+                step_counter=np.array(0, dtype=np.int64), done=np.array(False))
+
+
+@pytest.mark.parametrize("b,nb,T,lp,early,output_scores", [
+    (2, 3, 6, 1.0, False, True), (3, 2, 5, 0.7, True, False), (1, 4, 6, 1.5, "never", True),
+    (2, 2, 4, -0.5, "never", False), (2, 32, 3, 1.0, False, True)])  # nb = 32: K = DEC_MAX_K
+def test_beam_update_matches_reference(dev, b, nb, T, lp, early, output_scores):
+    g = np.random.default_rng(b * 100 + nb * 10 + T)
+    v, k = 5, 2 * nb  # eos is one of few tokens: hypotheses finish early
+    denom = np.power(np.arange(1, T + 2, dtype=np.float64), lp).astype(np.float32)
+    best_denom = float(np.float32(float(T) ** lp)) if early == "never" and lp > 0 else None
+    state = _beam_state(b, nb, T, output_scores)
+    d = _put_state(dev, state)
+    ws = K.BeamUpdateWorkspace(b, nb, T, output_scores, launcher=dev.launcher)
+    fixed = dict(denom=denom, best_denom=best_denom, early_stopping_true=early is True, vocab_size=v, eos=EOS)
+    steps_run = 0
+    for step in range(T + 2):
+        cand_score = -np.sort(g.random((b, k)) * 4 + step, axis=1).astype(np.float32)  # descending
+        cand_idx = np.stack([g.choice(nb * v, k, replace=False) for _ in range(b)]).astype(np.int64)
+        cand_lp = (-g.random((b, k)) * 3).astype(np.float32) if output_scores else None
+        steps_run += not bool(state["done"])
+        state = R.beam_update(state, cand_score, cand_idx, cand_lp, **fixed)
+        K.beam_update(dev.put(cand_score), dev.put(cand_idx), None if cand_lp is None else dev.put(cand_lp),
+                      history=d["history"], tokens=d["tokens"], parent=d["parent"],
+                      running_score=d["running_score"], fin_seq=d["fin_seq"], fin_score=d["fin_score"],
+                      fin_flag=d["fin_flag"], fin_len=d["fin_len"], heuristic_unsat=d["heuristic_unsat"],
+                      token_logprob=d["token_logprob"], fin_token_logprob=d["fin_token_logprob"],
+                      step_counter=d["step_counter"], done=d["done"], workspace=ws,
+                      **{**fixed, "denom": dev.put(denom)})
+        _assert_state(dev, d, state, step)
+    assert bool(state["done"]) and state["fin_flag"].any() and steps_run >= 2
+
+
+@pytest.mark.parametrize("step,min_new", [(0, 3), (2, 3), (3, 3), (7, 0)])
+def test_min_new_tokens_matches_reference(dev, step, min_new):
+    g = np.random.default_rng(step)
+    rows, v = 300, 9  # more rows than one block of threads
+    wide = g.standard_normal((rows, v + 2)).astype(np.float32)
+    d_wide = dev.put(wide)
+    out = K.min_new_tokens(d_wide[:, :v], dev.put(step, dtype=np.int64), min_new, EOS, launcher=dev.launcher)
+    want = wide.copy()
+    want[:, :v] = R.min_new_tokens(wide[:, :v], step, min_new, EOS)
+    np.testing.assert_array_equal(dev.get(d_wide), want)  # in place, row stride v + 2
+    np.testing.assert_array_equal(dev.get(out), want[:, :v])
+
+
+def test_abi_kernel_launches(dev):
+    dev.launcher.launch(f"t5rt_abi_{K.ABI}", (1,), (1,), ())
+
+
+# Kernels the host build cannot run, with why (regex of the name -> reason); everything else must.
+# Only for what blocks-one-after-another cannot emulate (e.g. a grid-wide barrier between
+# co-resident blocks); the pieces such a kernel runs should still be covered by their own kernels.
+HOST_EXEMPT: dict[str, str] = {}
+
+
+def test_every_kernel_ran_on_the_host(host_kernels, request):
+    """Last in this module: every extern "C" kernel of kernels/*.cu (a new file's too) has been run
+    on the CPU by a `dev` test above, against its reference. A kernel without such a test fails."""
+    dev_tests = {name for name, fn in vars(sys.modules[__name__]).items()
+                 if name.startswith("test_") and callable(fn) and "dev" in inspect.signature(fn).parameters}
+    selected = {item.originalname for item in request.session.items
+                if getattr(item, "callspec", None) is not None and item.callspec.params.get("dev") == "host"}
+    if not dev_tests <= selected:
+        pytest.skip("needs every host test of this module selected (run the module without -k)")
+    exempt = {n for n in host_kernels.names if any(re.fullmatch(p, n) for p in HOST_EXEMPT)}
+    missing = sorted(set(host_kernels.names) - host_kernels.launched - exempt)
+    assert not missing, f"kernels never run on the host against a reference: {missing}"

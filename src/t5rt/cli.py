@@ -79,7 +79,11 @@ def _ids(v: str) -> list[int]:
 # dest (a GenerationConfig field) -> (flag, argparse kwargs). logits_processors is Python-only.
 GENERATION_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_new_tokens": ("--max-new-tokens", dict(type=int, metavar="N", help="tokens to generate at most "
-                                                "(default: the export's max output length)")),
+                                                "(default: as Hugging Face generate() for this model: "
+                                                "its generation_config.json max_new_tokens or max_length - 1, "
+                                                "else 20)")),
+    "max_length": ("--max-length", dict(type=int, metavar="N", help="Hugging Face's max_length: decoder tokens "
+                                        "including the start token (max_new_tokens wins when both are given)")),
     "min_new_tokens": ("--min-new-tokens", dict(type=int, metavar="N", help="no eos before N new tokens")),
     "num_beams": ("--num-beams", dict(type=int, metavar="N", help="beam search with N beams (1: greedy)")),
     "num_return_sequences": ("--num-return-sequences", dict(type=int, metavar="N",

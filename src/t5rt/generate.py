@@ -13,6 +13,7 @@ the runtime ready for the next one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidOptionError
+from .errors import InvalidInputError, InvalidOptionError, T5rtError
 from .generation_config import GenerationConfig
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
@@ -57,7 +58,7 @@ class Runtime:
             kernels = _load_kernels()
         self.runner = T5Runner(manifest, self.device, sessions, options, kernels)
         self.tokenizer = _load_tokenizer(manifest)
-        self.generation_config = GenerationConfig()
+        self.generation_config = _generation_defaults(manifest)
         self.last_timings: dict[str, float] = {}
         # strategies kept across requests (reset in place), so their captured CUDA graphs replay
         self._strategies: OrderedDict[tuple, Any] = OrderedDict()
@@ -153,7 +154,10 @@ class Runtime:
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
-        max_new = cfg.max_new_tokens or m.max_output_len
+        max_new = cfg.max_new_tokens_for(m.max_output_len)
+        if cfg.min_new_tokens > max_new:
+            raise InvalidOptionError(f"min_new_tokens={cfg.min_new_tokens} exceeds the {max_new} new tokens this "
+                                     "request makes at most; raise max_new_tokens")
         from .decoding import make_strategy
 
         sequences: list[list[int]] = []
@@ -223,6 +227,26 @@ class Runtime:
                 _, dropped = self._strategies.popitem(last=False)
                 self.runner.forget(dropped)  # its captured graphs can never be hit again
         return strategy
+
+
+def _generation_defaults(m: Manifest) -> GenerationConfig:
+    """The export's generation_config.json (the model's own defaults, which HF generate() uses),
+    else HF's defaults. A max_length beyond what the export holds is capped to it."""
+    path = m.directory / "generation_config.json" if m.directory is not None else None
+    if path is None or not path.is_file():
+        return GenerationConfig()
+    try:
+        cfg = GenerationConfig.from_hf(json.loads(path.read_text()), strict=False)
+    except (ValueError, T5rtError) as e:
+        log.warning("t5rt: %s is unusable (%s); using Hugging Face's generation defaults", path, e)
+        return GenerationConfig()
+    cap = m.max_output_len
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens > cap:
+        cfg.max_new_tokens = cap
+    if cfg.max_length is not None and cfg.max_length - 1 > cap:
+        log.info("t5rt: the model's max_length %d is capped to the export's %d new tokens", cfg.max_length, cap)
+        cfg.max_length = cap + 1
+    return cfg
 
 
 def _load_tokenizer(m: Manifest) -> Any:

@@ -22,9 +22,24 @@ EarlyStopping = Union[bool, str]  # True | False | "never"
 LogitsProcessor = Callable[[Any, Any, int], Any]
 
 
+# With neither max_new_tokens nor max_length given anywhere (call, config, the model's
+# generation_config.json), HF generate() (transformers 5) makes 20 new tokens.
+HF_DEFAULT_NEW_TOKENS = 20
+
+# Fields of a transformers.GenerationConfig that carry no decoding choice t5rt must honour:
+# bookkeeping, and the special token ids (the export fixes those; its manifest has them).
+_HF_IGNORED = {
+    "transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash",
+    "pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id", "use_cache",
+    "output_attentions", "output_hidden_states", "return_dict_in_generate", "output_logits",
+    "cache_implementation", "compile_config",
+}
+
+
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int | None = None  # None: up to the export's max_output_len - 1
+    max_new_tokens: int | None = None  # None: from max_length, as HF (see max_new_tokens_for)
+    max_length: int | None = None  # HF's name: decoder tokens incl. the start token (new = max_length - 1)
     min_new_tokens: int = 0
     do_sample: bool = False
     num_beams: int = 1
@@ -42,19 +57,66 @@ class GenerationConfig:
     logits_processors: Sequence[LogitsProcessor] = field(default_factory=tuple)
 
     @classmethod
-    def from_options(cls, base: "GenerationConfig | None" = None, **options: Any) -> "GenerationConfig":
-        """A copy of `base` (or the defaults) with `options` applied; unknown names raise."""
+    def from_options(cls, base: Any = None, **options: Any) -> "GenerationConfig":
+        """A copy of `base` (a t5rt or a transformers GenerationConfig, or None for the defaults)
+        with `options` applied; unknown names raise."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
             raise InvalidOptionError(
                 f"unknown generation option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
             )
+        if base is not None and not isinstance(base, cls):
+            base = cls.from_hf(base)
         cfg = dataclasses.replace(base) if base is not None else cls()
         for k, v in options.items():
             setattr(cfg, k, v)
         cfg.validate()
         return cfg
+
+    @classmethod
+    def from_hf(cls, hf: Any, *, strict: bool = True) -> "GenerationConfig":
+        """A transformers.GenerationConfig (or its JSON dict, e.g. an export's
+        generation_config.json) as a t5rt GenerationConfig, read torch-free.
+
+        Only the fields that differ from HF's defaults matter (`to_diff_dict()`); one that t5rt
+        does not implement raises InvalidOptionError with strict=True, and is skipped with
+        strict=False (a model's own defaults must not stop it from loading)."""
+        if isinstance(hf, dict):
+            fields = dict(hf)
+        elif callable(getattr(hf, "to_diff_dict", None)):
+            fields = hf.to_diff_dict()
+        else:
+            raise InvalidOptionError(
+                f"config={hf!r} is invalid: pass a t5rt.GenerationConfig or a transformers.GenerationConfig "
+                "(or the options themselves, e.g. generate(..., num_beams=4))")
+        names = {f.name for f in dataclasses.fields(cls)} - {"logits_processors", "output_scores"}
+        cfg = cls()
+        unsupported = []
+        for k, v in fields.items():
+            if k in _HF_IGNORED or k.startswith("_"):
+                continue
+            if k == "min_length":  # decoder tokens incl. the start token, as max_length
+                if v:
+                    cfg.min_new_tokens = max(0, int(v) - 1)
+            elif k in names:
+                setattr(cfg, k, v)
+            elif v not in (None, False, 1.0, 0, [], {}):
+                unsupported.append(f"{k}={v!r}")
+        if unsupported and strict:
+            raise InvalidOptionError(
+                f"this transformers.GenerationConfig sets option(s) t5rt does not implement: "
+                f"{', '.join(sorted(unsupported))}; unset them, or pass t5rt options instead")
+        cfg.validate()
+        return cfg
+
+    def max_new_tokens_for(self, export_max: int) -> int:
+        """New tokens to make at most, as HF generate(): max_new_tokens, else max_length - 1 (it
+        counts the decoder start token), else HF's default of 20; never more than the export holds."""
+        if self.max_new_tokens is not None:
+            return int(self.max_new_tokens)
+        n = int(self.max_length) - 1 if self.max_length is not None else HF_DEFAULT_NEW_TOKENS
+        return max(1, min(n, export_max))
 
     @property
     def mode(self) -> str:
@@ -75,6 +137,13 @@ class GenerationConfig:
             if max_output_len is not None and self.max_new_tokens > max_output_len:
                 raise bad("max_new_tokens", f"this export was made for at most {max_output_len} new tokens "
                           f"(re-export with a larger --max-output-len)")
+        if self.max_new_tokens is None and self.max_length is not None and max_output_len is not None \
+                and is_int(self.max_length) and self.max_length - 1 > max_output_len:
+            raise bad("max_length", f"this export was made for at most {max_output_len} new tokens, "
+                      f"max_length {max_output_len + 1} (re-export with a larger --max-output-len)")
+        if self.max_length is not None and (not is_int(self.max_length) or self.max_length < 2):
+            raise bad("max_length", "must be an integer >= 2 (it counts the decoder start token; "
+                      "max_new_tokens = max_length - 1)")
         if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
             raise bad("min_new_tokens", "must be an integer >= 0")
         if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import T5rtError
+from .check import check_problems
 from .options import build_parser, options_from_args
 from .report import format_header, format_table, write_csv, write_json, write_plot
 from .runner import run_bench
@@ -29,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in (opts.json, opts.csv, opts.plot):
         if path:
             print(f"wrote {path}", file=sys.stderr)
+    if opts.check:
+        problems = check_problems(result, opts)
+        for p in problems:
+            print(f"check failed: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print("check passed: every installed peer ran; fp32 agreement 1.000", file=sys.stderr)
     return 0
 
 

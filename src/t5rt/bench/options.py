@@ -46,6 +46,8 @@ class BenchOptions:
     cache_dir: Path = field(default_factory=default_cache_dir)
     optimum_python: str = ""
     seed: int = 0
+    threads: int | None = None  # CPU threads of every system (None: the cores this process may use)
+    check: bool = False  # exit 1 when an installed peer is unavailable or fp32 agreement < 1 (bench/check.py)
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> InvalidOptionError:
@@ -65,6 +67,8 @@ class BenchOptions:
             raise bad("src_len", "must be >= 1")
         if self.runs < 1:
             raise bad("runs", "must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", "must be >= 1 (leave it out for the cores this process may use)")
         if self.warmup < 0:
             raise bad("warmup", "must be >= 0")
         unknown = [p for p in self.peers if p not in PEERS]
@@ -120,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpreter with optimum-onnx installed (it pins transformers<4.58); "
                         "default $T5RT_BENCH_OPTIMUM_PYTHON or this one")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input ids")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a peer whose packages are installed is unavailable, or an fp32 "
+                        "system's tokens differ from Hugging Face's (what CI runs)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU: threads of every system (t5rt's ONNX Runtime, torch, CTranslate2); "
+                        "default: the cores this process may use (affinity and cgroup quota)")
     return p
 
 
@@ -130,6 +140,6 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup, peers=args.peers,
         include_t5rt=args.include_t5rt, json=args.json, csv=args.csv, plot=args.plot,
         cache_dir=args.cache_dir or default_cache_dir(), optimum_python=args.optimum_python,
-        seed=args.seed)
+        seed=args.seed, threads=args.threads, check=args.check)
     opts.validate()
     return opts

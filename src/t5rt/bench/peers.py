@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime.device import usable_cpus
 from .systems import RunOutput, System, Unavailable, Workload, one_line, strip_start
 from .timing import timed
 
@@ -54,6 +55,8 @@ class HFEager(System):
         torch = _require("torch", "Hugging Face peers")
         transformers = _require("transformers", "Hugging Face peers")
         self._torch = torch
+        if self.device == "cpu" and self.threads:
+            torch.set_num_threads(self.threads)  # process-wide: every torch peer gets the same
         if self.device == "cuda" and not torch.cuda.is_available():
             raise Unavailable("torch has no CUDA device (a CPU-only torch build?)")
         dtype = getattr(torch, TORCH_DTYPES[self.precision])
@@ -180,7 +183,7 @@ class CTranslate2(System):
             tmp.rename(self.convert_dir)
         self._vocab = ct2_vocabulary(self.convert_dir)
         self._index = {t: i for i, t in enumerate(self._vocab)}
-        threads = (os.cpu_count() or 1) if dev == "cpu" else 0
+        threads = (self.threads or usable_cpus()) if dev == "cpu" else 0
         self._translator = ct2.Translator(str(self.convert_dir), device=dev, compute_type=compute,
                                           intra_threads=threads)
         self.extra = {"ctranslate2": ct2.__version__, "compute_type": compute}

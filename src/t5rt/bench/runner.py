@@ -25,6 +25,7 @@ from .presets import materialize, resolve_model
 from .results import BenchResult, Row, describe_machine, loadavg
 from .systems import RunOutput, System, Workload, agreement, make_workload, one_line
 from .t5rt_system import T5rtSystem, exporter_version
+from ..runtime.device import usable_cpus
 from .timing import Stats, device_memory_used, round_robin
 
 Log = Callable[[str], None]
@@ -78,6 +79,8 @@ def build_systems(opts: BenchOptions, device: str, precision: str, hf_dir: Path,
     if "ct2" in opts.peers:
         systems.append(CTranslate2(name="ct2", precision=precision, device=device, model_dir=hf_dir,
                                    convert_dir=cache / "ct2", note="ctranslate2.Translator"))
+    for s in systems:
+        s.threads = opts.threads
     return systems
 
 
@@ -115,6 +118,9 @@ def run_bench(opts: BenchOptions, log: Log = print) -> BenchResult:
         raise InvalidOptionError("--device cuda asked, but cupy sees no CUDA device here; "
                                  "use --device cpu or install t5rt[cuda]")
     precision = resolve_precision(opts.precision, device)
+    if device == "cpu" and precision == "bf16":
+        raise InvalidOptionError("--precision bf16 cannot run on the CPU (ONNX Runtime has no bf16 CPU "
+                                 "kernels): use --precision fp32 on the CPU, or --device cuda")
     source = resolve_model(opts.model)
     cache = Path(opts.cache_dir).expanduser() / f"{source.label.replace('/', '--')}-{source.fingerprint()}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -238,5 +244,6 @@ def _rows(systems: list[System], workloads: list[Workload], tracks: dict, precis
 
 def _options_json(opts: BenchOptions, device: str, precision: str, label: str) -> dict[str, Any]:
     d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()}
-    d.update(device_resolved=device, precision_resolved=precision, model_label=label)
+    d.update(device_resolved=device, precision_resolved=precision, model_label=label,
+             threads_resolved=opts.threads or (usable_cpus() if device == "cpu" else None))
     return d

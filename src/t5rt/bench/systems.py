@@ -68,6 +68,7 @@ class System:
     device: str  # "cpu" | "cuda"
     note: str = ""  # shown in the table's note column
     extra: dict = field(default_factory=dict)  # system-specific facts for the JSON
+    threads: int | None = None  # CPU threads it may use (None: the cores this process may use)
 
     def setup(self) -> None:
         raise NotImplementedError

@@ -72,7 +72,8 @@ class T5rtSystem(System):
         export_model(self.model_dir, self.export_dir, self.precision, self.max_input_len,
                      self.max_output_len, self.log)
         try:
-            self._rt = t5rt.load(str(self.export_dir), backend=self.backend, device=self.device)
+            self._rt = t5rt.load(str(self.export_dir), backend=self.backend, device=self.device,
+                                 threads=self.threads)
         except t5rt.T5rtError as e:
             raise Unavailable(one_line(e)) from None
         manifest = t5rt.load_manifest(self.export_dir)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..generation_config import GenerationConfig
-from . import ops, rng, step_kernels
+from ..kernels import BeamUpdateWorkspace, Geometry, beam_update
+from . import ops, rng
 from .ops import Array
 from .processors import LogitsPipeline
 from .sampling import _to_host
@@ -48,9 +49,9 @@ class BeamSearchStrategy:
                  fused: Any = None):
         self.xp, self.config = xp, config
         nb = config.num_beams
-        # cupy: one fused kernel for everything after candidate selection (step_kernels), and
-        # t5rt.kernels' beam_step / beam_topk for the candidates (K <= 64)
-        self._sk = step_kernels.make_step_kernels(xp, fused) if 2 * nb <= step_kernels.BEAM_MAX_K else None
+        # cupy: one fused kernel for everything after candidate selection (t5rt.kernels.beam_update,
+        # run by the launcher _sk), and t5rt.kernels' beam_step / beam_topk for the candidates
+        self._sk = ops.kernel_launcher(xp, fused) if 2 * nb <= Geometry.DEC_MAX_K else None
         self._kernels = kernels if self._sk is not None else None
         self.batch, self.num_beams, self.rows_per_input, self.rows = batch, nb, nb, batch * nb
         self.num_return_sequences = config.num_return_sequences
@@ -62,7 +63,7 @@ class BeamSearchStrategy:
         self.early_stopping = config.early_stopping
         B, N, T, K, V = batch, self.rows, max_new_tokens, self.K, vocab_size
         self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=V, history_len=T + 1,
-                                       eos_token_id=eos_token_id, beams=True, step_kernels=self._sk)
+                                       eos_token_id=eos_token_id, beams=True, launcher=self._sk)
         self._start = decoder_start_token_id
         # running beams (state: updated in place by step(), set by reset())
         self.history = xp.empty((N, T + 1), dtype=xp.int64)  # [N, T+1]
@@ -116,21 +117,16 @@ class BeamSearchStrategy:
 
     def _init_fused(self) -> None:
         """Scratch and constants of the fused path (allocated once, reused every step)."""
-        xp, B, N, T, nb, lp = self.xp, self.batch, self.rows, self.max_new_tokens, self.num_beams, self.length_penalty
+        xp, B, T, nb, lp = self.xp, self.batch, self.max_new_tokens, self.num_beams, self.length_penalty
         # float32((t+1)**lp) for t = 0..T, computed like the array code (float64 power, then cast)
         self._denom = xp.asarray(np.power(np.arange(1, T + 2, dtype=np.float64), lp).astype(np.float32))
-        self._use_best_denom = self.early_stopping == "never" and lp > 0.0
-        self._best_denom = np.float32(float(T) ** lp if self._use_best_denom else 1.0)
-        self._scratch_hist = xp.zeros((N, T + 1), dtype=xp.int64)  # [N, T+1]
-        self._scratch_fin = xp.zeros((N, T + 1), dtype=xp.int64)  # [B*nb, T+1]
-        if self.output_scores:
-            self._scratch_tlp = xp.zeros((N, T + 1), dtype=xp.float32)
-            self._scratch_fin_tlp = xp.zeros((N, T + 1), dtype=xp.float32)
-        self._sel_run = xp.zeros((B, nb), dtype=xp.int32)  # [B, nb]
-        self._sel_fin = xp.zeros((B, nb), dtype=xp.int32)  # [B, nb]
+        # early_stopping="never", lp > 0: HF's heuristic divides by the longest length's float32(T**lp)
+        use_best_denom = self.early_stopping == "never" and lp > 0.0
+        self._best_denom = float(np.float32(float(T) ** lp)) if use_best_denom else None
+        self._update_ws = BeamUpdateWorkspace(B, nb, T, self.output_scores, launcher=self._sk)
         self._ws = None
         if self._kernels is not None:
-            self._ws = self._kernels.TopKWorkspace(B, nb * self.vocab_size, self.K, nb)
+            self._ws = self._kernels.TopKWorkspace(B, nb * self.vocab_size, self.K, nb, launcher=self._sk)
 
     # --- one step -------------------------------------------------------------------------
     def step(self, logits: Array) -> None:
@@ -246,7 +242,7 @@ class BeamSearchStrategy:
         return logp, cand_score, cand_idx
 
     def _step_fused(self, logits: Array) -> None:
-        """step() as candidate selection + ONE update kernel (t5rt_dec_beam_update).
+        """step() as candidate selection + ONE update kernel (t5rt.kernels.beam_update).
 
         Candidates: t5rt.kernels.beam_step (log_softmax + beam score + top-K fused, 3 launches)
         when no processor is configured; else log_softmax + processors in array code, then
@@ -272,16 +268,15 @@ class BeamSearchStrategy:
         if cand_lp is not None:
             cand_lp = xp.ascontiguousarray(cand_lp, dtype=xp.float32)
         out = self.output_scores
-        self._sk.launch("t5rt_dec_beam_update", 1, step_kernels.BLOCK_THREADS, (
-            cand_score, cand_idx, cand_lp, self._denom, self._best_denom,
-            np.int32(self._use_best_denom), np.int32(self.early_stopping is True),
-            self.history, self.tokens, self.parent, self.running_score, self.fin_seq,
-            self.fin_score, self.fin_flag, self.fin_len, self.heuristic_unsat,
-            self.token_logprob if out else None, self.fin_token_logprob if out else None,
-            self._scratch_hist, self._scratch_fin, self._scratch_tlp if out else None,
-            self._scratch_fin_tlp if out else None, self._sel_run, self._sel_fin,
-            self.step_counter, self._done,
-            np.int32(B), np.int32(nb), np.int32(V), np.int32(T), np.int64(self.eos)))
+        beam_update(cand_score, cand_idx, cand_lp, denom=self._denom, best_denom=self._best_denom,
+                    early_stopping_true=self.early_stopping is True, history=self.history,
+                    tokens=self.tokens, parent=self.parent, running_score=self.running_score,
+                    fin_seq=self.fin_seq, fin_score=self.fin_score, fin_flag=self.fin_flag,
+                    fin_len=self.fin_len, heuristic_unsat=self.heuristic_unsat,
+                    token_logprob=self.token_logprob if out else None,
+                    fin_token_logprob=self.fin_token_logprob if out else None,
+                    step_counter=self.step_counter, done=self._done, vocab_size=V, eos=self.eos,
+                    workspace=self._update_ws)
         self.host_step += 1
 
     def done(self) -> Array:

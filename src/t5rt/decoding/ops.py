@@ -19,6 +19,8 @@ search exact ties only arise among the -1e9 placeholder entries, which never rea
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -235,3 +237,27 @@ def reset_sequences(history: Array, tokens: Array, step_counter: Array, done: Ar
     tokens.fill(start)
     step_counter.fill(0)
     done.fill(False)
+
+
+def kernel_launcher(xp: Any, fused: Any) -> Any:
+    """Who runs a strategy's fused kernels (kernels/decoding_step.cu through t5rt.kernels), or
+    None for the array code. fused: None = the CUDA kernels on cupy unless
+    $T5RT_DECODING_FUSED=0 (array code if they cannot load, with a warning), the array code on
+    numpy; False = array code; True = the CUDA kernels; a t5rt.kernels Launcher = that one
+    (tests: t5rt.kernels.host.HostKernels runs the same kernels on numpy)."""
+    from .. import kernels
+    from ..errors import BackendError
+
+    if fused is None:
+        if xp is np or os.environ.get("T5RT_DECODING_FUSED", "1") == "0":
+            return None
+        try:
+            return kernels.cuda_launcher()
+        except BackendError as e:
+            warnings.warn(f"t5rt.decoding: fused step kernels unavailable ({e}); using array code", stacklevel=3)
+            return None
+    if fused is False:
+        return None
+    if fused is True:
+        return kernels.cuda_launcher()
+    return fused

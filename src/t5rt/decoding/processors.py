@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from ..generation_config import GenerationConfig
 from . import ops
 from .ops import NEG_INF, Array
@@ -113,25 +114,21 @@ class BadWords:
 class MinNewTokens:
     """eos -> -inf while fewer than `min_new_tokens` tokens were generated (t < min).
 
-    With step kernels (cupy) this is one tiny in-place launch that reads t on the device (it
-    stays in the CUDA graph after t >= min, doing nothing); otherwise a masked copy.
+    With a kernel launcher (the fused path) this is one tiny in-place launch
+    (t5rt.kernels.min_new_tokens) that reads t on the device (it stays in the CUDA graph after
+    t >= min, doing nothing); otherwise a masked copy.
     """
 
     def __init__(self, xp: Any, min_new_tokens: int, eos_token_id: int, vocab_size: int,
-                 step_kernels: Any = None):
+                 launcher: Any = None):
         self.xp, self.min_new, self.eos = xp, min_new_tokens, eos_token_id
-        self.step_kernels = step_kernels
+        self.launcher = launcher
         self.is_eos = (xp.arange(vocab_size, dtype=xp.int64) == eos_token_id)[None, :]  # [1, V]
 
     def __call__(self, history: Array, scores: Array, t: Array) -> Array:
         xp = self.xp
-        if self.step_kernels is not None and scores.dtype == xp.float32 and scores.strides[1] == 4:
-            n = scores.shape[0]
-            self.step_kernels.launch(
-                "t5rt_dec_min_new_tokens", max(1, (n + 127) // 128), 128,
-                (scores, np.int64(scores.strides[0] // 4), np.int32(n), np.int64(self.eos), t,
-                 np.int64(self.min_new)))
-            return scores
+        if self.launcher is not None and scores.dtype == xp.float32 and scores.strides[1] == 4:
+            return kernels.min_new_tokens(scores, t, self.min_new, self.eos, launcher=self.launcher)
         return xp.where(self.is_eos & (t < self.min_new), xp.float32(NEG_INF), scores)
 
 
@@ -176,8 +173,8 @@ class LogitsPipeline:
     """All configured processors in HF order; `__call__(history, scores, t, host_t)`."""
 
     def __init__(self, xp: Any, config: GenerationConfig, *, rows: int, vocab_size: int,
-                 history_len: int, eos_token_id: int, beams: bool, step_kernels: Any = None):
-        """step_kernels (cupy): processors that have a fused kernel use it and may then work
+                 history_len: int, eos_token_id: int, beams: bool, launcher: Any = None):
+        """launcher (t5rt.kernels, fused path): processors that have a kernel use it and may then work
         in place on the scores they are given (see strategy.py)."""
         self.xp = xp
         pre: list[Any] = []
@@ -188,7 +185,7 @@ class LogitsPipeline:
         if config.bad_words_ids:
             pre.append(BadWords(xp, config.bad_words_ids, eos_token_id, vocab_size, rows))
         if config.min_new_tokens > 0:
-            pre.append(MinNewTokens(xp, config.min_new_tokens, eos_token_id, vocab_size, step_kernels))
+            pre.append(MinNewTokens(xp, config.min_new_tokens, eos_token_id, vocab_size, launcher))
         self.pre = pre
         self.user = list(config.logits_processors)
         warp: list[Any] = []

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..generation_config import GenerationConfig
-from . import ops, rng, step_kernels
+from ..kernels import sample_update
+from . import ops, rng
 from .ops import Array
 from .processors import LogitsPipeline
 
@@ -40,8 +41,9 @@ class SamplingStrategy:
                  decoder_start_token_id: int, first_input: int = 0, kernels: Any = None,
                  fused: Any = None):
         self.xp, self.config = xp, config
-        # cupy: one fused kernel for the state update (step_kernels); t5rt.kernels for the choice
-        self._sk = step_kernels.make_step_kernels(xp, fused)
+        # cupy: one fused kernel for the state update (t5rt.kernels.sample_update, run by the
+        # launcher _sk); t5rt.kernels for the token choice
+        self._sk = ops.kernel_launcher(xp, fused)
         self._kernels = kernels if self._sk is not None else None
         self.do_sample = config.do_sample
         r = config.num_return_sequences if config.do_sample else 1
@@ -51,7 +53,7 @@ class SamplingStrategy:
         N, T = self.rows, max_new_tokens
         self.pipeline = LogitsPipeline(xp, config, rows=N, vocab_size=vocab_size,
                                        history_len=T + 1, eos_token_id=eos_token_id, beams=False,
-                                       step_kernels=self._sk)
+                                       launcher=self._sk)
         self._start = decoder_start_token_id
         # state, updated in place by step(), set by reset()
         self.history = xp.empty((N, T + 1), dtype=xp.int64)  # [N, T+1]
@@ -124,7 +126,7 @@ class SamplingStrategy:
         self.host_step += 1
 
     def _step_fused(self, logits: Array) -> None:
-        """step() as the token choice + ONE state-update kernel (t5rt_dec_sample_update).
+        """step() as the token choice + ONE state-update kernel (t5rt.kernels.sample_update).
 
         With t5rt.kernels: greedy = argmax_logsumexp (2 launches in all), sampling =
         sample_logprob (2 launches); configured processors add theirs. Greedy is token-identical
@@ -134,7 +136,7 @@ class SamplingStrategy:
         float64 cumsum) and keeps a top-p boundary tie group whole, so a draw whose uniform lies
         within float error of a CDF edge can pick the neighbouring token (tests: statistical).
         Without kernels the choice is the array code, then the same update kernel."""
-        xp, t, N, V = self.xp, self.step_counter, self.rows, self.vocab_size
+        xp, t = self.xp, self.step_counter
         k = self._kernels
         lp_in = None
         scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step,
@@ -142,7 +144,7 @@ class SamplingStrategy:
         scores = xp.ascontiguousarray(scores)  # [N, V]
         if self.do_sample and k is not None:  # warpers + draw + log-prob in one kernel
             k.sample_logprob(scores, self._seed, t, self._sample_options, row_offset=self._row_offset,
-                             out=self._nxt, out_logprob=self._lp)
+                             out=self._nxt, out_logprob=self._lp, launcher=self._sk)
             scores, lp_in = None, self._lp
         elif self.do_sample:
             mx = scores.max(axis=-1)  # [N]
@@ -153,16 +155,18 @@ class SamplingStrategy:
             probs = xp.exp(shifted - self._row_logsum[:, None])  # = exp(log_softmax), as unfused
             xp.copyto(self._nxt, ops.sample_from_probs(xp, probs, u))
         elif k is not None:
-            k.argmax_logsumexp(scores, out=self._nxt, row_max=self._row_max, row_logsum=self._row_logsum)
+            k.argmax_logsumexp(scores, out=self._nxt, row_max=self._row_max, row_logsum=self._row_logsum,
+                               launcher=self._sk)
         else:
             xp.copyto(self._nxt, xp.argmax(scores, axis=-1))
             xp.copyto(self._row_max, scores.max(axis=-1))
             xp.copyto(self._row_logsum, xp.log(xp.exp(scores - self._row_max[:, None]).sum(axis=-1)))
-        self._sk.launch("t5rt_dec_sample_update", 1, step_kernels.BLOCK_THREADS, (
-            scores, self._row_max, self._row_logsum, lp_in, self._nxt, self.history, self.tokens,
-            self.unfinished, self.seq_logprob, self.token_logprob if self.output_scores else None,
-            self.step_counter, self._done, np.int32(N), np.int32(V), np.int32(self.max_new_tokens),
-            np.int64(self.pad), np.int64(self.eos)))
+        sample_update(self._nxt, self.history, self.tokens, self.unfinished, self.seq_logprob,
+                      self.step_counter, self._done, pad=self.pad, eos=self.eos, scores=scores,
+                      row_max=None if scores is None else self._row_max,
+                      row_logsum=None if scores is None else self._row_logsum, logprob=lp_in,
+                      token_logprob=self.token_logprob if self.output_scores else None,
+                      launcher=self._sk)
         self.host_step += 1
 
     def done(self) -> Array:

@@ -22,12 +22,13 @@ place; the step counter lives on the device; on cupy no sort is used (ops.*_capt
 it can be captured in a CUDA graph (temporaries come from the capturing allocator). Once done()
 is true, step() changes nothing (parent = identity), so checking done() every few steps is exact.
 
-On cupy the per-step bookkeeping is one fused kernel per strategy (step_kernels.py) and, given
-`kernels=` (the loaded t5rt.kernels module), the token choice is t5rt.kernels too:
+On cupy the per-step bookkeeping is one fused kernel per strategy (kernels/decoding_step.cu via
+t5rt.kernels: sample_update, beam_update) and, given `kernels=` (the loaded t5rt.kernels
+module), the token choice is t5rt.kernels too:
 
     greedy     argmax_logsumexp (argmax + row log-sum-exp, one pass) + update  2 launches
     sampling   sample_logprob (temperature/top-k/top-p/draw) + update         2 launches
-    beam       beam_step (log_softmax + score + top-2nb) + t5rt_dec_beam_update  4 launches
+    beam       beam_step (log_softmax + score + top-2nb) + beam_update           4 launches
     + one launch per configured processor group (min_new_tokens: 1 tiny in-place kernel;
       repetition_penalty, no_repeat_ngram_size, bad_words_ids: array code, only when set)
 
@@ -72,11 +73,13 @@ def make_strategy(xp: Any, config: GenerationConfig, *, batch: int, vocab_size: 
 
     first_input: the request-wide index of this batch's first input; the RNG (sampling only)
     is keyed on request-wide rows, so a request split into chunks samples exactly as one batch.
-    kernels: the loaded `t5rt.kernels` module (cupy only; None = array code for the token
-    choice): greedy argmax_logsumexp, sampling sample_logprob, beam search beam_step / beam_topk.
-    fused: the per-step state update as one kernel (step_kernels.py): None = on cupy
-    ($T5RT_DECODING_FUSED=0 turns it off), False = array code (kernels then unused too), or a
-    StepKernels launcher (tests: HostStepKernels runs the same kernels on numpy).
+    kernels: the `t5rt.kernels` module (None = array code for the token choice): greedy
+    argmax_logsumexp, sampling sample_logprob, beam search beam_step / beam_topk, run by the
+    same launcher as the state update.
+    fused: the per-step state update as one kernel (t5rt.kernels.sample_update / beam_update):
+    None = on cupy ($T5RT_DECODING_FUSED=0 turns it off), False = array code (kernels then
+    unused too), True = the CUDA kernels, or a t5rt.kernels Launcher (tests:
+    t5rt.kernels.host.HostKernels runs the same kernels on numpy); see ops.kernel_launcher.
     """
     config.validate(vocab_size=vocab_size)
     if not isinstance(batch, int) or batch < 1:

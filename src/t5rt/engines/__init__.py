@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ..errors import BackendError, InvalidOptionError
 from ..manifest import GRAPH_NAMES, Manifest
 from .base import Engine
 
@@ -53,6 +53,10 @@ def _ort_rewrite(options: Any, device: Any) -> bool:
 def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
     backend, reason = pick_backend(requested, device, m)
     sessions: dict[str, Any] = {}
+    if backend == "ort" and not device.is_cuda and m.precision == "bf16":
+        raise BackendError(f"{m.directory} is a bf16 export, which ONNX Runtime cannot run on the CPU (it has "
+                           "no bf16 CPU kernels): load it with device='cuda', or re-export with "
+                           "--precision fp32 (or fp16) for the CPU")
     if backend == "native":
         from .native import NativeSession
 
@@ -66,6 +70,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 m.graph_path(g), m.graphs[g], device,
                 cuda_graph=options.cuda_graphs,  # one ORT CUDA graph per bucket, every graph
                 threads=options.threads,
+                spin=options.cpu_spin,
                 tf32=options.tf32,
                 rewrite=_ort_rewrite(options, device),  # Add + RMSNorm -> one ORT kernel
             )
@@ -88,6 +93,10 @@ def _ort_encoder_sessions(m: Manifest, device: Any, options: Any) -> dict[str, A
             sessions[g] = OrtSession(m.graph_path(g), m.graphs[g], device, cuda_graph=options.cuda_graphs,
                                      threads=options.threads, tf32=options.tf32, rewrite=_ort_rewrite(options, device))
         else:
+            if m.precision == "bf16":
+                raise BackendError("backend='native' runs the encoder on ONNX Runtime, which has no CUDA "
+                                   "execution provider here and no bf16 CPU kernels: install onnxruntime-gpu "
+                                   "('t5rt[ort-gpu]') for bf16 exports")
             from .host_mirror import HostMirrorSession
 
             cpu = OrtSession(m.graph_path(g), m.graphs[g], Device("cpu"), threads=options.threads,

@@ -162,6 +162,152 @@ def beam_step(logits: np.ndarray, beam_scores: np.ndarray, num_beams: int, k: in
     return beam_topk(scores.reshape(rows // num_beams, num_beams * v), k)
 
 
+# ---- decoding strategies' state updates (decoding_step.cu) ----
+#
+# State dicts hold the buffers the kernels update in place, under the wrappers' argument names
+# (t5rt.kernels.sample_update / beam_update); these return updated copies, inputs untouched.
+
+_BIG = np.float32(-1.0e9)
+_NEG_ZERO = np.float32(-0.0)
+
+
+def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if v is None else np.array(v, copy=True) for k, v in state.items()}
+
+
+def sample_update(state: dict[str, Any], nxt: np.ndarray, *, pad: int, eos: int, scores: Any = None,
+                  row_max: Any = None, row_logsum: Any = None, logprob: Any = None) -> dict[str, Any]:
+    """state: history [N, T+1], tokens [N], unfinished [N], seq_logprob [N], token_logprob
+    [N, T+1] or None, step_counter [], done []. One greedy / sampling step (HF `_sample`):
+    row n takes nxt[n] (pad once finished) at column min(t+1, T) with log-prob
+    (scores[n, tok] - row_max[n]) - row_logsum[n] (or logprob[n]); nothing but `done` changes
+    once done."""
+    s = _copy_state(state)
+    hist = s["history"]
+    n, w = hist.shape
+    last = w - 1
+    t, done = int(s["step_counter"]), bool(s["done"])
+    col, at_max = min(t + 1, last), t + 1 >= last
+    if not done:
+        for r in range(n):
+            unf = bool(s["unfinished"][r])
+            tok = int(nxt[r]) if unf else pad
+            if scores is not None:
+                lp = (scores[r, tok] - row_max[r]) - row_logsum[r]  # float32 throughout
+            else:
+                lp = logprob[r]
+            if unf:
+                s["seq_logprob"][r] = s["seq_logprob"][r] + lp
+                if s.get("token_logprob") is not None:
+                    s["token_logprob"][r, col] = lp
+            hist[r, col] = tok
+            s["tokens"][r] = tok
+            s["unfinished"][r] = unf and tok != eos and not at_max
+        s["step_counter"][...] = t + 1
+    s["done"][...] = not s["unfinished"].any()
+    return s
+
+
+def _top(v: np.ndarray, take: int) -> np.ndarray:
+    """Indices of the `take` largest, descending, ties -> lower index."""
+    return np.argsort(-v, kind="stable")[:take]
+
+
+def beam_update(state: dict[str, Any], cand_score: np.ndarray, cand_idx: np.ndarray,
+                cand_lp: Any, *, denom: np.ndarray, best_denom: float | None,
+                early_stopping_true: bool, vocab_size: int, eos: int) -> dict[str, Any]:
+    """state: history [N, T+1], tokens, parent [N], running_score [B, nb], fin_seq [B, nb, T+1],
+    fin_score [B, nb], fin_flag [B, nb], fin_len [B, nb], heuristic_unsat [B], token_logprob
+    [N, T+1] / fin_token_logprob [B, nb, T+1] (or None), step_counter [], done [].
+    One step of Hugging Face's `_beam_search` after candidate selection (K = 2 nb candidates
+    per input, cand_idx into nb*V), per input with float32 arithmetic and masks added as -1e9
+    in HF's order; once done only parent changes (to the identity)."""
+    s = _copy_state(state)
+    b_count, nb = s["running_score"].shape
+    n, w = s["history"].shape
+    last, v = w - 1, vocab_size
+    t = int(s["step_counter"])
+    if bool(s["done"]):
+        s["parent"][:] = np.arange(n)
+        return s
+    col, at_max = min(t + 1, last), t + 1 >= last
+    tlp = s.get("token_logprob")
+    old_hist, old_fin = state["history"], state["fin_seq"].reshape(n, w)
+    old_tlp: Any = None if tlp is None else state["token_logprob"]
+    old_fin_tlp: Any = None if tlp is None else state["fin_token_logprob"].reshape(n, w)
+    d = denom[t]
+    any_unsat, all_fin, all_hits = False, True, True
+
+    def with_token(src_hist: Any, src_row: int, token: Any) -> np.ndarray:
+        row = src_hist[src_row].copy()
+        row[col] = token
+        return row
+
+    for b in range(b_count):
+        full, unsat = bool(s["fin_flag"][b].all()), bool(state["heuristic_unsat"][b])
+        hit = (cand_idx[b] % v == eos) | at_max  # [K]
+        run = cand_score[b] + np.where(hit, _BIG, _NEG_ZERO)  # [K]
+        f = cand_score[b] / d
+        if early_stopping_true:
+            f = f + (_BIG if full else _NEG_ZERO)
+        f = f + (_BIG if not unsat else _NEG_ZERO)
+        first_nb = np.arange(2 * nb) < nb
+        f = f + np.where(~(hit & first_nb), _BIG, _NEG_ZERO)
+        merged = np.concatenate([state["fin_score"][b], f]).astype(np.float32)  # [nb + K]
+        pick, keep = _top(run, nb), _top(merged, nb)
+        nf_score = merged[keep]
+        nf_flag = np.array([state["fin_flag"][b, m] if m < nb else bool(hit[m - nb] and m - nb < nb) for m in keep])
+        nf_len = np.array([state["fin_len"][b, m] if m < nb else t + 1 for m in keep])
+        best_running = run[pick[0]] / (np.float32(best_denom) if best_denom is not None else d)
+        worst = nf_score.min()
+        new_unsat = unsat and any(best_running > (worst if flag else _BIG) for flag in nf_flag)
+        for i in range(nb):
+            r, j = b * nb + i, pick[i]
+            idx = int(cand_idx[b, j])
+            src = b * nb + idx // v
+            s["running_score"][b, i] = run[j]
+            s["parent"][r] = src
+            s["tokens"][r] = idx % v
+            s["history"][r] = with_token(old_hist, src, idx % v)
+            if tlp is not None:
+                s["token_logprob"][r] = with_token(old_tlp, src, cand_lp[b, j])
+            m = int(keep[i])
+            if m < nb:
+                s["fin_seq"][b, i] = old_fin[b * nb + m]
+                if tlp is not None:
+                    s["fin_token_logprob"][b, i] = old_fin_tlp[b * nb + m]
+            else:
+                idx2 = int(cand_idx[b, m - nb])
+                src2 = b * nb + idx2 // v
+                s["fin_seq"][b, i] = with_token(old_hist, src2, idx2 % v)
+                if tlp is not None:
+                    s["fin_token_logprob"][b, i] = with_token(old_tlp, src2, cand_lp[b, m - nb])
+        s["fin_score"][b], s["fin_flag"][b], s["fin_len"][b] = nf_score, nf_flag, nf_len
+        s["heuristic_unsat"][b] = new_unsat
+        any_unsat |= new_unsat
+        all_fin &= bool(nf_flag.all())
+        all_hits &= bool(hit.all())
+    # columns after col are never read or written (they hold the reset value)
+    for key in ("history", "token_logprob"):
+        if s.get(key) is not None:
+            s[key][:, col + 1:] = state[key][:, col + 1:]
+    for key in ("fin_seq", "fin_token_logprob"):
+        if s.get(key) is not None:
+            s[key][:, :, col + 1:] = state[key][:, :, col + 1:]
+    s["step_counter"][...] = t + 1
+    exists_open = not (all_fin and early_stopping_true)
+    s["done"][...] = not (any_unsat and exists_open and not all_hits)
+    return s
+
+
+def min_new_tokens(scores: np.ndarray, step: int, min_new: int, eos: int) -> np.ndarray:
+    """Hugging Face MinNewTokensLengthLogitsProcessor: scores[:, eos] = -inf while step < min_new."""
+    out = np.array(scores, copy=True)
+    if step < min_new:
+        out[:, eos] = -np.inf
+    return out
+
+
 def as_any(x: Any) -> np.ndarray:
     """numpy view of a numpy or cupy array (host copy for cupy)."""
     return x.get() if hasattr(x, "get") else np.asarray(x)

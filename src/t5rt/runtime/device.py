@@ -7,6 +7,8 @@ dtype: its buffers are stored as uint16 and handed to engines with the ONNX elem
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,23 @@ def cuda_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - any driver/runtime failure means "no usable GPU"
         return False
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask, capped by a cgroup CPU quota
+    (containers), at least 1. os.cpu_count() counts the host's cores, which oversubscribes a
+    container or a pinned process."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 def resolve_device(device: str) -> str:

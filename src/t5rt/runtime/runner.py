@@ -35,7 +35,9 @@ class RuntimeOptions:
     done_check_interval: int = 8      # steps between host checks of "all sequences finished"
     max_batch: int = 64               # larger requests run in chunks of this many inputs
     max_cached_buckets: int = 8       # buffer sets kept alive (least recently used dropped)
-    threads: int | None = None        # CPU: intra-op threads (None: the backend's default)
+    threads: int | None = None        # CPU: intra-op threads (None: the cores this process may use)
+    cpu_spin: bool = False            # CPU: let ORT's thread pool spin while waiting (faster only on
+                                      # an idle machine with cores to spare)
     profile: bool = False             # split per-step device time into engine / decoding (CUDA events)
     tf32: bool = False                # allow TF32 matmuls for fp32 graphs on the GPU (faster, not exact)
     # ORT load-time rewrite (engines/ort_rewrite.py): fp32 residual Add + RMSNorm -> one
@@ -55,6 +57,10 @@ class RuntimeOptions:
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt", "native"):
             raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort', 'trt' or 'native'")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise InvalidOptionError(f"threads={self.threads!r} is invalid: an integer >= 1, or None for "
+                                     "the cores this process may use")
         for name in ("done_check_interval", "max_batch", "max_cached_buckets"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

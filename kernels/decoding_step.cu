@@ -1,58 +1,28 @@
-"""Fused state updates of the decoding step: one single-block CUDA kernel per strategy.
+// decoding_step.cu - the decoding strategies' per-step state updates, one single-block launch
+// each (t5rt.decoding: sampling.py, beam.py, processors.py), plus the min-new-tokens processor.
+//
+// On the GPU everything a step does after choosing its candidates (history write, tokens,
+// unfinished/finished flags, summed log-probs, beam selection and the finished-hypotheses merge,
+// the step counter and the done flag) is ONE launch instead of dozens of elementwise kernels and
+// k-round argmax loops. The kernels read the step counter and the done flag from the device, so a
+// CUDA graph of `step()` stays exact after `done()` (they then change nothing but `parent`).
+//
+//   t5rt_dec_sample_update   greedy / multinomial sampling, one block of T5RT_DEC_THREADS
+//   t5rt_dec_beam_update     beam search / beam sampling, one block, K = 2 * nb <= T5RT_DEC_MAX_K
+//   t5rt_dec_min_new_tokens  scores[n, eos] = -inf while t < min_new_tokens, in place
+//
+// The update kernels run as one block (rows and inputs are strided over its threads), so they
+// have no cross-block reductions; per-input work is a few dozen scalars and the sequence copies.
+// NumPy references: t5rt.kernels.reference (sample_update, beam_update, min_new_tokens).
+#include "t5rt_kernels.cuh"
 
-On cupy, everything a step does after choosing its candidates (history write, tokens,
-unfinished/finished flags, summed log-probs, beam selection and the finished-hypotheses merge,
-the step counter and the done flag) is ONE launch instead of dozens of elementwise kernels and
-k-round argmax loops. The kernels read the step counter and the done flag from the device, so a
-CUDA graph of `step()` stays exact after `done()` (they then change nothing but `parent`).
-
-    t5rt_dec_sample_update   greedy / multinomial sampling (sampling.py)
-    t5rt_dec_beam_update     beam search / beam sampling (beam.py), K = 2 * num_beams <= 64
-
-Both run as one block (rows and inputs are strided over its threads), so they have no
-cross-block reductions; per-input work is a few dozen scalars and the sequence copies.
-
-Launchers (`StepKernels`):
-- `CupyStepKernels`: cupy.RawModule over SOURCE (NVRTC, compiled once per process).
-- `HostStepKernels`: the SAME source compiled as C++ for the host with HOST_PRELUDE (one thread,
-  one block; `__syncthreads` is a no-op), called through ctypes on numpy arrays. Tests use it to
-  check the kernel logic against the array code on CPUs (needs a C++ compiler).
-
-Arguments are numpy scalars (np.int32/np.int64/np.float32), arrays, or None (null pointer).
-"""
-
-from __future__ import annotations
-
-import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
-from typing import Any, Protocol, Sequence
-
-import numpy as np
-
-from ..errors import BackendError
-
-# Largest K (= 2 * num_beams) the beam kernel handles; wider beams use the array code.
-BEAM_MAX_K = 64
-BLOCK_THREADS = 256
-
-SOURCE = r"""
-typedef long long i64;
-typedef unsigned long long u64;
-#define T5RT_BIG (-1.0e9f)
-#define T5RT_MAX_K 64
-
+#define T5RT_DEC_BIG (-1.0e9f)
 // Greedy / sampling, one block. Per row n (HF `_sample` bookkeeping, sampling.py):
 //   tok = unfinished ? nxt_raw : pad;  lp = (scores[n, tok] - row_max) - row_logsum  (or lp_in)
 //   if active: seq_logprob += lp (unfinished rows); history[n, col] = tok; tokens[n] = tok;
 //              token_logprob[n, col] = lp (unfinished rows); unfinished &= tok != eos && t+1 < T
 //   t += active; done = !any(unfinished)
-extern "C" __global__ void t5rt_dec_sample_update(
+extern "C" __global__ void __launch_bounds__(T5RT_DEC_THREADS) t5rt_dec_sample_update(
     const float* scores,      // [N, V] processed scores, or null: lp_in holds the log-probs
     const float* row_max,     // [N] max of each scores row (unused with lp_in)
     const float* row_logsum,  // [N] log(sum(exp(scores - max)))
@@ -96,12 +66,12 @@ extern "C" __global__ void t5rt_dec_sample_update(
 }
 
 // x + flag * BIG as numpy computes it (flag as float32 times -1e9, then added).
-__device__ __forceinline__ float t5rt_add_big(float x, bool flag) {
-  return x + (flag ? T5RT_BIG : -0.0f);
+__device__ __forceinline__ float t5rt_dec_add_big(float x, bool flag) {
+  return x + (flag ? T5RT_DEC_BIG : -0.0f);
 }
 
 // Indices of the `take` largest of v[0..n) (descending, ties -> lower index) into out.
-__device__ __forceinline__ void t5rt_small_topk(const float* v, int n, int take, int* out) {
+__device__ __forceinline__ void t5rt_dec_small_topk(const float* v, int n, int take, int* out) {
   u64 taken = 0;
   for (int i = 0; i < take; ++i) {
     int best = -1;
@@ -115,7 +85,7 @@ __device__ __forceinline__ void t5rt_small_topk(const float* v, int n, int take,
 // Beam search after candidate selection, one block (Hugging Face 5.17 `_beam_search`, beam.py):
 // running beams = best nb of the K candidates (eos/limit hits masked), finished hypotheses =
 // best nb of old finished U masked candidates / (t+1)**lp, early-stop heuristic, done flag.
-extern "C" __global__ void t5rt_dec_beam_update(
+extern "C" __global__ void __launch_bounds__(T5RT_DEC_THREADS) t5rt_dec_beam_update(
     const float* cand_score,  // [B, K] candidate scores, descending per input
     const i64* cand_idx,      // [B, K] flat index into nb*V (beam = idx / V, token = idx % V)
     const float* cand_lp,     // [B, K] token log-probs, or null without output_scores
@@ -164,9 +134,9 @@ extern "C" __global__ void t5rt_dec_beam_update(
   // 1. per input: running beams, finished merge, heuristic (a few dozen scalars)
   const float d = denom[t];
   for (int b = threadIdx.x; b < B; b += blockDim.x) {
-    float run[T5RT_MAX_K], merged[T5RT_MAX_K + T5RT_MAX_K / 2];
-    bool hit[T5RT_MAX_K];
-    int pick[T5RT_MAX_K / 2], keep[T5RT_MAX_K / 2];
+    float run[T5RT_DEC_MAX_K], merged[T5RT_DEC_MAX_K + T5RT_DEC_MAX_K / 2];
+    bool hit[T5RT_DEC_MAX_K];
+    int pick[T5RT_DEC_MAX_K / 2], keep[T5RT_DEC_MAX_K / 2];
     bool full = true;
     for (int i = 0; i < nb; ++i) full = full && fin_flag[b * nb + i];
     const bool unsat = heur_unsat[b];
@@ -176,20 +146,20 @@ extern "C" __global__ void t5rt_dec_beam_update(
       const i64 tok = cand_idx[b * K + j] % V;
       hit[j] = tok == eos || at_max;
       hits_all = hits_all && hit[j];
-      run[j] = t5rt_add_big(s, hit[j]);
+      run[j] = t5rt_dec_add_big(s, hit[j]);
       float f = s / d;
-      if (early_true) f = t5rt_add_big(f, full);
-      f = t5rt_add_big(f, !unsat);
-      f = t5rt_add_big(f, !(hit[j] && j < nb));
+      if (early_true) f = t5rt_dec_add_big(f, full);
+      f = t5rt_dec_add_big(f, !unsat);
+      f = t5rt_dec_add_big(f, !(hit[j] && j < nb));
       merged[nb + j] = f;
     }
     for (int i = 0; i < nb; ++i) merged[i] = fin_score[b * nb + i];
-    t5rt_small_topk(run, K, nb, pick);
-    t5rt_small_topk(merged, nb + K, nb, keep);
+    t5rt_dec_small_topk(run, K, nb, pick);
+    t5rt_dec_small_topk(merged, nb + K, nb, keep);
     // new finished state (read everything before writing)
-    float nf_score[T5RT_MAX_K / 2];
-    bool nf_flag[T5RT_MAX_K / 2];
-    i64 nf_len[T5RT_MAX_K / 2];
+    float nf_score[T5RT_DEC_MAX_K / 2];
+    bool nf_flag[T5RT_DEC_MAX_K / 2];
+    i64 nf_len[T5RT_DEC_MAX_K / 2];
     for (int i = 0; i < nb; ++i) {
       const int m = keep[i];
       nf_score[i] = merged[m];
@@ -200,7 +170,7 @@ extern "C" __global__ void t5rt_dec_beam_update(
     float worst = nf_score[0];
     for (int i = 1; i < nb; ++i) worst = nf_score[i] < worst ? nf_score[i] : worst;
     bool beats = false;
-    for (int i = 0; i < nb; ++i) beats = beats || best_running > (nf_flag[i] ? worst : T5RT_BIG);
+    for (int i = 0; i < nb; ++i) beats = beats || best_running > (nf_flag[i] ? worst : T5RT_DEC_BIG);
     const bool new_unsat = unsat && beats;
     bool flags_all = true;
     for (int i = 0; i < nb; ++i) {
@@ -259,111 +229,3 @@ extern "C" __global__ void t5rt_dec_min_new_tokens(float* scores, i64 row_stride
   for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += blockDim.x * gridDim.x)
     scores[(i64)n * row_stride + eos] = -__int_as_float(0x7f800000);
 }
-"""
-
-# The host (C++) build of SOURCE: one block of one thread, so every `for (x = threadIdx.x; ...;
-# x += blockDim.x)` loop runs sequentially and barriers are no-ops.
-HOST_PRELUDE = r"""
-#include <cstring>
-struct t5rt_dim3 { unsigned x, y, z; };
-static const t5rt_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1},
-                       gridDim = {1, 1, 1};
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-#define __syncthreads() ((void)0)
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-"""
-
-
-class StepKernels(Protocol):
-    def launch(self, name: str, grid: int, block: int, args: Sequence[Any]) -> None: ...
-
-
-class CupyStepKernels:
-    """SOURCE compiled by cupy (NVRTC) once per process; launches on the current stream."""
-
-    _lock = threading.Lock()
-    _module: Any = None
-
-    def __init__(self) -> None:
-        import cupy
-
-        with CupyStepKernels._lock:
-            if CupyStepKernels._module is None:
-                try:
-                    mod = cupy.RawModule(code=SOURCE, options=("--std=c++14",))
-                    mod.get_function("t5rt_dec_sample_update")  # compile now, not mid-capture
-                except Exception as e:  # noqa: BLE001 - cupy raises CompileException etc.
-                    raise BackendError(f"compiling the decoding step kernels failed "
-                                       f"({type(e).__name__}: {e})") from e
-                CupyStepKernels._module = mod
-        self._fns: dict[str, Any] = {}
-
-    def launch(self, name: str, grid: int, block: int, args: Sequence[Any]) -> None:
-        fn = self._fns.get(name)
-        if fn is None:
-            fn = self._fns[name] = CupyStepKernels._module.get_function(name)
-        fn((grid,), (block,), tuple(np.uint64(0) if a is None else a for a in args))
-
-
-class HostStepKernels:
-    """SOURCE compiled for the host (g++/c++) and run on numpy arrays: a CPU model of the kernels.
-
-    Every kernel here strides its work over the whole grid/block, so one host thread runs it all.
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike | None = None):
-        cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-        if cxx is None:
-            raise BackendError("HostStepKernels needs a C++ compiler (set $CXX or install g++)")
-        code = HOST_PRELUDE + SOURCE
-        tag = hashlib.sha256(code.encode()).hexdigest()[:16]
-        d = Path(cache_dir or tempfile.gettempdir()) / f"t5rt_step_kernels_{tag}"
-        d.mkdir(parents=True, exist_ok=True)
-        lib = d / "step_kernels.so"
-        if not lib.exists():
-            src = d / "step_kernels.cpp"
-            src.write_text(code)
-            tmp = d / f"step_kernels.{os.getpid()}.so"
-            r = subprocess.run([cxx, "-O1", "-shared", "-fPIC", "-std=c++14", "-o", str(tmp), str(src)],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise BackendError(f"host build of the step kernels failed:\n{r.stderr[-4000:]}")
-            os.replace(tmp, lib)
-        self.lib = ctypes.CDLL(str(lib))
-
-    def launch(self, name: str, grid: int, block: int, args: Sequence[Any]) -> None:
-        cargs = [_to_ctypes(a) for a in args]
-        fn = getattr(self.lib, name)
-        fn.restype = None
-        fn(*cargs)
-
-
-def _to_ctypes(a: Any) -> Any:
-    if a is None:
-        return ctypes.c_void_p(None)
-    if isinstance(a, np.ndarray):
-        if not a.flags.c_contiguous:
-            raise BackendError("host step kernels need C-contiguous arrays")
-        return ctypes.c_void_p(a.ctypes.data)
-    if isinstance(a, np.int32):
-        return ctypes.c_int32(int(a))
-    if isinstance(a, np.int64):
-        return ctypes.c_int64(int(a))
-    if isinstance(a, np.float32):
-        return ctypes.c_float(float(a))
-    raise TypeError(f"unsupported kernel argument {type(a).__name__}")
-
-
-def make_step_kernels(xp: Any, fused: Any) -> StepKernels | None:
-    """The launcher a strategy uses: fused=None -> cupy kernels on cupy, array code on numpy;
-    False -> array code; True -> cupy kernels; a StepKernels instance -> that one."""
-    if fused is None:
-        fused = xp is not np and os.environ.get("T5RT_DECODING_FUSED", "1") != "0"
-    if fused is False:
-        return None
-    if fused is True:
-        return CupyStepKernels()
-    return fused
