@@ -77,6 +77,7 @@ struct T5rtNativeStep {
 template <int A> struct T5rtAct { typedef unsigned short T; };
 template <> struct T5rtAct<0> { typedef float T; };
 
+#ifndef T5RT_HOST_BUILD
 __device__ __forceinline__ float t5rt_h2f(unsigned short h) {
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -87,6 +88,27 @@ __device__ __forceinline__ unsigned short t5rt_f2h(float f) {
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
   return h;
 }
+#else  // the host build (kernels/host_prelude.h): the same conversions in plain C++
+inline float t5rt_h2f(unsigned short h) {
+  const u32 sign = ((u32)h & 0x8000u) << 16, e = ((u32)h >> 10) & 0x1fu, m = (u32)h & 0x3ffu;
+  if (e == 0) {
+    const float v = (float)m * 5.9604644775390625e-08f;  // m * 2**-24
+    return sign ? -v : v;
+  }
+  if (e == 31) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+  return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+inline unsigned short t5rt_f2h(float f) {  // round to nearest even, overflow to inf
+  const u32 x = __float_as_uint(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
+  if (ax >= 0x47800000u) return (unsigned short)(sign | 0x7c00u);
+  if (ax < 0x38800000u) return (unsigned short)(sign | (u32)nearbyintf(__uint_as_float(ax) * 16777216.0f));
+  u32 hb = ((((ax >> 23) - 112u)) << 10) | ((ax & 0x7fffffu) >> 13);
+  const u32 rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (hb & 1u))) hb += 1u;
+  return (unsigned short)(sign | hb);
+}
+#endif
 __device__ __forceinline__ float t5rt_b2f(unsigned short b) { return __uint_as_float(((u32)b) << 16); }
 __device__ __forceinline__ unsigned short t5rt_f2b(float f) {
   // round to nearest even (as the exporter's constants and cvt.rn.bf16.f32); NaN stays NaN
@@ -110,6 +132,7 @@ template <> __device__ __forceinline__ unsigned short t5rt_from_f<2>(float v) { 
 template <int A> __device__ __forceinline__ float t5rt_round(float v) { return t5rt_to_f<A>(t5rt_from_f<A>(v)); }
 
 // ---- loads: activations written inside this launch bypass L1 (.cg); weights do not allocate ----
+#ifndef T5RT_HOST_BUILD
 __device__ __forceinline__ float t5rt_ldcg(const float* p) {
   float v;
   asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
@@ -134,6 +157,19 @@ __device__ __forceinline__ i64 t5rt_ld_i64(const i64* p) {
   asm volatile("ld.global.cg.s64 %0, [%1];" : "=l"(v) : "l"(p));
   return v;
 }
+__device__ __forceinline__ u32 t5rt_ld_acquire(const u32* p) {
+  u32 v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+#else
+inline float t5rt_ldcg(const float* p) { return *p; }
+inline unsigned short t5rt_ldcg(const unsigned short* p) { return *p; }
+inline uint4 t5rt_ld_stream(const void* p) { return *(const uint4*)p; }
+inline void t5rt_prefetch_l2(const void*) {}
+inline i64 t5rt_ld_i64(const i64* p) { return *p; }
+inline u32 t5rt_ld_acquire(const u32* p) { return std::atomic_ref<const u32>(*p).load(std::memory_order_acquire); }
+#endif
 
 // widen one 16-byte chunk of weights to floats (4 fp32 or 8 fp16/bf16)
 template <typename W> struct T5rtChunk;
@@ -162,11 +198,6 @@ template <int A> struct T5rtChunkOf { typedef T5rtChunk16<A> type; };
 template <> struct T5rtChunkOf<0> { typedef T5rtChunk<float> type; };
 
 // ---- grid barrier (persistent driver only): all blocks are co-resident (grid <= SMs) ----
-__device__ __forceinline__ u32 t5rt_ld_acquire(const u32* p) {
-  u32 v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
 __device__ __forceinline__ void t5rt_grid_sync(u32* bar, u32& gen) {
   __syncthreads();
   if (threadIdx.x == 0) {

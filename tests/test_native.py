@@ -147,124 +147,77 @@ def test_reference_matches_ort_step_and_hf_greedy(exports, shape):
 
 # ---- on the GPU: kernels vs reference, engine vs ORT step and Hugging Face -----------------
 
-KERNEL_SHAPES = {  # (d, heads, d_kv, d_ff, layers, vocab, gated): vector and scalar load paths
-    "vec": (64, 4, 16, 128, 2, 500, True),
-    "odd": (32, 3, 12, 64, 1, 384, False),  # H * Dk = 36 != d; 16-bit rows of 36 are not 16-byte multiples
-}
-TOL = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 2e-2}  # of the max |value|: a few ulps of A
+# ---- the native engine through the runner on the CPU: kernels from the host build ----------
 
 
-def _state(m, n, s, t, seed):
-    """Random step inputs: ids, positions (per row), mask, cross K/V and caches holding rows < position."""
-    from t5rt.weights import to_storage
+def _host_native(d, host_kernels):
+    """An ORT CPU runtime whose decoder step is the native engine on the host-built kernels."""
+    from t5rt.engines.native import NativeSession
 
-    rng = np.random.default_rng(seed)
-    L, H, Dk = len(m.layers), m.heads, m.d_kv
-    act = lambda *shape: to_storage(rng.standard_normal(shape).astype(np.float32), m.act_dtype)  # noqa: E731
-    ids = rng.integers(0, m.vocab, (n, 1)).astype(np.int64)
-    pos = rng.integers(0, t, n).astype(np.int64)
-    mask = (rng.random((n, s)) < 0.7).astype(np.int64)
-    mask[:, 0] = 1
-    return dict(ids=ids, pos=pos, mask=mask, ck=[act(n, H, s, Dk) for _ in range(L)],
-                cv=[act(n, H, s, Dk) for _ in range(L)], sk=[act(n, H, t, Dk) for _ in range(L)],
-                sv=[act(n, H, t, Dk) for _ in range(L)])
+    rt = t5rt.load(d, backend="ort", device="cpu")
+    rt.runner.sessions["decoder_step"] = NativeSession(rt.manifest, rt.device, launcher=host_kernels)
+    return rt
 
 
-def _device_step(m, st):
-    import cupy as cp
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_native_engine_on_host_kernels_matches_ort_step(exports, host_kernels, shape):
+    """The engine's phase kernels (host build) step by step: fp32 logits within 1e-4 (of the max)
+    of ONNX Runtime's decoder_step on the same tokens; the engine writes the caches itself."""
+    _, d = exports[shape]
+    nat, ort = _host_native(d, host_kernels), t5rt.load(d, backend="ort", device="cpu")
+    ids, mask = padded_inputs(seed=6, lens=(9, 4))
+    steps = 6
+    sn = nat.runner.decoder_slot(nat.runner.encode(ids, mask), 1, steps + 1)
+    so = ort.runner.decoder_slot(ort.runner.encode(ids, mask), 1, steps + 1)
+    assert sn.bufs.engine.backend == "native" and sn.bufs.engine.writes_cache
+    for slot in (sn, so):
+        slot.bufs.clear_caches()
+        slot.bufs.input_ids[:, 0] = nat.manifest.special_tokens.decoder_start_token_id
+    for t in range(steps):
+        for slot in (sn, so):
+            slot.bufs.position[...] = t
+            slot.bufs.engine.run()
+        so.cache.write(so.bufs.position)
+        ref = so.bufs.logits
+        assert np.abs(sn.bufs.logits - ref).max() <= 1e-4 * np.abs(ref).max(), f"{shape} step {t}"
+        for c_n, c_o in zip(sn.bufs.self_k + sn.bufs.self_v, so.bufs.self_k + so.bufs.self_v):
+            got, want = c_n[:, :, :t + 1], c_o[:, :, :t + 1]
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"{shape} cache rows, step {t}"
+        for slot in (sn, so):
+            slot.bufs.input_ids[:, 0] = ref.argmax(-1)
 
-    from t5rt.kernels.native import DeviceModel, StepBuffers, StepTable
 
-    n, V = st["ids"].shape[0], m.vocab
-    up = lambda xs: [cp.asarray(x) for x in xs]  # noqa: E731
-    bufs = StepBuffers(input_ids=cp.asarray(st["ids"]), position=cp.asarray(st["pos"]),
-                       encoder_attention_mask=cp.asarray(st["mask"]), cross_k=up(st["ck"]), cross_v=up(st["cv"]),
-                       self_k=up(st["sk"]), self_v=up(st["sv"]), logits=cp.zeros((n, V), cp.float32))
-    return StepTable(DeviceModel(m), bufs)
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("shape", ["t5-v1_0", "odd-dims"])
+def test_native_engine_on_host_kernels_generates_hf_tokens(exports, host_kernels, shape, beams):
+    """generate() through the runner with the native engine (host-built kernels): greedy and beam
+    tokens identical to Hugging Face."""
+    model, d = exports[shape]
+    rt = _host_native(d, host_kernels)
+    ids, mask = padded_inputs(seed=7, lens=(8, 5))
+    kw = dict(max_new_tokens=8, num_beams=beams)
+    ref, _ = hf_generate(model, ids, mask, **kw)
+    assert rt.generate(input_ids=ids, attention_mask=mask, **kw).sequences == ref
 
 
 def _close(got, ref, act_dtype, what):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    err = np.abs(got - ref).max()
-    assert err <= TOL[act_dtype] * max(np.abs(ref).max(), 1e-6), f"{what}: max err {err:.3g} vs scale {np.abs(ref).max():.3g}"
+    from test_kernels import native_close
+
+    native_close(got, ref, act_dtype, what)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("act_dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("shape", list(KERNEL_SHAPES))
-def test_kernels_match_reference_phase_by_phase(shape, act_dtype):
-    """Each phase kernel against its NumPy reference on the same inputs (the reference's result is
-    copied back before the next phase, so every phase is checked alone); then the persistent
-    whole-step kernel must equal the phase-per-launch step bit for bit."""
-    import cupy as cp
+def _state(m, n, s, t, seed):
+    from test_kernels import native_state
 
-    from t5rt.kernels.native import Phase
-    from t5rt.weights import from_storage
+    return native_state(m, n, s, t, seed)
 
-    d, H, Dk, F, L, V, gated = KERNEL_SHAPES[shape]
-    m = R.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=1)
-    n, s, t = 5, 7, 24
-    st = _state(m, n, s, t, seed=2)
-    tab = _device_step(m, st)
-    sk = [c.copy() for c in st["sk"]]
-    sv = [c.copy() for c in st["sv"]]
-    f = lambda a: from_storage(a, act_dtype)  # noqa: E731
 
-    tab.launch_phase(Phase.EMBED)
-    x = R.embed(m, st["ids"])
-    _close(tab.x.get(), x, act_dtype, "embed")
-    for l, ly in enumerate(m.layers):
-        tab.launch_phase(Phase.SELF_QKV, l)
-        q, _, _ = R.self_qkv(m, ly, x, st["pos"], sk[l], sv[l])
-        _close(tab.q.get(), q, act_dtype, f"self_qkv q l{l}")
-        _close(f(tab.bufs.self_k[l].get()), f(sk[l]), act_dtype, f"self_qkv k cache l{l}")
-        _close(f(tab.bufs.self_v[l].get()), f(sv[l]), act_dtype, f"self_qkv v cache l{l}")
-        tab.q[...] = cp.asarray(q)
-        tab.bufs.self_k[l][...] = cp.asarray(sk[l])
-        tab.bufs.self_v[l][...] = cp.asarray(sv[l])
-        tab.launch_phase(Phase.SELF_ATTN, l)
-        a = R.self_attention(m, q, st["pos"], sk[l], sv[l])
-        _close(tab.a.get(), a, act_dtype, f"self_attn l{l}")
-        tab.a[...] = cp.asarray(a)
-        tab.launch_phase(Phase.SELF_OUT, l)
-        x = R.residual(m, x, R.gemv(m, ly.sa_o, a))
-        _close(tab.x.get(), x, act_dtype, f"self_out l{l}")
-        tab.x[...] = cp.asarray(x)
-        tab.launch_phase(Phase.CROSS_Q, l)
-        q = R.gemv(m, ly.ca_q, R.norm(m, x, ly.ca_norm))
-        _close(tab.q.get(), q, act_dtype, f"cross_q l{l}")
-        tab.q[...] = cp.asarray(q)
-        tab.launch_phase(Phase.CROSS_ATTN, l)
-        a = R.cross_attention(m, q, st["ck"][l], st["cv"][l], st["mask"])
-        _close(tab.a.get(), a, act_dtype, f"cross_attn l{l}")
-        tab.a[...] = cp.asarray(a)
-        tab.launch_phase(Phase.CROSS_OUT, l)
-        x = R.residual(m, x, R.gemv(m, ly.ca_o, a))
-        _close(tab.x.get(), x, act_dtype, f"cross_out l{l}")
-        tab.x[...] = cp.asarray(x)
-        tab.launch_phase(Phase.FFN_IN, l)
-        h = R.ffn_in(m, ly, x)
-        _close(tab.h.get(), h, act_dtype, f"ffn_in l{l}")
-        tab.h[...] = cp.asarray(h)
-        tab.launch_phase(Phase.FFN_OUT, l)
-        x = R.residual(m, x, R.gemv(m, ly.wo, h))
-        _close(tab.x.get(), x, act_dtype, f"ffn_out l{l}")
-        tab.x[...] = cp.asarray(x)
-    tab.launch_phase(Phase.LM_HEAD)
-    _close(tab.bufs.logits.get(), R.lm_head(m, x), act_dtype, "lm_head")
+def _device_step(m, st):
+    from test_kernels import Dev, native_step_table
 
-    # whole step: per-phase launches vs the persistent kernel, from the same state
-    results = []
-    for run in ("launch_phases", "launch"):
-        tab2 = _device_step(m, st)
-        getattr(tab2, run)()
-        results.append([tab2.bufs.logits.get()] + [c.get() for c in tab2.bufs.self_k + tab2.bufs.self_v])
-        cp.cuda.Device().synchronize()
-    for a, b in zip(*results):
-        assert np.array_equal(a, b)
-    ref = R.decoder_step(m, st["ids"], st["pos"], st["mask"], st["ck"], st["cv"], [c.copy() for c in st["sk"]],
-                         [c.copy() for c in st["sv"]])
-    _close(results[0][0], ref, act_dtype, "whole step")
+    import t5rt.kernels as K
+
+    return native_step_table(Dev("cuda", K.cuda_launcher()), m, st)
 
 
 @pytest.mark.gpu

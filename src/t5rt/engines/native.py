@@ -68,24 +68,27 @@ def load_model(m: Manifest) -> Any:
 class NativeSession:
     """The decoder step of one export on the GPU; makes one NativeEngine per bucket."""
 
-    def __init__(self, m: Manifest, device: Any, persistent: bool = True):
+    def __init__(self, m: Manifest, device: Any, persistent: bool = True, launcher: Any = None):
+        """launcher: None (the CUDA kernels) or t5rt.kernels.host.HostKernels (CPU tests: the same
+        kernels built as host C++ over numpy buffers, one launch per phase)."""
         from ..kernels import load as load_kernels
         from ..kernels.native import DeviceModel, unsupported_reason as kernel_reason
 
-        if not device.is_cuda:
+        if not device.is_cuda and launcher is None:
             raise BackendError("backend='native' runs on CUDA only; use backend='ort' on the CPU")
         if why := unsupported_reason(m):
             raise BackendError(f"backend='native' cannot run this export: {why}")
         self.manifest = m
         self.spec = m.graphs["decoder_step"]
         self.device = device
-        self.persistent = persistent
+        self.persistent = persistent and launcher is None  # the host build has no grid barrier
         model = load_model(m)
         if why := kernel_reason(model):
             raise BackendError(f"backend='native' cannot run this export: {why}")
-        load_kernels()  # compile / load now, not inside the first step
+        if launcher is None:
+            load_kernels()  # compile / load now, not inside the first step
         with device.use():
-            self.model = DeviceModel(model)
+            self.model = DeviceModel(model, launcher)
         log.info("native: %d layers, %.1f MB of weights on the GPU", len(model.layers), self.model.nbytes() / 1e6)
 
     def engine(self) -> "NativeEngine":
@@ -101,7 +104,7 @@ class NativeEngine:
     def __init__(self, session: NativeSession):
         self._s = session
         self.spec = session.spec
-        self.device = "cuda"
+        self.device = session.device.name
         roles = session.manifest.roles["decoder_step"]
         self._role_of: dict[str, tuple[str, int]] = {}
         for role, names in roles.items():
@@ -134,7 +137,7 @@ class NativeEngine:
 
             need = ["input_ids", "position", "encoder_attention_mask", "logits"]
             missing = [r for r in need if (r, -1) not in self._bound]
-            missing += [r for r in ("cross_k", "cross_v", "self_k", "self_v") if None in self._per_layer(r)]
+            missing += [r for r in ("cross_k", "cross_v", "self_k", "self_v") if _unbound(self._per_layer(r))]
             if missing:
                 raise BackendError(f"native decoder step: unbound tensors for {missing}")
             new_k, new_v = self._per_layer("new_self_k"), self._per_layer("new_self_v")
@@ -144,7 +147,7 @@ class NativeEngine:
                 cross_k=self._per_layer("cross_k"), cross_v=self._per_layer("cross_v"),
                 self_k=self._per_layer("self_k"), self_v=self._per_layer("self_v"),
                 logits=self._bound[("logits", -1)],
-                new_k=None if None in new_k else new_k, new_v=None if None in new_v else new_v)
+                new_k=None if _unbound(new_k) else new_k, new_v=None if _unbound(new_v) else new_v)
             with self._s.device.use():
                 self._table = StepTable(self._s.model, bufs)
         return self._table
@@ -156,3 +159,7 @@ class NativeEngine:
                 table.launch()
             else:
                 table.launch_phases()
+
+
+def _unbound(arrays: list[Any]) -> bool:
+    return any(a is None for a in arrays)  # (`None in arrays` would compare arrays elementwise)

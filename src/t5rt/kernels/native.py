@@ -177,29 +177,40 @@ def unsupported_reason(model: NativeModel) -> str | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cupy() -> Any:
-    from . import _cupy as load_cupy
-
-    return load_cupy()
-
-
 def _ptr(a: Any) -> int:
-    return 0 if a is None else int(a.data.ptr)
+    if a is None:
+        return 0
+    if isinstance(a, np.ndarray):
+        return int(a.ctypes.data)
+    return int(a.data.ptr)
+
+
+HOST_GRID = 3  # blocks of a launch on the host build (any count is correct; few are fast)
 
 
 class DeviceModel:
-    """A NativeModel's arrays on the GPU (one copy shared by every bucket) and its layer weights."""
+    """A NativeModel's arrays where the launcher's kernels run (one copy shared by every bucket).
 
-    def __init__(self, model: NativeModel):
-        cp = _cupy()
+    launcher: t5rt.kernels' CUDA launcher (default: cupy arrays on the current device) or the host
+    build (t5rt.kernels.host.HostKernels: numpy arrays, for CPU tests).
+    """
+
+    def __init__(self, model: NativeModel, launcher: Any = None):
+        from . import _launcher
+
+        self.launcher = _launcher(launcher)
+        xp = self.launcher.xp
         self.model = model
-        up = lambda a: None if a is None else cp.asarray(np.ascontiguousarray(a))  # noqa: E731
+        up = lambda a: None if a is None else xp.asarray(np.ascontiguousarray(a))  # noqa: E731
         self.emb, self.rel_bias, self.buckets = up(model.emb), up(model.rel_bias), up(model.buckets)
         self.final_norm, self.lm_head = up(model.final_norm), up(model.lm_head)
         self.layers = [{k: up(getattr(ly, k)) for k in LAYER_WEIGHTS} for ly in model.layers]
-        dev = cp.cuda.Device()
-        self.sms = int(dev.attributes["MultiProcessorCount"])
-        self.smem_optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+        if xp is np:
+            self.sms, self.smem_optin = HOST_GRID, 227 * 1024
+        else:
+            dev = xp.cuda.Device()
+            self.sms = int(dev.attributes["MultiProcessorCount"])
+            self.smem_optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
 
     def nbytes(self) -> int:
         arrays = [self.emb, self.rel_bias, self.final_norm, self.lm_head]
@@ -227,7 +238,7 @@ class StepTable:
     """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
 
     def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = True):
-        cp = _cupy()
+        cp = dev.launcher.xp  # cupy, or numpy on the host build
         m = dev.model
         self.dev, self.bufs = dev, bufs
         n, s = (int(v) for v in bufs.encoder_attention_mask.shape)
@@ -281,14 +292,13 @@ class StepTable:
         self.block = (THREADS,)
         self.smem_bytes = self.smem_floats * 4
         sfx = SUFFIX[m.act_dtype]
-        from . import get_function
-
-        self._step = get_function(f"t5rt_native_step_{sfx}")
-        self._phase = get_function(f"t5rt_native_phase_{sfx}")
-        for fn in (self._step, self._phase):
-            if self.smem_bytes > 48 * 1024:
+        self._step, self._phase = f"t5rt_native_step_{sfx}", f"t5rt_native_phase_{sfx}"
+        self.launcher = dev.launcher
+        loaded = getattr(self.launcher, "loaded", None)  # the CUDA module (a cupy RawModule)
+        if loaded is not None and self.smem_bytes > 48 * 1024:
+            for name in (self._step, self._phase):
                 try:
-                    fn.max_dynamic_shared_size_bytes = self.smem_bytes
+                    loaded.function(name).max_dynamic_shared_size_bytes = self.smem_bytes
                 except Exception as e:  # noqa: BLE001 - cupy raises CUDADriverError
                     raise BackendError(f"cannot give the native kernels {self.smem_bytes} bytes of shared memory: {e}") from e
 
@@ -308,12 +318,13 @@ class StepTable:
             raise InvalidInputError(f"input_ids / position must hold {n} rows")
 
     def launch(self) -> None:
-        """The whole step as one persistent launch (grid barrier between phases)."""
-        self._step(self.grid, self.block, (self.table,), shared_mem=self.smem_bytes)
+        """The whole step as one persistent launch (grid barrier between phases; CUDA only: the
+        host build runs blocks one after another, so it cannot run a grid barrier)."""
+        self.launcher.launch(self._step, self.grid, self.block, (self.table,), shared_mem=self.smem_bytes)
 
     def launch_phase(self, phase: int, layer: int = 0) -> None:
-        self._phase(self.grid, self.block, (self.table, np.int32(int(phase)), np.int32(layer)),
-                    shared_mem=self.smem_bytes)
+        self.launcher.launch(self._phase, self.grid, self.block, (self.table, np.int32(int(phase)), np.int32(layer)),
+                             shared_mem=self.smem_bytes)
 
     def launch_phases(self) -> None:
         """The whole step, one launch per phase (no grid barrier)."""
