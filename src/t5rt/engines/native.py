@@ -100,6 +100,7 @@ class NativeEngine:
 
     backend = "native"
     writes_cache = True  # the step writes the new K/V rows into self_k / self_v at `position`
+    capturable = True    # run() only launches kernels (no allocation after the first run, no sync)
 
     def __init__(self, session: NativeSession):
         self._s = session

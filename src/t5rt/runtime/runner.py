@@ -53,6 +53,10 @@ class RuntimeOptions:
     # backend="native": the whole decoder step as one persistent kernel (grid barrier between
     # phases); False launches one kernel per phase (same results, slower; a fallback)
     native_persistent: bool = True
+    # CUDA: an engine that can be captured (backend="native") runs inside the decoding step's CUDA
+    # graph, so a step is one graph launch. Off until its GPU test has run (written without a GPU:
+    # tests/test_native.py::test_native_generate_matches_hf covers it)
+    graph_engine_step: bool = False
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt", "native"):
@@ -195,6 +199,13 @@ class T5Runner:
             bufs.position[...] = strategy.step_counter
 
         use_graph = self.dev.is_cuda and self.opts.cuda_graphs and not eager
+        # an engine that can be captured (the native kernels) joins the decoding work's graph:
+        # one CUDA graph per step (RuntimeOptions.graph_engine_step)
+        engine_in_graph = use_graph and self.opts.graph_engine_step and getattr(engine, "capturable", False)
+
+        def whole_step() -> None:
+            engine.run()
+            after_engine()
         check = self.opts.done_check_interval
         t_start = time.perf_counter()
         waited = 0.0
@@ -213,14 +224,15 @@ class T5Runner:
                 if profile:
                     ev = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Event())
                     ev[0].record(self.dev.stream)
-                engine.run()
+                if not (engine_in_graph and t >= 1):
+                    engine.run()
                 if profile:
                     ev[1].record(self.dev.stream)
                 if use_graph and t >= 1:
                     if graph is None:
                         from .cuda_graph import CapturedStep
 
-                        graph = CapturedStep(after_engine, self.dev.stream)
+                        graph = CapturedStep(whole_step if engine_in_graph else after_engine, self.dev.stream)
                         if self.opts.reuse_step_graphs:
                             slot.graphs[id(strategy)] = (strategy, graph)
                             while len(slot.graphs) > self.opts.max_cached_buckets:
