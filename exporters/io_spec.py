@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from t5rt.manifest import PRECISION_DTYPE, TensorSpec
+from t5rt.manifest import PRECISION_DTYPE, TensorSpec, canonical_roles
 
 B, S, T = "batch", "src_len", "cache_len"
 
@@ -62,19 +62,6 @@ def graph_io(graph: str, cfg, precision: str, cache_update: str) -> tuple[list[T
 
 
 def roles(cfg, cache_update: str) -> dict[str, dict[str, Any]]:
-    """What each tensor is -> its name, per graph (lists are per decoder layer)."""
-    per = lambda kind: [f"{kind}.{l}" for l in _layers(cfg)]  # noqa: E731
-    step: dict[str, Any] = {
-        "input_ids": "input_ids", "position": "position", "encoder_attention_mask": "encoder_attention_mask",
-        "cross_k": per("cross_k"), "cross_v": per("cross_v"), "self_k": per("self_k"), "self_v": per("self_v"),
-        "logits": "logits",
-    }
-    if cache_update == "write":
-        step.update(new_self_k=per("new_self_k"), new_self_v=per("new_self_v"))
-    else:
-        step.update(present_self_k=per("present_self_k"), present_self_v=per("present_self_v"))
-    return {
-        "encoder": {"input_ids": "input_ids", "attention_mask": "attention_mask", "hidden": "hidden"},
-        "cross_kv": {"hidden": "hidden", "cross_k": per("cross_k"), "cross_v": per("cross_v")},
-        "decoder_step": step,
-    }
+    """What each tensor is -> its name, per graph (lists are per decoder layer): t5rt.manifest's
+    canonical_roles, which load() requires."""
+    return canonical_roles(cfg.num_decoder_layers, cache_update)

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from t5rt import __version__
-from t5rt.manifest import GRAPH_NAMES, Dims, GraphSpec, Manifest, SpecialTokens, TensorSpec, sha256_file
+from t5rt.manifest import GRAPH_NAMES, Dims, FileEntry, GraphSpec, Manifest, SpecialTokens, TensorSpec, sha256_file
 
 from . import fusion, io_spec, patches
 from .errors import ExportError
@@ -195,24 +195,33 @@ def special_tokens(model: Any) -> tuple[int, int, int]:
 def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], options: ExportOptions,
                 staging: Path, out: Path, log: Log) -> Manifest:
     cfg = loaded.config
+    files: dict[str, FileEntry] = {}
+
+    def keep(name: str) -> None:
+        """Every file the runtime reads is in manifest "files" with its sha256 and size (load() checks them)."""
+        files[name] = FileEntry(sha256=sha256_file(out / name), bytes=(out / name).stat().st_size)
+
     graphs = {}
     for name in GRAPH_NAMES:
         a = artifacts[name]
         for f in (a.path.name, a.external_data):
             if f:
                 shutil.move(str(staging / f), str(out / f))
-        graphs[name] = GraphSpec(file=a.path.name, sha256=sha256_file(out / a.path.name), inputs=tuple(a.inputs),
+                keep(f)
+        graphs[name] = GraphSpec(file=a.path.name, sha256=files[a.path.name].sha256, inputs=tuple(a.inputs),
                                  outputs=tuple(a.outputs), external_data=a.external_data)
     copied = []
     for f in loaded.tokenizer_files():
         shutil.copyfile(f, out / f.name)
         copied.append(f.name)
+        keep(f.name)
     gen = getattr(loaded.model, "generation_config", None)
     if "generation_config.json" not in copied and gen is not None:
         # the defaults HF generate() uses for this model (max_length, num_beams, ...), which the
         # runtime's generate() also uses; an in-memory model has no file to copy
         gen.to_json_file(out / "generation_config.json")
         copied.append("generation_config.json")
+        keep("generation_config.json")
     if copied:
         log(f"  copied {', '.join(copied)}")
     pad, eos, start = special_tokens(loaded.model)
@@ -221,6 +230,7 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
         from .native_weights import write_decoder_weights
 
         native = write_decoder_weights(loaded.model, out, options.precision, options.max_output_len, loaded.logit_scale)
+        keep(native.file)
         log(f"  wrote {native.file} (native decoder weights)")
     manifest = Manifest(
         exporter_version=__version__, source=loaded.source, source_checksum=loaded.checksum,
@@ -232,7 +242,7 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
         cache_update=options.cache_update, opset=options.graph_opset,
         special_tokens=SpecialTokens(pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=start),
         graphs=graphs, roles=io_spec.roles(cfg, options.cache_update), tokenizer_files=tuple(copied),
-        weights=native, directory=out)
+        weights=native, files=files, directory=out)
     manifest.validate()
     manifest.save(out)
     return manifest

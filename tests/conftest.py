@@ -114,13 +114,18 @@ def pytest_collection_modifyitems(config, items):
 # -- helpers shared by the runtime tests -------------------------------------------------------
 
 
-def export_tiny(model, tmp_path_factory, name, **opts):
-    """Save `model` in save_pretrained layout and export it with t5rt's exporter; -> export dir."""
+def export_tiny(model, tmp_path_factory, name, extra_files=(), **opts):
+    """Save `model` in save_pretrained layout (plus `extra_files`, e.g. SPIECE) and export it
+    with t5rt's exporter; -> export dir."""
+    import shutil
+
     from t5rt.exporters.options import ExportOptions
     from t5rt.exporters.pipeline import export
 
     src = tmp_path_factory.mktemp(f"{name}-src")
     model.save_pretrained(src)
+    for f in extra_files:
+        shutil.copy(f, src)
     out = tmp_path_factory.mktemp(f"{name}-export")
     kw = dict(max_input_len=64, max_output_len=48, validate=False)
     kw.update(opts)
@@ -157,3 +162,22 @@ def hf_generate(model, ids, mask, **kw):
             s = s[:-1]
         seqs.append(s)
     return seqs, out
+
+
+def tiny_spiece(path):
+    """Train a 40-piece sentencepiece model (T5 ids: pad 0, eos 1, unk 2) at `path`; with T5's
+    100 extra ids its vocabulary (140) fits the TINY models' 384, so text round-trips."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    words = "the quick brown fox jumps over a lazy dog summarize translate English to German hello world".split()
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=40, pad_id=0,
+                                   eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2)
+    path = Path(path)
+    path.write_bytes(buf.getvalue())
+    return path

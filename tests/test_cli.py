@@ -177,6 +177,16 @@ def test_empty_input(tmp_path):
     assert_one_line_error(run("generate", str(tmp_path), "--ids", stdin="12 x\n"), "--ids")
 
 
+def test_hostile_text_and_options_are_one_line_errors(tmp_path):
+    """Argv bytes that are not UTF-8 (Python hands them over as lone surrogates), NaN and 2**70."""
+    import os
+
+    line = assert_one_line_error(run("generate", str(tmp_path), "caf" + os.fsdecode(b"\xe9")), "not UTF-8", "0xe9")
+    assert "TEXT argument 1" in line
+    assert_one_line_error(run("generate", str(tmp_path), "hi", "--length-penalty", "nan"), "length_penalty")
+    assert_one_line_error(run("generate", str(tmp_path), "hi", "--seed", str(2**70)), "seed")
+
+
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None"
 
 

@@ -85,25 +85,33 @@ def test_weights_file_roundtrip_and_damage(tmp_path):
         weights.read(path)
 
 
-def test_export_lists_weights_and_load_verifies_them(exports):
+def test_export_lists_weights_and_load_verifies_them(exports, tmp_path):
+    import dataclasses
+    import shutil
+
     from t5rt.engines.native import unsupported_reason, weights_path
+    from t5rt.errors import T5rtError
     from t5rt.manifest import load_manifest
 
     _, d = exports["t5-v1_0"]
     m = load_manifest(d)
     assert m.weights is not None and unsupported_reason(m) is None
-    raw = json.loads((d / "manifest.json").read_text())["weights"]
-    assert raw["file"] == weights.FILE_NAME and "decoder.relative_buckets" in raw["dtypes"]
+    raw = json.loads((d / "manifest.json").read_text())
+    assert raw["weights"]["file"] == weights.FILE_NAME and "decoder.relative_buckets" in raw["weights"]["dtypes"]
+    assert raw["files"][weights.FILE_NAME]["sha256"] == m.weights.sha256  # verified by load() with every file
     assert abs(m.weights.logit_scale - 32 ** -0.5) < 1e-7  # tied v1.0: d_model ** -0.5
     assert weights_path(m).is_file()
-    bad = weights.WeightsSpec(file="../x.safetensors", sha256=m.weights.sha256, dtypes={})
-    import dataclasses
-
+    bad = dataclasses.replace(m.weights, file="../x.safetensors")
     with pytest.raises(NotAnExportError, match="plain file name"):
         weights_path(dataclasses.replace(m, weights=bad))
-    wrong = dataclasses.replace(m, weights=dataclasses.replace(m.weights, sha256="0" * 64))
-    with pytest.raises(NotAnExportError, match="sha256"):
-        weights_path(wrong)
+    # a damaged weights file is refused at load, before anything runs
+    copy = tmp_path / "export"
+    shutil.copytree(d, copy)
+    data = bytearray((copy / weights.FILE_NAME).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / weights.FILE_NAME).write_bytes(bytes(data))
+    with pytest.raises(T5rtError, match=weights.FILE_NAME):
+        t5rt.load(copy, backend="ort", device="cpu")
 
 
 def test_native_needs_cuda_and_weights(exports, tmp_path_factory):

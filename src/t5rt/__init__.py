@@ -10,10 +10,13 @@ Public API (torch-free)::
 
 from .errors import (
     BackendError,
+    InvalidExportError,
     InvalidInputError,
+    InvalidLogitsError,
     InvalidOptionError,
     MissingDependencyError,
     NotAnExportError,
+    RequestTooLargeError,
     T5rtError,
 )
 from .generate import GenerateOutput, Runtime, load
@@ -27,11 +30,14 @@ __all__ = [
     "BackendError",
     "GenerateOutput",
     "GenerationConfig",
+    "InvalidExportError",
     "InvalidInputError",
+    "InvalidLogitsError",
     "InvalidOptionError",
     "Manifest",
     "MissingDependencyError",
     "NotAnExportError",
+    "RequestTooLargeError",
     "Runtime",
     "RuntimeOptions",
     "T5rtError",

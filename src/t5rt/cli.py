@@ -143,6 +143,13 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
         for i, t in enumerate(args.texts):
             if not t.strip():
                 raise InvalidInputError(f"input {i} (TEXT argument {i + 1}) is empty; give text to generate from")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+                byte = os.fsencode(t[e.start])[:1].hex() if 0xDC80 <= ord(t[e.start]) <= 0xDCFF else None
+                raise InvalidInputError(f"TEXT argument {i + 1} is not UTF-8 text"
+                                        + (f" (byte 0x{byte} at character {e.start})" if byte else "")
+                                        + "; give UTF-8 text") from None
         return list(args.texts)
     if sys.stdin is None:
         raise InvalidInputError("no input: give TEXT arguments or one input per line on stdin")

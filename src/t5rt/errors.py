@@ -24,6 +24,23 @@ class NotAnExportError(T5rtError, FileNotFoundError):
     """A directory is not a t5rt export (no or unreadable manifest.json, missing graphs)."""
 
 
+class InvalidExportError(T5rtError, ValueError):
+    """An export directory fails verification at load: its manifest breaks the schema, names a
+    file outside the export, disagrees with a file's sha256 or with a graph's real inputs and
+    outputs. The message names the file and the field; re-export (or restore) the model."""
+
+
+class InvalidLogitsError(T5rtError, ValueError):
+    """A decoding step cannot go on with its scores: NaN/inf probabilities under sampling (as
+    Hugging Face raises), NaN under beam search, or a logits processor returning something that
+    is not a float array of the logits' shape."""
+
+
+class RequestTooLargeError(T5rtError, MemoryError):
+    """A request would need more memory than the device (or RuntimeOptions.max_request_bytes)
+    allows; refused before anything is allocated. Fewer beams, inputs or new tokens fit."""
+
+
 class MissingDependencyError(T5rtError, ImportError):
     """An optional dependency (an extra) is needed for what was asked."""
 

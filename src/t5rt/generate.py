@@ -23,10 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidOptionError, T5rtError
+from .errors import InvalidExportError, InvalidOptionError, RequestTooLargeError, T5rtError
+from .export_check import verify_export
 from .generation_config import GenerationConfig
+from .inputs import parse_inputs
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
+from .runtime.memory import check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
 
 log = logging.getLogger("t5rt")
@@ -49,6 +52,8 @@ class Runtime:
         self.manifest = manifest
         self.options = options
         self.device = Device(resolve_device(options.device))
+        # nothing of the export runs before its files passed (DESIGN.md §11); cost in .verification
+        self.verification = verify_export(manifest, hashes=options.verify)
         from .engines import open_sessions
 
         self.backend, self.backend_reason, sessions = open_sessions(manifest, options.backend, self.device, options)
@@ -65,92 +70,14 @@ class Runtime:
 
     # -- inputs ----------------------------------------------------------------------------
     def _inputs(self, texts: Any, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray]:
-        """-> (ids [B, s], mask [B, s]) int64 host arrays, right padded; every problem raises."""
-        if (texts is None) == (input_ids is None):
-            raise InvalidInputError("pass either texts or input_ids (exactly one of them)")
-        pad = self.manifest.special_tokens.pad_token_id
-        if texts is not None:
-            if isinstance(texts, str):
-                texts = [texts]
-            if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-                raise InvalidInputError("texts must be a string or a list of strings")
-            if len(texts) == 0:
-                raise InvalidInputError("no input: texts is an empty list")
-            for i, t in enumerate(texts):
-                if not t.strip():
-                    raise InvalidInputError(f"input {i} is empty; give text to generate from")
-            if self.tokenizer is None:
-                raise InvalidInputError(
-                    f"this export ({self.manifest.directory}) has no tokenizer files; "
-                    "pass input_ids, or re-export from a model directory that has spiece.model"
-                )
-            rows = [self.tokenizer.encode(t) for t in texts]
-            vocab = self.manifest.dims.vocab_size
-            if any(tok >= vocab for r in rows for tok in r):
-                raise InvalidInputError(
-                    f"the export's tokenizer makes ids >= the model's vocab_size {vocab}: "
-                    "tokenizer files and model do not match; re-export from a consistent model directory"
-                )
-            if attention_mask is not None:
-                raise InvalidInputError("attention_mask goes with input_ids, not with texts")
-            masks = [[1] * len(r) for r in rows]
-        else:
-            if isinstance(input_ids, np.ndarray) or hasattr(input_ids, "__array__"):
-                arr = np.asarray(input_ids)
-                if arr.ndim == 1:
-                    arr = arr[None, :]
-                if arr.ndim != 2:
-                    raise InvalidInputError(f"input_ids must be 2-D [batch, length], got shape {arr.shape}")
-                rows = [list(map(int, r)) for r in arr]
-            else:
-                if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (int, np.integer)):
-                    input_ids = [input_ids]  # one flat list of ids is one input
-                try:
-                    rows = [list(map(int, r)) for r in input_ids]
-                except (TypeError, ValueError):
-                    raise InvalidInputError("input_ids must be a list of lists of token ids or a 2-D array") from None
-            if len(rows) == 0:
-                raise InvalidInputError("no input: input_ids is empty")
-            if attention_mask is not None:
-                src = np.asarray(attention_mask).tolist() if hasattr(attention_mask, "__array__") else attention_mask
-                if src and not isinstance(src[0], (list, tuple)):
-                    src = [src]  # one 1-D mask goes with one 1-D input_ids
-                am = [list(map(int, r)) for r in src]
-                if len(am) != len(rows) or any(len(a) != len(r) for a, r in zip(am, rows)):
-                    raise InvalidInputError("attention_mask must have the shape of input_ids")
-                if any(v not in (0, 1) for a in am for v in a):
-                    raise InvalidInputError("attention_mask values must be 0 or 1")
-                masks = am
-            else:
-                masks = [[1] * len(r) for r in rows]
-            vocab = self.manifest.dims.vocab_size
-            for i, (r, mk) in enumerate(zip(rows, masks)):
-                if sum(mk) == 0:
-                    raise InvalidInputError(f"input {i} is empty (no tokens, or attention_mask all 0)")
-                bad = [t for t in r if t < 0 or t >= vocab]
-                if bad:
-                    raise InvalidInputError(f"input {i} has token ids outside [0, {vocab}): {bad[:5]}")
-        lens = [len(r) for r in rows]
-        max_in = self.manifest.max_input_len
-        for i, n in enumerate(lens):
-            if n > max_in:
-                raise InvalidInputError(
-                    f"input {i} is {n} tokens long; this export takes at most {max_in} "
-                    f"(shorten it, or re-export with --max-input-len {n})"
-                )
-        s = max(lens)
-        ids = np.full((len(rows), s), pad, np.int64)
-        mask = np.zeros((len(rows), s), np.int64)
-        for i, (r, mk) in enumerate(zip(rows, masks)):
-            ids[i, : len(r)] = r
-            mask[i, : len(mk)] = mk
-        return ids, mask
+        """-> (ids [B, s], mask [B, s]) int64 host arrays, right padded; every problem raises (inputs.py)."""
+        return parse_inputs(texts, input_ids, attention_mask, manifest=self.manifest, tokenizer=self.tokenizer)
 
     # -- generate --------------------------------------------------------------------------
     def generate(self, texts: str | Sequence[str] | None = None, *, input_ids: Any = None,
                  attention_mask: Any = None, config: GenerationConfig | None = None,
                  **options: Any) -> GenerateOutput:
-        cfg = GenerationConfig.from_options(config or self.generation_config, **options)
+        cfg = GenerationConfig.from_options(self.generation_config if config is None else config, **options)
         m = self.manifest
         cfg.validate(max_output_len=m.max_output_len, vocab_size=m.dims.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
@@ -158,6 +85,8 @@ class Runtime:
         if cfg.min_new_tokens > max_new:
             raise InvalidOptionError(f"min_new_tokens={cfg.min_new_tokens} exceeds the {max_new} new tokens this "
                                      "request makes at most; raise max_new_tokens")
+        check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
+                           max_new_tokens=max_new, device=self.device, options=self.options)
         from .decoding import make_strategy
 
         sequences: list[list[int]] = []
@@ -170,7 +99,13 @@ class Runtime:
             # trim the chunk's padding to its own longest input
             s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
             chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
-            seqs, scs, tok = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo)
+            try:
+                seqs, scs, tok = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, make_strategy, lo)
+            except MemoryError as e:  # the estimate (runtime/memory.py) erred low: still a T5rtError
+                if isinstance(e, RequestTooLargeError):
+                    raise
+                raise RequestTooLargeError(f"this request ran out of memory ({e or 'MemoryError'}); ask for "
+                                           "fewer beams, new tokens or inputs per chunk") from e
             sequences += seqs
             scores += scs
             token_scores += tok or []
@@ -256,9 +191,9 @@ def _load_tokenizer(m: Manifest) -> Any:
 
     try:
         return T5Tokenizer.from_dir(m.directory)
-    except Exception as e:  # noqa: BLE001 - a broken tokenizer must not stop id-level use
-        log.warning("t5rt: tokenizer files present but unusable (%s); pass input_ids", e)
-        return None
+    except Exception as e:  # noqa: BLE001 - a listed (and hashed) tokenizer that cannot be read: a bad export
+        raise InvalidExportError(f"{m.directory}: its tokenizer_files ({', '.join(m.tokenizer_files)}) cannot be "
+                                 f"read ({type(e).__name__}: {e}); re-export the model") from None
 
 
 def _load_kernels() -> Any:

@@ -9,11 +9,16 @@ allowed range, before any work is done.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+import numpy as np
+
 from .errors import InvalidOptionError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # float options are applied in float32
 
 EarlyStopping = Union[bool, str]  # True | False | "never"
 
@@ -66,11 +71,16 @@ class GenerationConfig:
             raise InvalidOptionError(
                 f"unknown generation option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
             )
-        if base is not None and not isinstance(base, cls):
+        if base is not None and not isinstance(base, GenerationConfig):
+            if not callable(getattr(base, "to_diff_dict", None)):
+                raise InvalidOptionError(
+                    f"config={base!r:.60} is invalid: pass a t5rt.GenerationConfig or a transformers.GenerationConfig, "
+                    "or the options as keywords (e.g. generate(texts, num_beams=4))")
             base = cls.from_hf(base)
         cfg = dataclasses.replace(base) if base is not None else cls()
         for k, v in options.items():
             setattr(cfg, k, v)
+        cfg._plain_scalars()
         cfg.validate()
         return cfg
 
@@ -118,6 +128,21 @@ class GenerationConfig:
         n = int(self.max_length) - 1 if self.max_length is not None else HF_DEFAULT_NEW_TOKENS
         return max(1, min(n, export_max))
 
+    def _plain_scalars(self) -> None:
+        """numpy scalars -> the Python int / float / bool they hold exactly (np.int64(5) is 5);
+        everything else is left for validate() to judge."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.bool_):
+                setattr(self, f.name, bool(v))
+            elif isinstance(v, np.integer):
+                setattr(self, f.name, int(v))
+            elif isinstance(v, np.floating):
+                setattr(self, f.name, float(v))
+        if isinstance(self.bad_words_ids, (list, tuple)):
+            self.bad_words_ids = [[int(t) if isinstance(t, np.integer) else t for t in w]
+                                  if isinstance(w, (list, tuple)) else w for w in self.bad_words_ids]
+
     @property
     def mode(self) -> str:
         if self.num_beams > 1:
@@ -126,10 +151,18 @@ class GenerationConfig:
 
     def validate(self, max_output_len: int | None = None, vocab_size: int | None = None) -> None:
         def bad(name: str, why: str) -> InvalidOptionError:
-            return InvalidOptionError(f"{name}={getattr(self, name)!r} is invalid: {why}")
+            return InvalidOptionError(f"{name}={getattr(self, name)!r:.80} is invalid: {why}")
 
         def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        def is_number(v: Any) -> bool:  # a real number finite in float32 (NaN and inf are refused)
+            if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+                return False
+            try:
+                return math.isfinite(v) and abs(float(v)) <= FLOAT32_MAX
+            except OverflowError:
+                return False
 
         if self.max_new_tokens is not None:
             if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -148,7 +181,7 @@ class GenerationConfig:
             raise bad("min_new_tokens", "must be an integer >= 0")
         if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise bad("min_new_tokens", f"must not exceed max_new_tokens={self.max_new_tokens}")
-        if not isinstance(self.do_sample, bool):
+        if not isinstance(self.do_sample, (bool, np.bool_)):
             raise bad("do_sample", "must be True or False")
         if not is_int(self.num_beams) or self.num_beams < 1:
             raise bad("num_beams", "must be an integer >= 1")
@@ -159,21 +192,20 @@ class GenerationConfig:
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
             raise bad("num_return_sequences", "greedy search returns one sequence per input; "
                       "use num_beams >= num_return_sequences or do_sample=True")
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
-                or not self.temperature > 0:
-            raise bad("temperature", "must be a number > 0")
+        if not is_number(self.temperature) or not self.temperature > 0:
+            raise bad("temperature", "must be a finite number > 0")
         if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 0):
             raise bad("top_k", "must be an integer >= 0 (0 or None disables top-k)")
-        if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) \
-                or not (0.0 < self.top_p <= 1.0):
+        if not is_number(self.top_p) or not (0.0 < self.top_p <= 1.0):
             raise bad("top_p", "must be in (0, 1]")
-        if not isinstance(self.repetition_penalty, (int, float)) or not self.repetition_penalty > 0:
-            raise bad("repetition_penalty", "must be a number > 0 (1.0 disables it)")
+        if not is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
+            raise bad("repetition_penalty", "must be a finite number > 0 (1.0 disables it)")
         if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise bad("no_repeat_ngram_size", "must be an integer >= 0 (0 disables it)")
-        if not isinstance(self.length_penalty, (int, float)) or isinstance(self.length_penalty, bool):
-            raise bad("length_penalty", "must be a number")
-        if self.early_stopping not in (True, False, "never"):
+        if not is_number(self.length_penalty):
+            raise bad("length_penalty", "must be a finite number (NaN and inf rank every beam alike)")
+        if not (isinstance(self.early_stopping, bool) or
+                (isinstance(self.early_stopping, str) and self.early_stopping == "never")):
             raise bad("early_stopping", "must be True, False or 'never'")
         if self.bad_words_ids is not None:
             ok = isinstance(self.bad_words_ids, (list, tuple)) and all(
@@ -184,7 +216,13 @@ class GenerationConfig:
                 raise bad("bad_words_ids", "must be a list of non-empty lists of token ids >= 0")
             if vocab_size is not None and any(t >= vocab_size for w in self.bad_words_ids for t in w):
                 raise bad("bad_words_ids", f"token ids must be < vocab_size={vocab_size}")
-        if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
-            raise bad("seed", "must be an integer >= 0 or None")
-        if not all(callable(p) for p in self.logits_processors):
-            raise bad("logits_processors", "must be callables (history, logits, step) -> logits")
+        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**64):
+            raise bad("seed", "must be an integer in [0, 2**64) or None")
+        if not isinstance(self.output_scores, (bool, np.bool_)):
+            raise bad("output_scores", "must be True or False")
+        if callable(self.logits_processors):
+            raise bad("logits_processors", "must be a list of callables; wrap the one you have: "
+                                           "logits_processors=[fn]")
+        if not isinstance(self.logits_processors, (list, tuple)) or \
+                not all(callable(p) for p in self.logits_processors):
+            raise bad("logits_processors", "must be a list of callables (history, logits, step) -> logits")

@@ -3,10 +3,10 @@
 The exporter writes it; runtimes read I/O names, dtypes and shapes from it and never
 from hard-coded strings. Torch-free: both `t5rt.exporters` and the runtime import it.
 
-Layout (format_version 1)::
+Layout (format_version 2)::
 
     {
-      "format": "t5rt-export", "format_version": 1, "exporter_version": "0.1.0",
+      "format": "t5rt-export", "format_version": 2, "exporter_version": "0.1.0",
       "source": "t5-small" | "/path/to/dir", "source_checksum": "sha256:...",
       "model_type": "t5" | "mt5" | "umt5" ...,
       "config": {...T5Config.to_dict()...},
@@ -18,6 +18,7 @@ Layout (format_version 1)::
       "opset": 17,
       "special_tokens": {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0},
       "tokenizer_files": ["spiece.model", ...],
+      "files": {"encoder.onnx": {"sha256": "<64 hex>", "bytes": 1234}, ...},   every file read
       "graphs": {"encoder": GRAPH, "cross_kv": GRAPH, "decoder_step": GRAPH},
       "roles": {"encoder": {...}, "cross_kv": {...}, "decoder_step": {...}},
       "weights": null | {"file": "decoder_weights.safetensors", "sha256": "...", "format": "safetensors",
@@ -27,6 +28,10 @@ Layout (format_version 1)::
     GRAPH = {"file": "encoder.onnx", "sha256": "...", "external_data": null | "encoder.onnx.data",
              "inputs": [TENSOR...], "outputs": [TENSOR...]}
     TENSOR = {"name": "input_ids", "dtype": "int64", "shape": ["batch", "src_len"]}
+
+manifest_schema.py reads this field by field (types, ranges, roles against dims and precision)
+and export_check.py checks the files against it (sha256, size, the graphs' real I/O); both raise
+InvalidExportError naming the field. Version 1 (no "files") is refused: re-export.
 
 Symbolic dims: "batch" (B, or B*num_beams for the decoder), "src_len" (S),
 "cache_len" (T, the static self-attention cache length the runtime allocates,
@@ -48,15 +53,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NotAnExportError
+from .errors import InvalidExportError, NotAnExportError
 from .weights import WeightsSpec
 
 FORMAT = "t5rt-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "files" (sha256 + size of every file), a checked schema
+MAX_MANIFEST_BYTES = 64 << 20
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("encoder", "cross_kv", "decoder_step")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -77,12 +85,6 @@ class TensorSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TensorSpec":
-        if d["dtype"] not in DTYPES:
-            raise ValueError(f"tensor {d['name']!r} has unknown dtype {d['dtype']!r}")
-        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,11 @@ class GraphSpec:
             "outputs": [t.to_json() for t in self.outputs],
         }
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "GraphSpec":
-        return cls(
-            file=str(d["file"]),
-            sha256=str(d["sha256"]),
-            inputs=tuple(TensorSpec.from_json(t) for t in d["inputs"]),
-            outputs=tuple(TensorSpec.from_json(t) for t in d["outputs"]),
-            external_data=d.get("external_data"),
-        )
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str  # 64 lowercase hex digits
+    bytes: int   # size
 
 
 @dataclass(frozen=True)
@@ -160,6 +158,7 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     roles: dict[str, dict[str, Any]]
     tokenizer_files: tuple[str, ...] = ()
+    files: dict[str, FileEntry] = field(default_factory=dict)  # every file read: sha256, size
     weights: WeightsSpec | None = None  # decoder weights for backend="native" (optional)
     format_version: int = FORMAT_VERSION
     directory: Path | None = field(default=None, compare=False)
@@ -178,9 +177,7 @@ class Manifest:
             raise KeyError(f"manifest has no role {role!r} for graph {graph!r}") from None
 
     def graph_path(self, graph: str) -> Path:
-        if self.directory is None:
-            raise ValueError("manifest was not loaded from a directory")
-        return self.directory / self.graphs[graph].file
+        return self.file_path(self.graphs[graph].file)
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -200,6 +197,7 @@ class Manifest:
             "opset": self.opset,
             "special_tokens": asdict(self.special_tokens),
             "tokenizer_files": list(self.tokenizer_files),
+            "files": {k: asdict(e) for k, e in self.files.items()},
             "graphs": {k: g.to_json() for k, g in self.graphs.items()},
             "roles": self.roles,
             **({"weights": self.weights.to_json()} if self.weights is not None else {}),
@@ -211,65 +209,50 @@ class Manifest:
         return path
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], directory: Path | None = None) -> "Manifest":
-        if d.get("format") != FORMAT:
-            raise ValueError(f"'format' is {d.get('format')!r}, expected {FORMAT!r}")
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"format_version {d.get('format_version')} is not supported by this t5rt "
-                f"(reads {FORMAT_VERSION}); re-export the model with this version"
-            )
-        m = cls(
-            format_version=int(d["format_version"]),
-            exporter_version=str(d["exporter_version"]),
-            source=str(d["source"]),
-            source_checksum=str(d["source_checksum"]),
-            model_type=str(d["model_type"]),
-            config=dict(d["config"]),
-            dims=Dims(**d["dims"]),
-            precision=str(d["precision"]),
-            max_input_len=int(d["max_input_len"]),
-            max_output_len=int(d["max_output_len"]),
-            cache_update=str(d["cache_update"]),
-            opset=int(d["opset"]),
-            special_tokens=SpecialTokens(**d["special_tokens"]),
-            tokenizer_files=tuple(d.get("tokenizer_files", ())),
-            graphs={k: GraphSpec.from_json(g) for k, g in d["graphs"].items()},
-            roles={k: dict(v) for k, v in d["roles"].items()},
-            weights=WeightsSpec.from_json(d["weights"]) if d.get("weights") else None,
-            directory=directory,
-        )
-        m.validate()
-        return m
+    def from_json(cls, d: Any, directory: Path | None = None, where: str = MANIFEST_NAME) -> "Manifest":
+        """Decoded manifest.json -> Manifest; InvalidExportError names the first bad field."""
+        from .manifest_schema import parse
+
+        return parse(d, where, directory)
 
     def validate(self) -> None:
-        """Internal consistency; raises ValueError naming the first problem."""
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
-        if self.cache_update not in CACHE_UPDATES:
-            raise ValueError(f"cache_update {self.cache_update!r} not in {CACHE_UPDATES}")
-        missing = [g for g in GRAPH_NAMES if g not in self.graphs]
-        if missing:
-            raise ValueError(f"graphs missing: {', '.join(missing)}")
-        for g in GRAPH_NAMES:
-            if g not in self.roles:
-                raise ValueError(f"roles missing for graph {g!r}")
-        step = self.roles["decoder_step"]
-        need = ["input_ids", "position", "encoder_attention_mask", "cross_k", "cross_v",
-                "self_k", "self_v", "logits"]
-        need += (["new_self_k", "new_self_v"] if self.cache_update == "write"
-                 else ["present_self_k", "present_self_v"])
-        for r in need:
-            if r not in step:
-                raise ValueError(f"decoder_step role {r!r} missing")
-        for r in ("cross_k", "cross_v", "self_k", "self_v"):
-            if len(step[r]) != self.dims.num_decoder_layers:
-                raise ValueError(f"decoder_step role {r!r} has {len(step[r])} names, "
-                                 f"expected num_decoder_layers={self.dims.num_decoder_layers}")
+        """The schema check load() runs, on this manifest (the exporter runs it before saving);
+        raises InvalidExportError (a ValueError) naming the first problem."""
+        self.from_json(json.loads(json.dumps(self.to_json())), self.directory)
+
+    def file_path(self, name: str) -> Path:
+        if self.directory is None:
+            raise ValueError("manifest was not loaded from a directory")
+        return self.directory / name
+
+
+def canonical_roles(num_decoder_layers: int, cache_update: str) -> dict[str, dict[str, Any]]:
+    """The roles section every t5rt export has: what each tensor is -> its name, per graph
+    (lists per decoder layer). The exporter writes it (exporters/io_spec.py) and load() requires
+    it, so a manifest cannot rebind a tensor to another role (say, swap layers' caches)."""
+    def per(kind: str) -> list[str]:
+        return [f"{kind}.{layer}" for layer in range(num_decoder_layers)]
+
+    step: dict[str, Any] = {
+        "input_ids": "input_ids", "position": "position", "encoder_attention_mask": "encoder_attention_mask",
+        "cross_k": per("cross_k"), "cross_v": per("cross_v"), "self_k": per("self_k"), "self_v": per("self_v"),
+        "logits": "logits",
+    }
+    if cache_update == "write":
+        step.update(new_self_k=per("new_self_k"), new_self_v=per("new_self_v"))
+    else:
+        step.update(present_self_k=per("present_self_k"), present_self_v=per("present_self_v"))
+    return {
+        "encoder": {"input_ids": "input_ids", "attention_mask": "attention_mask", "hidden": "hidden"},
+        "cross_kv": {"hidden": "hidden", "cross_k": per("cross_k"), "cross_v": per("cross_v")},
+        "decoder_step": step,
+    }
 
 
 def load_manifest(directory: str | Path, *, check_files: bool = True) -> Manifest:
-    """Read DIR/manifest.json; NotAnExportError says what is missing or broken."""
+    """Read and schema-check DIR/manifest.json (manifest_schema.py); with check_files, every file
+    it names must be a regular file inside DIR (export_check.confined_path). NotAnExportError:
+    no manifest; InvalidExportError: a manifest or file that fails a check (naming the field)."""
     d = Path(directory)
     if not d.is_dir():
         raise NotAnExportError(f"{d} is not a directory; pass the --out directory of 't5rt export'")
@@ -278,15 +261,28 @@ def load_manifest(directory: str | Path, *, check_files: bool = True) -> Manifes
         raise NotAnExportError(
             f"{d} is not a t5rt export: it has no {MANIFEST_NAME} (create one with 't5rt export MODEL --out {d}')"
         )
+    from .export_check import confined_path
+
+    confined_path(d, MANIFEST_NAME, MANIFEST_NAME)
     try:
-        m = Manifest.from_json(json.loads(path.read_text()), directory=d)
-    except (ValueError, KeyError, TypeError) as e:
-        raise NotAnExportError(f"{path} is not a valid t5rt manifest: {e}; re-export the model") from None
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"it is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError are ValueErrors
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise InvalidExportError(f"{path} is not a valid t5rt manifest: not readable JSON ({why}); "
+                                 "re-export the model with 't5rt export'") from None
+    m = Manifest.from_json(doc, directory=d, where=str(path))
     if check_files:
-        for name, g in m.graphs.items():
-            if not (d / g.file).is_file():
-                raise NotAnExportError(f"{d} is an incomplete export: {name} graph {g.file} is missing; re-export")
+        for name in m.files:
+            confined_path(d, name, f"files.{name}")
     return m
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -35,9 +35,17 @@ def _t5rt_version() -> str:
 
 def export_model(model_dir: Path, out_dir: Path, precision: str, max_input_len: int,
                  max_output_len: int, log=print) -> Path:
-    """Export `model_dir` into `out_dir` (atomically) unless it already holds an export."""
+    """Export `model_dir` into `out_dir` (atomically) unless it already holds an export this t5rt
+    reads (one of an older manifest format is exported again)."""
     if (out_dir / "manifest.json").is_file():
-        return out_dir
+        import t5rt
+
+        try:
+            t5rt.load_manifest(out_dir)
+            return out_dir
+        except t5rt.T5rtError as e:
+            log(f"[bench] {out_dir} is stale ({one_line(e)}); exporting again")
+            shutil.rmtree(out_dir)
     try:
         from t5rt.exporters.options import ExportOptions
         from t5rt.exporters.pipeline import export

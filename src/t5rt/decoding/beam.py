@@ -27,7 +27,7 @@ import numpy as np
 
 from ..generation_config import GenerationConfig
 from ..kernels import BeamUpdateWorkspace, Geometry, beam_update
-from . import ops, rng
+from . import guards, ops, rng
 from .ops import Array
 from .processors import LogitsPipeline
 from .sampling import _to_host
@@ -81,6 +81,7 @@ class BeamSearchStrategy:
             self.token_logprob = xp.empty((N, T + 1), dtype=xp.float32)  # [N, T+1]
             self.fin_token_logprob = xp.empty((B, nb, T + 1), dtype=xp.float32)  # [B, nb, T+1]
         self.capturable = not self.pipeline.has_user_processors
+        self._guard = xp is np or not self.capturable  # NaN checks need a host read (guards.py)
         self.step_counter = xp.empty((), dtype=xp.int64)
         self._done = xp.empty((), dtype=xp.bool_)
         self._seed = rng.seed_array(xp, 0)
@@ -231,6 +232,8 @@ class BeamSearchStrategy:
         B, nb, K, V = self.batch, self.num_beams, self.K, self.vocab_size
         logp = ops.log_softmax(xp, logits)  # [N, V]
         logp = self.pipeline(self.history, logp, t, self.host_step)
+        if self._guard:
+            guards.check_beam_logp(xp, logp, self.host_step)
         acc = (logp.reshape(B, nb, V) + self.running_score[:, :, None]).reshape(B, nb * V)
         if self.do_sample:
             u = rng.uniform(xp, self._seed, t, self._batch_rows, self._flat_idx)  # [B, nb*V]

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
+from ..errors import InvalidLogitsError, T5rtError
 from ..generation_config import GenerationConfig
 from . import ops
+from .guards import checked_user_scores
 from .ops import NEG_INF, Array
 
 
@@ -51,7 +53,8 @@ class NoRepeatNGram:
         self.xp, self.n, self.vocab = xp, n, vocab_size
         self.n_windows = max(history_len - n + 1, 0)  # window starts s = 0 .. T+1-n
         self.starts = xp.arange(self.n_windows, dtype=xp.int64)[None, :]  # [1, S]
-        self.offsets = xp.arange(n - 1, dtype=xp.int64)[None, :]  # [1, n-1]
+        # [1, n-1]; an n longer than the history never matches (S == 0): allocate nothing for it
+        self.offsets = xp.arange(n - 1 if self.n_windows else 0, dtype=xp.int64)[None, :]
         self.rows = ops.row_ids(xp, rows)
 
     def __call__(self, history: Array, scores: Array, t: Array) -> Array:
@@ -214,8 +217,14 @@ class LogitsPipeline:
         warp=False stops before the sampling warpers (a fused sampling kernel applies them)."""
         for p in self.pre:
             scores = p(history, scores, t)
-        for fn in self.user:  # research hook: eager only, host step
-            scores = fn(history[:, : host_t + 1], scores, host_t)
+        for i, fn in enumerate(self.user):  # research hook: eager only, host step
+            try:
+                out = fn(history[:, : host_t + 1], scores, host_t)
+            except T5rtError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the user's code failed: say which hook, keep the cause
+                raise InvalidLogitsError(f"logits_processors[{i}] raised {type(e).__name__}: {e}") from e
+            scores = checked_user_scores(self.xp, out, scores, i, fn)
         for p in self.warp if warp else ():
             scores = p(history, scores, t)
         return scores

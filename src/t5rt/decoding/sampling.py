@@ -26,7 +26,7 @@ import numpy as np
 
 from ..generation_config import GenerationConfig
 from ..kernels import sample_update
-from . import ops, rng
+from . import guards, ops, rng
 from .ops import Array
 from .processors import LogitsPipeline
 
@@ -65,6 +65,7 @@ class SamplingStrategy:
             self.token_logprob = xp.empty((N, T + 1), dtype=xp.float32)  # [N, T+1]
         # a CUDA graph may replay step() only when no user (host) processors run in it
         self.capturable = not self.pipeline.has_user_processors
+        self._guard = xp is np or not self.capturable  # NaN/inf checks need a host read (guards.py)
         self.step_counter = xp.empty((), dtype=xp.int64)  # t
         self._done = xp.empty((), dtype=xp.bool_)
         self._seed = rng.seed_array(xp, 0)  # [1] uint64
@@ -102,6 +103,8 @@ class SamplingStrategy:
         xp, t = self.xp, self.step_counter
         active = ~self._done  # 0-d
         scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step)
+        if self.do_sample and self._guard:
+            guards.check_sampling_scores(xp, scores, self.host_step)
         logp = ops.log_softmax(xp, scores)  # [N, V]
         if self.do_sample:
             u = rng.uniform(xp, self._seed, t, self._row_idx)  # [N]
@@ -142,6 +145,8 @@ class SamplingStrategy:
         scores = self.pipeline(self.history, logits.astype(xp.float32, copy=False), t, self.host_step,
                                warp=not (self.do_sample and k is not None))
         scores = xp.ascontiguousarray(scores)  # [N, V]
+        if self.do_sample and self._guard:
+            guards.check_sampling_scores(xp, scores, self.host_step)
         if self.do_sample and k is not None:  # warpers + draw + log-prob in one kernel
             k.sample_logprob(scores, self._seed, t, self._sample_options, row_offset=self._row_offset,
                              out=self._nxt, out_logprob=self._lp, launcher=self._sk)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import BackendError, MissingDependencyError
 from ..manifest import GraphSpec
-from ..runtime.device import Device, data_ptr, onnx_elem_type, usable_cpus
+from ..runtime.device import Device, data_ptr, onnx_elem_type, storage_dtype, usable_cpus
 
 log = logging.getLogger("t5rt.ort")
 
@@ -182,6 +182,12 @@ class OrtEngine:
             raise KeyError(f"{self.spec.file} has no tensor {name!r}")
         if not array.flags.c_contiguous:
             raise ValueError(f"buffer for {name!r} must be C-contiguous")
+        # ORT reads and writes the buffer as the dtype and shape given here: a mismatch with the
+        # array (a manifest that lies, say) would corrupt memory, so it is refused (DESIGN.md §11)
+        if array.dtype != storage_dtype(spec.dtype) or array.ndim != len(spec.shape) or any(
+                isinstance(d, int) and d != n for d, n in zip(spec.shape, array.shape)):
+            raise BackendError(f"{self.spec.file}: buffer for {name!r} is {array.dtype} {list(array.shape)}, "
+                               f"but the graph's tensor is {spec.dtype} {list(spec.shape)}")
         fn(name, self._dev_type, self._dev_id, onnx_elem_type(spec.dtype), list(array.shape), data_ptr(array))
         self._bound[name] = array  # keep the buffer alive as long as it is bound
 

@@ -57,6 +57,12 @@ class RuntimeOptions:
     # graph, so a step is one graph launch. Off until its GPU test has run (written without a GPU:
     # tests/test_native.py::test_native_generate_matches_hf covers it)
     graph_engine_step: bool = False
+    # load(): check every file's sha256 against the manifest (export_check.py). False skips only
+    # the hashing, for a disk you trust; the schema, confinement, sizes and graph I/O are checked.
+    verify: bool = True
+    # refuse a request whose estimated memory (runtime/memory.py) exceeds this many bytes;
+    # None: what the device has (CUDA: free memory; CPU: available host memory)
+    max_request_bytes: int | None = None
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt", "native"):
@@ -69,6 +75,14 @@ class RuntimeOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
+        t = self.threads
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 4096):
+            raise InvalidOptionError(f"threads={t!r} is invalid: an integer >= 0 (0 or None: the backend's default)")
+        if not isinstance(self.verify, bool):
+            raise InvalidOptionError(f"verify={self.verify!r} is invalid: must be True or False")
+        v = self.max_request_bytes
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InvalidOptionError(f"max_request_bytes={v!r} is invalid: must be an integer >= 1 or None")
 
 
 @dataclass
