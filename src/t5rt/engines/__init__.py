@@ -34,7 +34,7 @@ def pick_backend(requested: str, device: Any, m: Manifest | None = None) -> tupl
     if m is not None:
         from .native import unsupported_reason
 
-        if (why := unsupported_reason(m)) is None:
+        if unsupported_reason(m) is None:
             return "native", "t5rt's native CUDA kernels support this export"
     from . import trt_compat  # imports TensorRT lazily; rejects stub-only installs and unusable GPUs
 
@@ -60,9 +60,19 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
     if backend == "native":
         from .native import NativeSession
 
-        sessions = _ort_encoder_sessions(m, device, options)
-        sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", True))
-    elif backend == "ort":
+        try:
+            sessions = _ort_encoder_sessions(m, device, options)
+            sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", True))
+        except BackendError as e:
+            if requested != "auto":
+                raise
+            # "auto" must still load: the next choice, saying why the native kernels were passed over
+            from . import trt_compat
+
+            backend, reason = trt_compat.pick_backend("cuda")
+            reason = f"{reason} (native kernels unavailable: {e})"
+            sessions = {}
+    if backend == "ort":
         from .ort import OrtSession
 
         for g in GRAPH_NAMES:
@@ -74,7 +84,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 tf32=options.tf32,
                 rewrite=_ort_rewrite(options, device),  # Add + RMSNorm -> one ORT kernel
             )
-    else:
+    elif backend == "trt":
         from .trt import open_trt_sessions  # noqa: PLC0415 - TensorRT only when asked for
 
         sessions = open_trt_sessions(m, device, options)
