@@ -29,6 +29,7 @@ class ExportOptions:
     validate_rtol: float = 1e-4        # max |ort - torch| / max |torch| allowed per output
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD  # bytes of weights per graph
     seed: int = 0                      # seed of the random validation inputs
+    native_weights: bool = True        # also write decoder_weights.safetensors (backend="native")
 
     def __post_init__(self) -> None:
         self.check()
@@ -76,9 +77,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX opset (default %(default)s; inplace uses >= 24)")
     parser.add_argument("--no-validate", dest="validate", action="store_false",
                         help="skip running each graph in ONNX Runtime against PyTorch")
+    parser.add_argument("--no-native-weights", dest="native_weights", action="store_false",
+                        help="skip decoder_weights.safetensors (the native CUDA backend needs it)")
 
 
-_CLI_FIELDS = ("precision", "max_input_len", "max_output_len", "cache_update", "opset", "validate")
+_CLI_FIELDS = ("precision", "max_input_len", "max_output_len", "cache_update", "opset", "validate", "native_weights")
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:

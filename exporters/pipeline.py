@@ -225,6 +225,13 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
     if copied:
         log(f"  copied {', '.join(copied)}")
     pad, eos, start = special_tokens(loaded.model)
+    native = None
+    if options.native_weights:
+        from .native_weights import write_decoder_weights
+
+        native = write_decoder_weights(loaded.model, out, options.precision, options.max_output_len, loaded.logit_scale)
+        keep(native.file)
+        log(f"  wrote {native.file} (native decoder weights)")
     manifest = Manifest(
         exporter_version=__version__, source=loaded.source, source_checksum=loaded.checksum,
         model_type=cfg.model_type, config=json.loads(cfg.to_json_string(use_diff=False)),
@@ -235,7 +242,7 @@ def save_export(loaded: LoadedModel, artifacts: dict[str, GraphArtifact], option
         cache_update=options.cache_update, opset=options.graph_opset,
         special_tokens=SpecialTokens(pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=start),
         graphs=graphs, roles=io_spec.roles(cfg, options.cache_update), tokenizer_files=tuple(copied),
-        files=files, directory=out)
+        weights=native, files=files, directory=out)
     manifest.validate()
     manifest.save(out)
     return manifest

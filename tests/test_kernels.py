@@ -664,7 +664,123 @@ def test_abi_kernel_launches(dev):
 # Kernels the host build cannot run, with why (regex of the name -> reason); everything else must.
 # Only for what blocks-one-after-another cannot emulate (e.g. a grid-wide barrier between
 # co-resident blocks); the pieces such a kernel runs should still be covered by their own kernels.
-HOST_EXEMPT: dict[str, str] = {}
+# ---- the native decoder step (kernels/native_decoder.cu, t5rt.kernels.native) ----------------
+
+NATIVE_SHAPES = {  # (d, heads, d_kv, d_ff, layers, vocab, gated): vector and scalar load paths
+    "vec": (64, 4, 16, 128, 2, 500, True),
+    "odd": (32, 3, 12, 64, 1, 384, False),  # H * Dk = 36 != d; 16-bit rows of 36 are not 16-byte multiples
+}
+NATIVE_TOL = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 2e-2}  # of the max |value|: a few ulps of A
+
+
+def native_close(got, ref, act_dtype, what):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    err = np.abs(got - ref).max()
+    assert err <= NATIVE_TOL[act_dtype] * max(np.abs(ref).max(), 1e-6), \
+        f"{what}: max err {err:.3g} vs scale {np.abs(ref).max():.3g}"
+
+
+def native_state(m, n, s, t, seed):
+    """Random step inputs: ids, positions (per row), mask, cross K/V, caches (act storage)."""
+    from t5rt.weights import to_storage
+
+    rng = np.random.default_rng(seed)
+    L, H, Dk = len(m.layers), m.heads, m.d_kv
+    act = lambda *shape: to_storage(rng.standard_normal(shape).astype(np.float32), m.act_dtype)  # noqa: E731
+    mask = (rng.random((n, s)) < 0.7).astype(np.int64)
+    mask[:, 0] = 1
+    return dict(ids=rng.integers(0, m.vocab, (n, 1)).astype(np.int64), pos=rng.integers(0, t, n).astype(np.int64),
+                mask=mask, ck=[act(n, H, s, Dk) for _ in range(L)], cv=[act(n, H, s, Dk) for _ in range(L)],
+                sk=[act(n, H, t, Dk) for _ in range(L)], sv=[act(n, H, t, Dk) for _ in range(L)])
+
+
+def native_step_table(dev, m, st):
+    from t5rt.kernels.native import DeviceModel, StepBuffers, StepTable
+
+    n = st["ids"].shape[0]
+    bufs = StepBuffers(input_ids=dev.put(st["ids"]), position=dev.put(st["pos"]),
+                       encoder_attention_mask=dev.put(st["mask"]), cross_k=[dev.put(c) for c in st["ck"]],
+                       cross_v=[dev.put(c) for c in st["cv"]], self_k=[dev.put(c) for c in st["sk"]],
+                       self_v=[dev.put(c) for c in st["sv"]], logits=dev.xp.zeros((n, m.vocab), np.float32))
+    return StepTable(DeviceModel(m, dev.launcher), bufs)
+
+
+@pytest.mark.parametrize("act_dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("shape", list(NATIVE_SHAPES))
+def test_native_phases_match_reference(dev, shape, act_dtype):
+    """Each phase of the native step (t5rt_native_phase_<A>) against t5rt.kernels.native_reference
+    on the same inputs; the reference's result is put back before the next phase, so every phase
+    is checked alone. On the GPU the persistent whole-step kernel (t5rt_native_step_<A>, a grid
+    barrier between phases: not runnable on the host) must then equal the per-phase launches."""
+    from t5rt.kernels import native_reference as NR
+    from t5rt.kernels.native import Phase
+    from t5rt.weights import from_storage
+
+    d, H, Dk, F, L, V, gated = NATIVE_SHAPES[shape]
+    m = NR.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=1)
+    st = native_state(m, 5, 7, 24, seed=2)
+    tab = native_step_table(dev, m, st)
+    sk, sv = [c.copy() for c in st["sk"]], [c.copy() for c in st["sv"]]
+    f = lambda a: from_storage(dev.get(a), act_dtype)  # noqa: E731
+    close = lambda got, ref, what: native_close(dev.get(got), ref, act_dtype, what)  # noqa: E731
+
+    tab.launch_phase(Phase.EMBED)
+    x = NR.embed(m, st["ids"])
+    close(tab.x, x, "embed")
+    for l, ly in enumerate(m.layers):
+        tab.launch_phase(Phase.SELF_QKV, l)
+        q, _, _ = NR.self_qkv(m, ly, x, st["pos"], sk[l], sv[l])
+        close(tab.q, q, f"self_qkv q l{l}")
+        native_close(f(tab.bufs.self_k[l]), from_storage(sk[l], act_dtype), act_dtype, f"self_qkv k cache l{l}")
+        native_close(f(tab.bufs.self_v[l]), from_storage(sv[l], act_dtype), act_dtype, f"self_qkv v cache l{l}")
+        tab.q[...] = dev.xp.asarray(q)
+        tab.bufs.self_k[l][...] = dev.xp.asarray(sk[l])
+        tab.bufs.self_v[l][...] = dev.xp.asarray(sv[l])
+        steps = [
+            (Phase.SELF_ATTN, "a", lambda: NR.self_attention(m, q, st["pos"], sk[l], sv[l])),
+            (Phase.SELF_OUT, "x", lambda: NR.residual(m, x, NR.gemv(m, ly.sa_o, a))),
+            (Phase.CROSS_Q, "q", lambda: NR.gemv(m, ly.ca_q, NR.norm(m, x, ly.ca_norm))),
+            (Phase.CROSS_ATTN, "a", lambda: NR.cross_attention(m, q, st["ck"][l], st["cv"][l], st["mask"])),
+            (Phase.CROSS_OUT, "x", lambda: NR.residual(m, x, NR.gemv(m, ly.ca_o, a))),
+            (Phase.FFN_IN, "h", lambda: NR.ffn_in(m, ly, x)),
+            (Phase.FFN_OUT, "x", lambda: NR.residual(m, x, NR.gemv(m, ly.wo, h))),
+        ]
+        a = h = None
+        for ph, buf, ref_fn in steps:
+            tab.launch_phase(ph, l)
+            ref = ref_fn()
+            close(getattr(tab, buf), ref, f"{ph.name.lower()} l{l}")
+            getattr(tab, buf)[...] = dev.xp.asarray(ref)
+            if buf == "a":
+                a = ref
+            elif buf == "q":
+                q = ref
+            elif buf == "h":
+                h = ref
+            else:
+                x = ref
+    tab.launch_phase(Phase.LM_HEAD)
+    close(tab.bufs.logits, NR.lm_head(m, x), "lm_head")
+
+    # the whole step: per-phase launches (and, on the GPU, the persistent kernel) from one state
+    ref = NR.decoder_step(m, st["ids"], st["pos"], st["mask"], st["ck"], st["cv"], [c.copy() for c in st["sk"]],
+                          [c.copy() for c in st["sv"]])
+    results = []
+    for run in ("launch_phases",) + (() if dev.host else ("launch",)):
+        tab2 = native_step_table(dev, m, st)
+        getattr(tab2, run)()
+        results.append([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v])
+    native_close(results[0][0], ref, act_dtype, "whole step")
+    for got in results[1:]:
+        for u, v in zip(results[0], got):
+            assert np.array_equal(u, v)
+
+
+HOST_EXEMPT: dict[str, str] = {
+    # grid barrier between phases: host blocks run one after another; its phases run on the host
+    # as t5rt_native_phase_*, and the GPU test checks the step equals them bit for bit
+    r"t5rt_native_step_.*": "persistent kernel (grid-wide barrier)",
+}
 
 
 def test_every_kernel_ran_on_the_host(host_kernels, request):

@@ -437,13 +437,15 @@ def test_verify_false_skips_only_the_hashing(pristine, tmp_path):
 
 def test_manifest_lists_every_file_the_runtime_reads(pristine):
     """The exporter writes what the verifier needs: format_version 2, sha256 + size of every
-    graph, external-data and tokenizer file."""
+    graph, external-data, tokenizer and native weights file."""
     from t5rt.manifest import FORMAT_VERSION, load_manifest, sha256_file
 
     m = load_manifest(pristine)
     assert m.format_version == FORMAT_VERSION == 2
     named = {g.file for g in m.graphs.values()} | {g.external_data for g in m.graphs.values()}
     named |= set(m.tokenizer_files)
+    if m.weights is not None:
+        named.add(m.weights.file)  # the native engine's decoder weights (t5rt.weights)
     assert None not in named and "spiece.model" in named
     assert set(m.files) == named
     for name, e in m.files.items():

@@ -24,7 +24,7 @@ import t5rt.kernels as K  # noqa: E402
 
 from _bench import cupy, peak_tbps, table  # noqa: E402
 
-BENCHES = ["kv_write", "beam_reorder", "sampling", "beam_topk", "argmax", "step_update"]
+BENCHES = ["kv_write", "beam_reorder", "sampling", "beam_topk", "argmax", "step_update", "native_step"]
 
 
 def measured_copy_tbps() -> float:

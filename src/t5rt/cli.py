@@ -110,8 +110,8 @@ def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", metavar="TEXT", nargs="*", default=[],
                    help="input texts; without any, one input per line of stdin")
     run = p.add_argument_group("runtime")
-    run.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto",
-                     help="inference backend (default %(default)s: TensorRT where it works, else ONNX Runtime)")
+    run.add_argument("--backend", choices=("auto", "ort", "trt", "native"), default="auto",
+                     help="inference backend (default %(default)s: on CUDA the native kernels where they support the export, else TensorRT where it works, else ONNX Runtime)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                      help="where to run (default %(default)s: cuda when a GPU is usable)")
     run.add_argument("--threads", type=int, metavar="N", help="CPU: intra-op threads")

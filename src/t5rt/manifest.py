@@ -20,7 +20,9 @@ Layout (format_version 2)::
       "tokenizer_files": ["spiece.model", ...],
       "files": {"encoder.onnx": {"sha256": "<64 hex>", "bytes": 1234}, ...},   every file read
       "graphs": {"encoder": GRAPH, "cross_kv": GRAPH, "decoder_step": GRAPH},
-      "roles": {"encoder": {...}, "cross_kv": {...}, "decoder_step": {...}}
+      "roles": {"encoder": {...}, "cross_kv": {...}, "decoder_step": {...}},
+      "weights": null | {"file": "decoder_weights.safetensors", "sha256": "...", "format": "safetensors",
+                         "dtypes": {name: dtype}, "logit_scale": 1.0}   (the native engine's; t5rt.weights)
     }
 
     GRAPH = {"file": "encoder.onnx", "sha256": "...", "external_data": null | "encoder.onnx.data",
@@ -58,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidExportError, NotAnExportError
+from .weights import WeightsSpec
 
 FORMAT = "t5rt-export"
 FORMAT_VERSION = 2  # 2: "files" (sha256 + size of every file), a checked schema
@@ -156,6 +159,7 @@ class Manifest:
     roles: dict[str, dict[str, Any]]
     tokenizer_files: tuple[str, ...] = ()
     files: dict[str, FileEntry] = field(default_factory=dict)  # every file read: sha256, size
+    weights: WeightsSpec | None = None  # decoder weights for backend="native" (optional)
     format_version: int = FORMAT_VERSION
     directory: Path | None = field(default=None, compare=False)
 
@@ -196,6 +200,7 @@ class Manifest:
             "files": {k: asdict(e) for k, e in self.files.items()},
             "graphs": {k: g.to_json() for k, g in self.graphs.items()},
             "roles": self.roles,
+            **({"weights": self.weights.to_json()} if self.weights is not None else {}),
         }
 
     def save(self, directory: str | Path) -> Path:

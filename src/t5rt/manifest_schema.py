@@ -243,11 +243,45 @@ def parse(doc: Any, where: str, directory: Any = None) -> Any:
                                           "bound to another role would give silently different tokens)")
     r_obj.done()
 
+    weights = _weights(top, fail, listed, files) if top.get("weights", optional=True) is not None else None
+
     return mf.Manifest(
         format_version=version, **strings, config=config, dims=dims, precision=precision,
         max_input_len=max_input_len, max_output_len=max_output_len, cache_update=cache_update,
         opset=opset, special_tokens=special, graphs=graphs, roles=roles,
-        tokenizer_files=tokenizer_files, files=files, directory=directory)
+        tokenizer_files=tokenizer_files, files=files, weights=weights, directory=directory)
+
+
+_WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64")
+
+
+def _weights(top: _Fields, fail: Callable[[str, str], NoReturn], listed: Callable[[str, str], str],
+             files: dict[str, Any]) -> Any:
+    """The optional "weights" entry: the native engine's decoder weights file (t5rt.weights)."""
+    from .weights import WeightsSpec
+
+    o = top.obj("weights")
+    file = listed(o.get("file"), o.field("file"))
+    digest = o.str("sha256")
+    if digest != files[file].sha256:
+        fail(o.field("sha256"), f"is {digest[:80]!r} but files.{file}.sha256 is {files[file].sha256!r}")
+    o.str("format", ("safetensors",))
+    dt = o.obj("dtypes", closed=False)
+    if len(dt.d) > 100_000:
+        fail(dt.path, "lists too many tensors")
+    dtypes = {}
+    for name in dt.d:
+        if not isinstance(name, str) or len(name) > _MAX_STR:
+            fail(dt.path, "has a tensor name that is not a short string")
+        dtypes[name] = dt.str(name, _WEIGHT_DTYPES)
+    nums = {}
+    for key, lo, hi in (("logit_scale", 0.0, 1e6), ("residual_clamp", 0.0, 1e38)):
+        v = o.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= float(v) <= hi:
+            fail(o.field(key), f"must be a number in [{lo}, {hi}], got {_kind(v)}")
+        nums[key] = float(v)
+    o.done()
+    return WeightsSpec(file=file, sha256=digest, dtypes=dtypes, **nums)
 
 
 def _graph(o: _Fields, fail: Callable[[str, str], NoReturn], listed: Callable[[str, str], str],

@@ -16,7 +16,7 @@ PEERS = ("hf", "hf-compile", "optimum", "ct2")
 DEFAULT_PEERS = PEERS
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "ort", "trt")
+BACKENDS = ("auto", "ort", "trt", "native")
 CACHE_ENV = "T5RT_BENCH_CACHE"
 
 

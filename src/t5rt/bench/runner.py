@@ -55,10 +55,14 @@ def build_systems(opts: BenchOptions, device: str, precision: str, hf_dir: Path,
                   max_input_len: int, max_output_len: int, log: Log) -> list[System]:
     systems: list[System] = []
     if opts.include_t5rt:
-        key = f"t5rt-{precision}-in{max_input_len}-out{max_output_len}-exp{exporter_version()}"
-        systems.append(T5rtSystem(name="t5rt", precision=precision, device=device, model_dir=hf_dir,
-                                  export_dir=cache / key, backend=opts.backend,
-                                  max_input_len=max_input_len, max_output_len=max_output_len, log=log))
+        # "-nw": exports with the native engine's decoder weights file
+        key = f"t5rt-{precision}-in{max_input_len}-out{max_output_len}-exp{exporter_version()}-nw"
+        # on CUDA with backend auto: the ORT engine as "t5rt" and the native kernels as "t5rt-native"
+        both = device == "cuda" and opts.backend == "auto"
+        for name, backend in ([("t5rt", "ort"), ("t5rt-native", "native")] if both else [("t5rt", opts.backend)]):
+            systems.append(T5rtSystem(name=name, precision=precision, device=device, model_dir=hf_dir,
+                                      export_dir=cache / key, backend=backend,
+                                      max_input_len=max_input_len, max_output_len=max_output_len, log=log))
     if "hf" in opts.peers:
         systems.append(HFEager(name="hf", precision="fp32", device=device, model_dir=hf_dir,
                                note="eager generate()"))

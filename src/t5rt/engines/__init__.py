@@ -14,19 +14,28 @@ from ..errors import BackendError, InvalidOptionError
 from ..manifest import GRAPH_NAMES, Manifest
 from .base import Engine
 
-__all__ = ["Engine", "open_sessions", "pick_backend"]
+__all__ = ["BACKENDS", "Engine", "open_sessions", "pick_backend"]
 
 ORT_REWRITE_ENV = "T5RT_ORT_REWRITE"  # 0/1: the ORT load-time rewrite when RuntimeOptions leaves it None
 
 
-def pick_backend(requested: str, device: Any) -> tuple[str, str]:
-    """-> (backend, reason). 'auto': TensorRT when it imports and a GPU is present, else ORT."""
-    if requested not in ("auto", "ort", "trt"):
-        raise InvalidOptionError(f"backend={requested!r} is invalid: use 'auto', 'ort' or 'trt'")
+BACKENDS = ("auto", "ort", "trt", "native")
+
+
+def pick_backend(requested: str, device: Any, m: Manifest | None = None) -> tuple[str, str]:
+    """-> (backend, reason). 'auto' on CUDA: the native kernels when they support the export,
+    else TensorRT when it imports, else ORT; on the CPU: ORT."""
+    if requested not in BACKENDS:
+        raise InvalidOptionError(f"backend={requested!r} is invalid: use {', '.join(map(repr, BACKENDS))}")
     if requested != "auto":
         return requested, "asked for"
     if not device.is_cuda:
-        return "ort", "CPU device (TensorRT needs a GPU)"
+        return "ort", "CPU device (TensorRT and the native kernels need a GPU)"
+    if m is not None:
+        from .native import unsupported_reason
+
+        if unsupported_reason(m) is None:
+            return "native", "t5rt's native CUDA kernels support this export"
     from . import trt_compat  # imports TensorRT lazily; rejects stub-only installs and unusable GPUs
 
     return trt_compat.pick_backend("cuda")
@@ -42,12 +51,27 @@ def _ort_rewrite(options: Any, device: Any) -> bool:
 
 
 def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
-    backend, reason = pick_backend(requested, device)
+    backend, reason = pick_backend(requested, device, m)
     sessions: dict[str, Any] = {}
     if backend == "ort" and not device.is_cuda and m.precision == "bf16":
         raise BackendError(f"{m.directory} is a bf16 export, which ONNX Runtime cannot run on the CPU (it has "
                            "no bf16 CPU kernels): load it with device='cuda', or re-export with "
                            "--precision fp32 (or fp16) for the CPU")
+    if backend == "native":
+        from .native import NativeSession
+
+        try:
+            sessions = _ort_encoder_sessions(m, device, options)
+            sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", True))
+        except BackendError as e:
+            if requested != "auto":
+                raise
+            # "auto" must still load: the next choice, saying why the native kernels were passed over
+            from . import trt_compat
+
+            backend, reason = trt_compat.pick_backend("cuda")
+            reason = f"{reason} (native kernels unavailable: {e})"
+            sessions = {}
     if backend == "ort":
         from .ort import OrtSession
 
@@ -60,8 +84,32 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
                 tf32=options.tf32,
                 rewrite=_ort_rewrite(options, device),  # Add + RMSNorm -> one ORT kernel
             )
-    else:
+    elif backend == "trt":
         from .trt import open_trt_sessions  # noqa: PLC0415 - TensorRT only when asked for
 
         sessions = open_trt_sessions(m, device, options)
     return backend, reason, sessions
+
+
+def _ort_encoder_sessions(m: Manifest, device: Any, options: Any) -> dict[str, Any]:
+    """encoder + cross_kv on ONNX Runtime: its CUDA EP where installed, else CPU EP behind host copies."""
+    from ..runtime.device import Device
+    from .ort import OrtSession, _import_ort
+
+    cuda_ep = "CUDAExecutionProvider" in _import_ort().get_available_providers()
+    sessions: dict[str, Any] = {}
+    for g in ("encoder", "cross_kv"):
+        if cuda_ep:
+            sessions[g] = OrtSession(m.graph_path(g), m.graphs[g], device, cuda_graph=options.cuda_graphs,
+                                     threads=options.threads, tf32=options.tf32, rewrite=_ort_rewrite(options, device))
+        else:
+            if m.precision == "bf16":
+                raise BackendError("backend='native' runs the encoder on ONNX Runtime, which has no CUDA "
+                                   "execution provider here and no bf16 CPU kernels: install onnxruntime-gpu "
+                                   "('t5rt[ort-gpu]') for bf16 exports")
+            from .host_mirror import HostMirrorSession
+
+            cpu = OrtSession(m.graph_path(g), m.graphs[g], Device("cpu"), threads=options.threads,
+                             rewrite=_ort_rewrite(options, Device("cpu")))
+            sessions[g] = HostMirrorSession(cpu, device)
+    return sessions

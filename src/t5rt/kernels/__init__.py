@@ -94,6 +94,8 @@ KERNEL_NAMES: tuple[str, ...] = tuple(
     + ["t5rt_topk_topp_sample", "t5rt_sample_logprob", "t5rt_argmax_rows", "t5rt_argmax_logsumexp", "t5rt_topk_partial", "t5rt_topk_merge",
        "t5rt_row_logsumexp", "t5rt_dec_sample_update", "t5rt_dec_beam_update", "t5rt_dec_min_new_tokens",
        f"t5rt_abi_{ABI}"]
+    # the native decoder step (kernels/native_decoder.cu; wrappers in t5rt.kernels.native)
+    + [f"t5rt_native_{k}_{s}" for k in ("step", "phase") for s in ("f32", "f16", "bf16")]
 )
 
 __all__ = [

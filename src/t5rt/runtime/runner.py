@@ -28,7 +28,7 @@ from .kv_cache import CacheOps
 class RuntimeOptions:
     """How a loaded runtime runs (how it decodes is GenerationConfig's business)."""
 
-    backend: str = "auto"             # "auto" | "ort" | "trt"
+    backend: str = "auto"             # "auto" | "ort" | "trt" | "native" (CUDA: t5rt's own decoder-step kernels)
     device: str = "auto"              # "auto" | "cpu" | "cuda"
     cuda_graphs: bool = True          # replay the decoder step as CUDA graphs on the GPU
     kernels: bool = True              # use t5rt.kernels' fused CUDA kernels where they exist
@@ -55,6 +55,13 @@ class RuntimeOptions:
     max_queue: int = 1024
     # concurrent requests share decoder steps (in-flight batching); False: one request at a time
     inflight: bool = True
+    # backend="native": the whole decoder step as one persistent kernel (grid barrier between
+    # phases); False launches one kernel per phase (same results, slower; a fallback)
+    native_persistent: bool = True
+    # CUDA: an engine that can be captured (backend="native") runs inside the decoding step's CUDA
+    # graph, so a step is one graph launch. Off until its GPU test has run (written without a GPU:
+    # tests/test_native.py::test_native_generate_matches_hf covers it)
+    graph_engine_step: bool = False
     # load(): check every file's sha256 against the manifest (export_check.py). False skips only
     # the hashing, for a disk you trust; the schema, confinement, sizes and graph I/O are checked.
     verify: bool = True
@@ -63,8 +70,8 @@ class RuntimeOptions:
     max_request_bytes: int | None = None
 
     def validate(self) -> None:
-        if self.backend not in ("auto", "ort", "trt"):
-            raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort' or 'trt'")
+        if self.backend not in ("auto", "ort", "trt", "native"):
+            raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort', 'trt' or 'native'")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
                                          or self.threads < 1):
             raise InvalidOptionError(f"threads={self.threads!r} is invalid: an integer >= 1, or None for "
@@ -208,7 +215,8 @@ class T5Runner:
         slot = self.decoder_slot(enc, strategy.rows_per_input, self.decoder_cache_len(max_new_tokens))
         bufs = slot.bufs
         engine = bufs.engine
-        write_form = self.m.cache_update == "write"
+        # the native engine writes the new K/V rows into the caches itself
+        write_form = self.m.cache_update == "write" and not getattr(engine, "writes_cache", False)
         reorder = getattr(strategy, "parent", None) is not None
 
         def after_engine() -> None:
@@ -227,6 +235,13 @@ class T5Runner:
             bufs.position[...] = strategy.step_counter
 
         use_graph = self.dev.is_cuda and self.opts.cuda_graphs and not eager
+        # an engine that can be captured (the native kernels) joins the decoding work's graph:
+        # one CUDA graph per step (RuntimeOptions.graph_engine_step)
+        engine_in_graph = use_graph and self.opts.graph_engine_step and getattr(engine, "capturable", False)
+
+        def whole_step() -> None:
+            engine.run()
+            after_engine()
         check = self.opts.done_check_interval
         t_start = time.perf_counter()
         waited = 0.0
@@ -245,14 +260,15 @@ class T5Runner:
                 if profile:
                     ev = (cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.Event())
                     ev[0].record(self.dev.stream)
-                engine.run()
+                if not (engine_in_graph and t >= 1):
+                    engine.run()
                 if profile:
                     ev[1].record(self.dev.stream)
                 if use_graph and t >= 1:
                     if graph is None:
                         from .cuda_graph import CapturedStep
 
-                        graph = CapturedStep(after_engine, self.dev.stream)
+                        graph = CapturedStep(whole_step if engine_in_graph else after_engine, self.dev.stream)
                         if self.opts.reuse_step_graphs:
                             slot.graphs[id(strategy)] = (strategy, graph)
                             while len(slot.graphs) > self.opts.max_cached_buckets:

@@ -93,6 +93,6 @@ class SlotPool:
         """Enqueue the decoder step over rows 0..n-1 and (write form) the cache row writes."""
         view, cache = self.head(n)
         view.engine.run()
-        if self.runner.m.cache_update == "write":
-            cache.write(view.position)
+        if self.runner.m.cache_update == "write" and not getattr(view.engine, "writes_cache", False):
+            cache.write(view.position)  # (the native engine writes its new K/V rows itself)
         self.steps += 1

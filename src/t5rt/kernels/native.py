@@ -1,0 +1,335 @@
+"""The native decoder step's kernels (kernels/native_decoder.cu): host-side model, device table, launches.
+
+    model = NativeModel.from_weights(arrays, config, precision, spec)   # host numpy, torch-free
+    dev = DeviceModel(model)                                            # weights on the GPU, once
+    step = StepTable(dev, rows, src_len, cache_len, buffers)            # one per bucket
+    step.launch()              # the whole step: one persistent kernel (grid barrier between phases)
+    step.launch_phases()       # the same step, one launch per phase (fallback, tests, workbench)
+    step.launch_phase(ph, l)   # one phase
+
+`NativeModel` (host arrays in the layout the kernels read: q/k/v concatenated, gated FFN as two
+matrices) is what both the engine uploads and the NumPy reference (native_reference.py) computes
+with, so the two cannot disagree about the weights. Importing this module needs no cupy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BackendError, InvalidInputError
+from ..weights import from_storage
+
+# Mirrors enum T5rtNativePhase in kernels/native_decoder.cu.
+class Phase(enum.IntEnum):
+    EMBED = 0
+    SELF_QKV = 1
+    SELF_ATTN = 2
+    SELF_OUT = 3
+    CROSS_Q = 4
+    CROSS_ATTN = 5
+    CROSS_OUT = 6
+    FFN_IN = 7
+    FFN_OUT = 8
+    LM_HEAD = 9
+
+
+LAYER_PHASES = tuple(Phase(p) for p in range(Phase.SELF_QKV, Phase.FFN_OUT + 1))
+
+
+class Act(enum.IntEnum):
+    """FFN activation; mirrors enum T5rtNativeAct (native_decoder.cu)."""
+
+    RELU = 0
+    GELU_NEW = 1
+    GELU = 2
+    SILU = 3
+
+
+THREADS = 512  # T5RT_NATIVE_THREADS
+ACT_NAMES = {"relu": Act.RELU, "gelu_new": Act.GELU_NEW, "gelu_pytorch_tanh": Act.GELU_NEW, "gelu": Act.GELU,
+             "silu": Act.SILU, "swish": Act.SILU}
+SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+KERNEL_NAMES: tuple[str, ...] = tuple(f"t5rt_native_{k}_{s}" for k in ("step", "phase") for s in SUFFIX.values())
+
+# Field order of struct T5rtNativeStep / T5rtNativeLayer (8 bytes each).
+STEP_INTS = ("words", "N", "d", "H", "Dk", "F", "V", "T", "S", "L", "R", "act", "gated", "smem_floats", "prefetch")
+STEP_FLOATS = ("eps", "clamp", "logit_scale")
+STEP_PTRS = ("ids", "position", "enc_mask", "emb", "rel_bias", "buckets", "final_norm", "lm_head", "logits",
+             "x", "q", "a", "h", "barrier", "layers")
+STEP_WORDS = len(STEP_INTS) + len(STEP_FLOATS) + len(STEP_PTRS)
+LAYER_WEIGHTS = ("sa_norm", "qkv", "sa_o", "ca_norm", "ca_q", "ca_o", "ff_norm", "wi0", "wi1", "wo")
+LAYER_BUFFERS = ("self_k", "self_v", "new_k", "new_v", "cross_k", "cross_v")
+
+
+def activation(config: dict[str, Any]) -> tuple[Act, bool]:
+    """(activation, gated) of a T5 config dict, as transformers' T5Config derives them."""
+    proj = str(config.get("feed_forward_proj", "relu"))
+    gated = bool(config.get("is_gated_act", proj.startswith("gated-")))
+    name = config.get("dense_act_fn") or proj.split("-")[-1]
+    if name == "gelu" and proj == "gated-gelu":
+        name = "gelu_new"  # T5Config: gated-gelu means gelu_new
+    if name not in ACT_NAMES:
+        raise InvalidInputError(f"activation {name!r} is not supported by the native engine "
+                                f"(supported: {', '.join(ACT_NAMES)})")
+    return ACT_NAMES[name], gated
+
+
+@dataclass
+class NativeLayer:
+    sa_norm: np.ndarray  # [d] act storage
+    qkv: np.ndarray      # [3I, d]
+    sa_o: np.ndarray     # [d, I]
+    ca_norm: np.ndarray  # [d]
+    ca_q: np.ndarray     # [I, d]
+    ca_o: np.ndarray     # [d, I]
+    ff_norm: np.ndarray  # [d]
+    wi0: np.ndarray      # [F, d]
+    wi1: np.ndarray | None  # [F, d] (gated) or None
+    wo: np.ndarray       # [d, F]
+
+
+@dataclass
+class NativeModel:
+    """Host arrays of the decoder in the kernels' layout; act storage = float32 | float16 | uint16 (bf16)."""
+
+    act_dtype: str       # "float32" | "float16" | "bfloat16"
+    d: int
+    heads: int
+    d_kv: int
+    d_ff: int
+    vocab: int
+    eps: float
+    act: Act
+    gated: bool
+    clamp: float         # residual clip (0: off)
+    logit_scale: float
+    emb: np.ndarray      # [V, d] act
+    rel_bias: np.ndarray  # [buckets, H] act
+    buckets: np.ndarray  # [R + 1] int32
+    final_norm: np.ndarray  # [d] f32
+    lm_head: np.ndarray  # [V, d] f32
+    layers: list[NativeLayer] = field(default_factory=list)
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.d_kv
+
+    @property
+    def radius(self) -> int:
+        return int(self.buckets.shape[0]) - 1
+
+    @classmethod
+    def from_weights(cls, arrays: dict[str, np.ndarray], config: dict[str, Any], act_dtype: str,
+                     logit_scale: float, clamp: float) -> "NativeModel":
+        """From t5rt.weights.read() of an export's decoder_weights.safetensors."""
+        def get(name: str) -> np.ndarray:
+            if name not in arrays:
+                raise InvalidInputError(f"the decoder weights file lacks {name!r}; re-export the model")
+            return arrays[name]
+
+        act, gated = activation(config)
+        emb = get("decoder.embed_tokens.weight")
+        lm = arrays.get("lm_head.weight")
+        if lm is None:
+            lm = from_storage(emb, act_dtype)  # tied fp32 export: one copy on disk
+        n_layers = int(config.get("num_decoder_layers") or config["num_layers"])
+        layers = []
+        for i in range(n_layers):
+            p = f"decoder.block.{i}.layer"
+            sa, ca, ff = f"{p}.0.SelfAttention", f"{p}.1.EncDecAttention", f"{p}.2.DenseReluDense"
+            layers.append(NativeLayer(
+                sa_norm=get(f"{p}.0.layer_norm.weight"),
+                qkv=np.concatenate([get(f"{sa}.q.weight"), get(f"{sa}.k.weight"), get(f"{sa}.v.weight")], axis=0),
+                sa_o=get(f"{sa}.o.weight"),
+                ca_norm=get(f"{p}.1.layer_norm.weight"),
+                ca_q=get(f"{ca}.q.weight"),
+                ca_o=get(f"{ca}.o.weight"),
+                ff_norm=get(f"{p}.2.layer_norm.weight"),
+                wi0=get(f"{ff}.wi_0.weight") if gated else get(f"{ff}.wi.weight"),
+                wi1=get(f"{ff}.wi_1.weight") if gated else None,
+                wo=get(f"{ff}.wo.weight"),
+            ))
+        return cls(act_dtype=act_dtype, d=int(config["d_model"]), heads=int(config["num_heads"]),
+                   d_kv=int(config["d_kv"]), d_ff=int(config["d_ff"]), vocab=int(lm.shape[0]),
+                   eps=float(config.get("layer_norm_epsilon", 1e-6)), act=act, gated=gated, clamp=float(clamp),
+                   logit_scale=float(logit_scale), emb=emb,
+                   rel_bias=get("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                   buckets=np.ascontiguousarray(get("decoder.relative_buckets"), np.int32),
+                   final_norm=np.ascontiguousarray(get("decoder.final_layer_norm.weight"), np.float32),
+                   lm_head=np.ascontiguousarray(lm, np.float32), layers=layers)
+
+
+def unsupported_reason(model: NativeModel) -> str | None:
+    """Why the kernels cannot run this model, or None."""
+    if model.d_kv > THREADS:
+        return f"d_kv={model.d_kv} > {THREADS}"
+    if model.act_dtype not in SUFFIX:
+        return f"activation dtype {model.act_dtype}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Device side
+# ----------------------------------------------------------------------------------------------
+
+
+def _ptr(a: Any) -> int:
+    if a is None:
+        return 0
+    if isinstance(a, np.ndarray):
+        return int(a.ctypes.data)
+    return int(a.data.ptr)
+
+
+HOST_GRID = 3  # blocks of a launch on the host build (any count is correct; few are fast)
+
+
+class DeviceModel:
+    """A NativeModel's arrays where the launcher's kernels run (one copy shared by every bucket).
+
+    launcher: t5rt.kernels' CUDA launcher (default: cupy arrays on the current device) or the host
+    build (t5rt.kernels.host.HostKernels: numpy arrays, for CPU tests).
+    """
+
+    def __init__(self, model: NativeModel, launcher: Any = None):
+        from . import _launcher
+
+        self.launcher = _launcher(launcher)
+        xp = self.launcher.xp
+        self.model = model
+        up = lambda a: None if a is None else xp.asarray(np.ascontiguousarray(a))  # noqa: E731
+        self.emb, self.rel_bias, self.buckets = up(model.emb), up(model.rel_bias), up(model.buckets)
+        self.final_norm, self.lm_head = up(model.final_norm), up(model.lm_head)
+        self.layers = [{k: up(getattr(ly, k)) for k in LAYER_WEIGHTS} for ly in model.layers]
+        if xp is np:
+            self.sms, self.smem_optin = HOST_GRID, 227 * 1024
+        else:
+            dev = xp.cuda.Device()
+            self.sms = int(dev.attributes["MultiProcessorCount"])
+            self.smem_optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+
+    def nbytes(self) -> int:
+        arrays = [self.emb, self.rel_bias, self.final_norm, self.lm_head]
+        arrays += [a for ly in self.layers for a in ly.values() if a is not None]
+        return int(sum(a.nbytes for a in arrays))
+
+
+@dataclass
+class StepBuffers:
+    """The decoder step's device buffers (the runtime's DecoderBuffers, by role)."""
+
+    input_ids: Any               # [N, 1] int64
+    position: Any                # [N] int64
+    encoder_attention_mask: Any  # [N, S] int64
+    cross_k: Sequence[Any]       # per layer [N, H, S, Dk] act
+    cross_v: Sequence[Any]
+    self_k: Sequence[Any]        # per layer [N, H, T, Dk] act
+    self_v: Sequence[Any]
+    logits: Any                  # [N, V] float32
+    new_k: Sequence[Any] | None = None  # per layer [N, H, 1, Dk] act, or None
+    new_v: Sequence[Any] | None = None
+
+
+class StepTable:
+    """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
+
+    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = True):
+        cp = dev.launcher.xp  # cupy, or numpy on the host build
+        m = dev.model
+        self.dev, self.bufs = dev, bufs
+        n, s = (int(v) for v in bufs.encoder_attention_mask.shape)
+        t = int(bufs.self_k[0].shape[2])
+        L, I = len(m.layers), m.inner
+        self.rows, self.src_len, self.cache_len = n, s, t
+        self._check(n, s, t)
+        self.x = cp.zeros((n, m.d), cp.float32)
+        self.q = cp.zeros((n, I), cp.float32)
+        self.a = cp.zeros((n, I), cp.float32)
+        self.h = cp.zeros((n, m.d_ff), cp.float32)
+        self.barrier = cp.zeros((2,), cp.uint32)
+        kmax = max(m.d, I, m.d_ff)
+        attn = m.d_kv + max(t, s) + THREADS + 32
+        cap = (dev.smem_optin - 8 * 1024) // 4  # leave room for the static shared memory
+        if attn > cap:
+            raise InvalidInputError(f"attention over {max(t, s)} keys needs {attn * 4} bytes of shared memory, "
+                                    f"more than the GPU's {cap * 4}; use a shorter max length")
+        self.smem_floats = int(min(max(n * kmax, attn, kmax), cap))
+        layer_rows = []
+        for l, w in enumerate(dev.layers):
+            vals = [_ptr(w[k]) for k in LAYER_WEIGHTS]
+            new_k = bufs.new_k[l] if bufs.new_k else None
+            new_v = bufs.new_v[l] if bufs.new_v else None
+            vals += [_ptr(bufs.self_k[l]), _ptr(bufs.self_v[l]), _ptr(new_k), _ptr(new_v),
+                     _ptr(bufs.cross_k[l]), _ptr(bufs.cross_v[l])]
+            layer_rows.append(vals)
+        self.layer_table = cp.asarray(np.array(layer_rows, np.uint64).reshape(L, len(LAYER_WEIGHTS) + len(LAYER_BUFFERS)))
+        ints = dict(words=STEP_WORDS, N=n, d=m.d, H=m.heads, Dk=m.d_kv, F=m.d_ff, V=m.vocab, T=t, S=s, L=L,
+                    R=m.radius, act=int(m.act), gated=int(m.gated), smem_floats=self.smem_floats,
+                    prefetch=int(prefetch))
+        floats = dict(eps=m.eps, clamp=m.clamp, logit_scale=m.logit_scale)
+        ptrs = dict(ids=_ptr(bufs.input_ids), position=_ptr(bufs.position), enc_mask=_ptr(bufs.encoder_attention_mask),
+                    emb=_ptr(dev.emb), rel_bias=_ptr(dev.rel_bias), buckets=_ptr(dev.buckets),
+                    final_norm=_ptr(dev.final_norm), lm_head=_ptr(dev.lm_head), logits=_ptr(bufs.logits),
+                    x=_ptr(self.x), q=_ptr(self.q), a=_ptr(self.a), h=_ptr(self.h), barrier=_ptr(self.barrier),
+                    layers=_ptr(self.layer_table))
+        words = np.zeros(STEP_WORDS, np.uint64)
+        i = 0
+        for k in STEP_INTS:
+            words[i] = np.int64(ints[k]).view(np.uint64)
+            i += 1
+        for k in STEP_FLOATS:
+            words[i] = np.float64(floats[k]).view(np.uint64)
+            i += 1
+        for k in STEP_PTRS:
+            words[i] = np.uint64(ptrs[k])
+            i += 1
+        self.table = cp.asarray(words)
+        self.grid = (dev.sms,)
+        self.block = (THREADS,)
+        self.smem_bytes = self.smem_floats * 4
+        sfx = SUFFIX[m.act_dtype]
+        self._step, self._phase = f"t5rt_native_step_{sfx}", f"t5rt_native_phase_{sfx}"
+        self.launcher = dev.launcher
+        loaded = getattr(self.launcher, "loaded", None)  # the CUDA module (a cupy RawModule)
+        if loaded is not None and self.smem_bytes > 48 * 1024:
+            for name in (self._step, self._phase):
+                try:
+                    loaded.function(name).max_dynamic_shared_size_bytes = self.smem_bytes
+                except Exception as e:  # noqa: BLE001 - cupy raises CUDADriverError
+                    raise BackendError(f"cannot give the native kernels {self.smem_bytes} bytes of shared memory: {e}") from e
+
+    def _check(self, n: int, s: int, t: int) -> None:
+        b, m = self.bufs, self.dev.model
+        L = len(m.layers)
+        for name, arrs, shape in (("cross_k", b.cross_k, (n, m.heads, s, m.d_kv)), ("cross_v", b.cross_v, (n, m.heads, s, m.d_kv)),
+                                  ("self_k", b.self_k, (n, m.heads, t, m.d_kv)), ("self_v", b.self_v, (n, m.heads, t, m.d_kv))):
+            if len(arrs) != L:
+                raise InvalidInputError(f"{name}: {len(arrs)} buffers for {L} layers")
+            for a in arrs:
+                if tuple(a.shape) != shape or not a.flags.c_contiguous:
+                    raise InvalidInputError(f"{name} buffer must be C-contiguous {shape}, got {a.shape}")
+        if tuple(b.logits.shape) != (n, m.vocab) or b.logits.dtype != np.float32:
+            raise InvalidInputError(f"logits must be float32 {(n, m.vocab)}, got {b.logits.dtype} {b.logits.shape}")
+        if b.input_ids.size != n or b.position.shape != (n,):
+            raise InvalidInputError(f"input_ids / position must hold {n} rows")
+
+    def launch(self) -> None:
+        """The whole step as one persistent launch (grid barrier between phases; CUDA only: the
+        host build runs blocks one after another, so it cannot run a grid barrier)."""
+        self.launcher.launch(self._step, self.grid, self.block, (self.table,), shared_mem=self.smem_bytes)
+
+    def launch_phase(self, phase: int, layer: int = 0) -> None:
+        self.launcher.launch(self._phase, self.grid, self.block, (self.table, np.int32(int(phase)), np.int32(layer)),
+                             shared_mem=self.smem_bytes)
+
+    def launch_phases(self) -> None:
+        """The whole step, one launch per phase (no grid barrier)."""
+        self.launch_phase(Phase.EMBED)
+        for l in range(len(self.dev.layers)):
+            for ph in LAYER_PHASES:
+                self.launch_phase(ph, l)
+        self.launch_phase(Phase.LM_HEAD)
