@@ -13,7 +13,6 @@ saying which input and position, before any device state is touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
