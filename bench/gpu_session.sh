@@ -14,14 +14,18 @@ python -c "import t5rt" 2>/dev/null || python -m pip install --no-deps --no-buil
 # the sm_90 fatbin built on the CPU machine (an explicit path is trusted, still ABI-checked)
 [ -f build/kernels/t5rt_kernels.fatbin ] && export T5RT_KERNELS_FATBIN=$PWD/build/kernels/t5rt_kernels.fatbin
 left() { echo $(( ${BUDGET:-570} - ($(date +%s) - t0) )); }
-timeout $(( $(left) - 200 )) python -m pytest -q -rs -p no:cacheprovider -o addopts="" -m gpu \
-    tests/test_kernels.py tests/test_decoding_gpu.py tests/test_service.py tests/test_native.py \
-    tests/test_gpu_runtime.py tests/test_cli.py -k "not large" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+# without onnxruntime-gpu staged (ORT=0): the tests that need only cupy (kernels, decoding, native fp32
+# with its encoder on ORT's CPU EP); onnx-graphsurgeon for exports from $EXTRA_SITE
+ORT=${ORT:-1}
+[ -n "${EXTRA_SITE:-}" ] && export PYTHONPATH=$PYTHONPATH:$EXTRA_SITE
+TESTS=${TESTS:-tests/test_kernels.py tests/test_decoding_gpu.py tests/test_service.py tests/test_native.py tests/test_gpu_runtime.py tests/test_cli.py}
+timeout $(( $(left) - ${RESERVE:-200} )) python -m pytest -q -rs -p no:cacheprovider -o addopts="" -m gpu \
+    $TESTS -k "not large" 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 echo "== tests done at $(( $(date +%s) - t0 ))s"
 (cd bench/kernels && timeout $(( $(left) - 110 )) python native_step.py --models t5-small,t5-base \
     --precisions float32,bfloat16 --batches 1,32 --json "$OUT/native_step.json") 2>&1 | tee "$OUT/native_step.md" | tail -25
 echo "== native bench done at $(( $(date +%s) - t0 ))s"
-timeout $(( $(left) - 50 )) python -m t5rt.bench --load --model t5-small --precision bf16 --rates 20,80,200 \
+[ "$ORT" = 1 ] && timeout $(( $(left) - 50 )) python -m t5rt.bench --load --model t5-small --precision bf16 --rates 20,80,200 \
     --duration 5 --drain 20 --calibrate 12 --systems t5rt,t5rt-serial --cache-dir /tmp/t5rt-bench \
     --json "$OUT/load.json" --plot "$OUT/load.png" 2>&1 | tee "$OUT/load.md" | tail -25
 echo "== load bench done at $(( $(date +%s) - t0 ))s"
