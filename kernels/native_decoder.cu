@@ -617,14 +617,14 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
       t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l) {                       \
     __shared__ T5rtNativeStep s;                                                                    \
-    extern __shared__ float t5rt_native_smem[];                                                     \
+    extern __shared__ __align__(16) float t5rt_native_smem[];                                                     \
     if (!t5rt_load_step(step, &s)) return;                                                          \
     t5rt_native_phase<A>(s, ph, l, t5rt_native_smem);                                               \
   }                                                                                                 \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
       t5rt_native_step_##SUFFIX(const T5rtNativeStep* step) {                                       \
     __shared__ T5rtNativeStep s;                                                                    \
-    extern __shared__ float t5rt_native_smem[];                                                     \
+    extern __shared__ __align__(16) float t5rt_native_smem[];                                                     \
     if (!t5rt_load_step(step, &s)) return;                                                          \
     u32* bar = (u32*)s.barrier;                                                                     \
     u32 gen = t5rt_ld_acquire(bar + 1);                                                             \

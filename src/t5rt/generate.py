@@ -12,6 +12,8 @@ the runtime ready for the next one.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -115,7 +117,7 @@ class Runtime:
         req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
             out = req.future.result(timeout=_left(req))
-        except TimeoutError as e:  # the deadline holds here too, even if a step runs long
+        except _TIMEOUTS as e:  # the deadline holds here too, even if a step runs long
             req.future.cancel()
             raise e if isinstance(e, RequestTimeoutError) else req.timed_out() from None
         except BaseException:
@@ -141,7 +143,7 @@ class Runtime:
         req = self._enqueue(texts, input_ids, attention_mask, config, options)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(req.future), _left(req))
-        except TimeoutError as e:
+        except _TIMEOUTS as e:
             req.future.cancel()
             raise e if isinstance(e, RequestTimeoutError) else req.timed_out() from None
         except asyncio.CancelledError:
@@ -361,6 +363,10 @@ def too_large(e: MemoryError) -> RequestTooLargeError:
         return e
     return RequestTooLargeError(f"this request ran out of memory ({e or 'MemoryError'}); ask for "
                                 "fewer beams, new tokens or inputs per chunk")
+
+
+# a future's / asyncio's time-out (distinct from the builtin TimeoutError before Python 3.11)
+_TIMEOUTS = (TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError)
 
 
 def _left(req: "Request") -> float | None:

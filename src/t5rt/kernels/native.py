@@ -153,14 +153,42 @@ class NativeModel:
                 wi1=get(f"{ff}.wi_1.weight") if gated else None,
                 wo=get(f"{ff}.wo.weight"),
             ))
-        return cls(act_dtype=act_dtype, d=int(config["d_model"]), heads=int(config["num_heads"]),
-                   d_kv=int(config["d_kv"]), d_ff=int(config["d_ff"]), vocab=int(lm.shape[0]),
-                   eps=float(config.get("layer_norm_epsilon", 1e-6)), act=act, gated=gated, clamp=float(clamp),
-                   logit_scale=float(logit_scale), emb=emb,
-                   rel_bias=get("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-                   buckets=np.ascontiguousarray(get("decoder.relative_buckets"), np.int32),
-                   final_norm=np.ascontiguousarray(get("decoder.final_layer_norm.weight"), np.float32),
-                   lm_head=np.ascontiguousarray(lm, np.float32), layers=layers)
+        model = cls(act_dtype=act_dtype, d=int(config["d_model"]), heads=int(config["num_heads"]),
+                    d_kv=int(config["d_kv"]), d_ff=int(config["d_ff"]), vocab=int(lm.shape[0]),
+                    eps=float(config.get("layer_norm_epsilon", 1e-6)), act=act, gated=gated, clamp=float(clamp),
+                    logit_scale=float(logit_scale), emb=emb,
+                    rel_bias=get("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                    buckets=np.ascontiguousarray(get("decoder.relative_buckets"), np.int32),
+                    final_norm=np.ascontiguousarray(get("decoder.final_layer_norm.weight"), np.float32),
+                    lm_head=np.ascontiguousarray(lm, np.float32), layers=layers)
+        model.check_shapes()
+        return model
+
+    def check_shapes(self) -> None:
+        """Every tensor has the shape the kernels index it with (a weights file from an
+        untrusted export that disagrees would make them read out of bounds)."""
+        d, I, F, V, H = self.d, self.inner, self.d_ff, self.vocab, self.heads
+        want: list[tuple[str, Any, tuple[int, ...]]] = [
+            ("decoder.embed_tokens.weight", self.emb, (V, d)), ("lm_head.weight", self.lm_head, (V, d)),
+            ("decoder.final_layer_norm.weight", self.final_norm, (d,)),
+            ("relative_attention_bias", self.rel_bias, (self.rel_bias.shape[0], H))]
+        for i, w in enumerate(self.layers):
+            want += [(f"layer {i} self-attention norm", w.sa_norm, (d,)), (f"layer {i} q/k/v", w.qkv, (3 * I, d)),
+                     (f"layer {i} self-attention o", w.sa_o, (d, I)), (f"layer {i} cross norm", w.ca_norm, (d,)),
+                     (f"layer {i} cross q", w.ca_q, (I, d)), (f"layer {i} cross o", w.ca_o, (d, I)),
+                     (f"layer {i} ffn norm", w.ff_norm, (d,)), (f"layer {i} ffn in", w.wi0, (F, d)),
+                     (f"layer {i} ffn out", w.wo, (d, F))]
+            if w.wi1 is not None:
+                want.append((f"layer {i} ffn gate", w.wi1, (F, d)))
+        for name, a, shape in want:
+            if tuple(a.shape) != shape:
+                raise InvalidInputError(f"the decoder weights file's {name} is {tuple(a.shape)}, not {shape} as "
+                                        "the model config says; the export is inconsistent: re-export the model")
+        nb = int(self.rel_bias.shape[0])
+        if self.buckets.ndim != 1 or self.buckets.size < 1 or int(self.buckets.min()) < 0 \
+                or int(self.buckets.max()) >= nb:
+            raise InvalidInputError(f"the decoder weights file's relative bucket table must be a non-empty 1-D "
+                                    f"table of buckets in [0, {nb}); re-export the model")
 
 
 def unsupported_reason(model: NativeModel) -> str | None:
@@ -295,7 +323,9 @@ class StepTable:
         self._step, self._phase = f"t5rt_native_step_{sfx}", f"t5rt_native_phase_{sfx}"
         self.launcher = dev.launcher
         loaded = getattr(self.launcher, "loaded", None)  # the CUDA module (a cupy RawModule)
-        if loaded is not None and self.smem_bytes > 48 * 1024:
+        # always: the kernels' own static shared memory (the step table, ~0.5 KB) adds to the
+        # dynamic bytes, so exactly 48 KB of dynamic memory already needs the opt-in
+        if loaded is not None:
             for name in (self._step, self._phase):
                 try:
                     loaded.function(name).max_dynamic_shared_size_bytes = self.smem_bytes

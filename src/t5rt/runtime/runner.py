@@ -72,17 +72,14 @@ class RuntimeOptions:
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt", "native"):
             raise InvalidOptionError(f"backend={self.backend!r} is invalid: use 'auto', 'ort', 'trt' or 'native'")
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
-                                         or self.threads < 1):
-            raise InvalidOptionError(f"threads={self.threads!r} is invalid: an integer >= 1, or None for "
-                                     "the cores this process may use")
         for name in ("done_check_interval", "max_batch", "max_cached_buckets", "max_queue"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InvalidOptionError(f"{name}={v!r} is invalid: must be an integer >= 1")
         t = self.threads
-        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 4096):
-            raise InvalidOptionError(f"threads={t!r} is invalid: an integer >= 0 (0 or None: the backend's default)")
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 4096):
+            raise InvalidOptionError(f"threads={t!r} is invalid: an integer in [1, 4096], or None for the "
+                                     "cores this process may use")
         if not isinstance(self.verify, bool):
             raise InvalidOptionError(f"verify={self.verify!r} is invalid: must be True or False")
         v = self.max_request_bytes

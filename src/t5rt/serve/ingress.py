@@ -202,6 +202,12 @@ class Ingress:
                     return
         finally:
             self.metrics.in_flight.dec()
+            cancel = getattr(items, "cancel", None)
+            if callable(cancel):  # a client that went away: the replica stops decoding for nobody
+                try:
+                    cancel()
+                except Exception:  # noqa: BLE001 - already finished or already gone
+                    pass
 
     # -- calls and errors -------------------------------------------------------------------------
     async def _call(self, send: Any, deadline: float | None = None) -> Any:

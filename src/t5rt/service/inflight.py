@@ -32,6 +32,7 @@ import numpy as np
 from ..runtime.buckets import src_bucket
 from ..runtime.kv_cache import CacheOps
 from .request import Request
+from .scheduler import as_request_error
 from .slots import SlotPool, _pow2_at_least
 from .solo import finish, refresh_available
 from .stats import ServiceStats
@@ -135,13 +136,18 @@ class InflightExecutor:
                     self._step_pool(pool, members)
 
     def fail_all(self, exc: BaseException) -> None:
+        """Every request in flight or waiting fails with `exc`; then their rows are freed (that
+        may touch the device, which may be what failed: the requests are answered first)."""
         jobs = {id(m.job): m.job for m in self.active + self.pending}
-        for m in list(self.active):
-            self._leave(m)
-        self.pending.clear()
         for job in jobs.values():
             self.stats.count("failed")
             job.req.fail(exc)
+        held = [m for m in self.pending if m.pool is not None]  # rows taken by an interrupted join
+        self.pending.clear()
+        for m in held:
+            m.pool.used[m.lo:m.lo + m.rows] = False
+        for m in list(self.active):
+            self._leave(m)
 
     # -- members ---------------------------------------------------------------------------
     def _members(self, req: Request) -> list[_Member]:
@@ -191,7 +197,15 @@ class InflightExecutor:
             joining.setdefault(m.src_len, []).append(m)
         self.pending = still
         for members in joining.values():
-            self._start(members)
+            try:
+                self._start(members)
+            except Exception as e:  # noqa: BLE001 - these requests fail; the others go on
+                err = as_request_error(e)
+                for m in members:
+                    if m not in self.active:  # rows taken, never started: give them back
+                        m.pool.used[m.lo:m.lo + m.rows] = False
+                for job in {id(m.job): m.job for m in members}.values():
+                    self._fail_job(job, err)
 
     def _pool(self, src_len: int) -> SlotPool:
         pool = self.pools.get(src_len)
@@ -286,6 +300,8 @@ class InflightExecutor:
             pool.step(pool.launch_rows())
             engine = time.perf_counter() - t0
             for m in members:
+                if m.strategy is None:  # its request failed earlier in this step
+                    continue
                 try:
                     if m.graph is not None:
                         m.graph.launch()
@@ -298,7 +314,7 @@ class InflightExecutor:
                     else:
                         self._after_engine(m)  # user logits processors run here (host code)
                 except Exception as e:  # noqa: BLE001 - one request's failure is that request's
-                    self._fail_job(m.job, e)
+                    self._fail_job(m.job, as_request_error(e))
                     continue
                 m.steps += 1
         members = [m for m in members if m.strategy is not None]
@@ -328,7 +344,10 @@ class InflightExecutor:
                 req.first_token_at = now
                 self.stats.first_token(now - req.submitted)
             if bool(d) or m.steps >= m.max_new:
-                self._complete(m)
+                try:
+                    self._complete(m)
+                except Exception as e:  # noqa: BLE001 - its request fails, not everyone's
+                    self._fail_job(m.job, as_request_error(e))
             elif req.writer is not None and m.first_input == 0 and m.strategy.parent is None:
                 t = int(self.dev.to_host(m.strategy.step_counter))
                 req.writer.update(self.dev.to_host(m.strategy.history[0, 1:t + 1]).tolist())

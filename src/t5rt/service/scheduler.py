@@ -41,6 +41,18 @@ class Executor(Protocol):
     def fail_all(self, exc: BaseException) -> None: ...
 
 
+def as_request_error(e: BaseException) -> T5rtError:
+    """What a caller gets when running its request raised `e`: a T5rtError as it is, a
+    MemoryError as RequestTooLargeError, anything else as BackendError."""
+    if isinstance(e, T5rtError):
+        return e
+    if isinstance(e, MemoryError):
+        from ..generate import too_large
+
+        return too_large(e)
+    return BackendError(f"the runtime failed while running this request: {type(e).__name__}: {e}")
+
+
 class Scheduler:
     """A bounded request queue and the worker thread that drains it into `executor`."""
 
@@ -105,16 +117,15 @@ class Scheduler:
                 self.executor.step()
             except Exception as e:  # noqa: BLE001 - the worker must outlive any one failure
                 log.exception("t5rt: scheduler step failed")
-                if isinstance(e, MemoryError):
-                    from ..generate import too_large
-
-                    err: T5rtError = too_large(e)
-                else:
-                    err = e if isinstance(e, T5rtError) else BackendError(
-                        f"the runtime failed while running this request: {type(e).__name__}: {e}")
+                err = as_request_error(e)
                 for r in arrivals:
                     r.fail(err)
-                self.executor.fail_all(err)
+                try:
+                    self.executor.fail_all(err)  # every request is answered before rows are freed
+                except Exception:  # noqa: BLE001 - e.g. a sticky CUDA error: stop taking requests
+                    log.exception("t5rt: the scheduler cannot recover; closing the runtime")
+                    with self._cv:
+                        self._closed = True
             del arrivals  # an idle worker holds no request (each holds its runtime)
         closed = RuntimeClosedError("the runtime was closed before this request finished")
         for r in left:

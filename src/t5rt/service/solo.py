@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any
 
 from .request import Request
+from .scheduler import as_request_error
 from .stats import ServiceStats
 
 
@@ -45,7 +46,7 @@ class SoloExecutor:
             out = self.runtime._run_whole(req)
         except Exception as e:  # noqa: BLE001 - the request gets the error, the worker lives on
             self.stats.count("failed")
-            req.fail(e)
+            req.fail(as_request_error(e))
             return
         finally:
             self._running = False
