@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import stat
 import time
 from dataclasses import dataclass
@@ -122,7 +123,9 @@ def _check_graph(m: Manifest, graph: str, path: Path) -> None:
                 raise InvalidExportError(f"{where}: {field}.shape is {list(t.shape)} but the graph's {kind} "
                                          f"{t.name!r} is {list(dims)} (dims edited?); {_REEXPORT}")
     allowed = {spec.external_data} if spec.external_data else set()
-    stray = sorted(real.external_files - allowed)
+    # ONNX Runtime reads a location relative to the graph file's own folder, not the export's
+    here = posixpath.dirname(spec.file)
+    stray = sorted(loc for loc in real.external_files if posixpath.normpath(posixpath.join(here, loc)) not in allowed)
     if stray:
         raise InvalidExportError(f"{where} reads weights from {stray[0]!r}, which is not its manifest "
                                  f"graphs.{graph}.external_data ({spec.external_data!r}); {_REEXPORT}")

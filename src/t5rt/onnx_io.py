@@ -111,6 +111,8 @@ def read_graph_io(path: str | Path) -> GraphIO:
         graph = None
         for num, wt, v in top.fields():
             if num == 7 and wt == _LEN:
+                if graph is not None:  # protobuf would merge the two; what ORT reads is not what we read
+                    raise OnnxFormatError("more than one graph (ModelProto field 7 repeated)")
                 graph = v
         if graph is None:
             raise OnnxFormatError("no graph (ModelProto field 7)")
@@ -124,6 +126,8 @@ def read_graph_io(path: str | Path) -> GraphIO:
                 (out.inputs if num == 11 else out.outputs)[name] = info
             elif num == 5:
                 _tensor_locations(g.sub(v), out.external_files)
+            elif num == 15:
+                _sparse_locations(g.sub(v), out.external_files)
             elif num == 1:
                 _node_locations(g.sub(v), out.external_files)
         return out
@@ -184,6 +188,14 @@ def _tensor_locations(s: _Stream, into: set[str]) -> None:
                 into.add(value)
 
 
+def _sparse_locations(s: _Stream, into: set[str]) -> None:
+    """SparseTensorProto: its values (field 1) and indices (field 2) are TensorProtos, which may
+    keep their data outside the file too."""
+    for num, wt, v in list(s.fields()):
+        if num in (1, 2) and wt == _LEN:
+            _tensor_locations(s.sub(v), into)
+
+
 def _node_locations(s: _Stream, into: set[str], depth: int = 0) -> None:
     """NodeProto: external tensors held in its attributes (a Constant's value, say), and in
     its subgraphs' initializers and nodes."""
@@ -198,10 +210,14 @@ def _node_locations(s: _Stream, into: set[str], depth: int = 0) -> None:
                 continue
             if n2 in (5, 10):  # t, tensors
                 _tensor_locations(attr.sub(v2), into)
+            elif n2 in (22, 23):  # sparse_tensor, sparse_tensors
+                _sparse_locations(attr.sub(v2), into)
             elif n2 in (6, 11):  # g, graphs
                 sub = attr.sub(v2)
                 for n3, w3, v3 in list(sub.fields()):
                     if w3 == _LEN and n3 == 5:
                         _tensor_locations(sub.sub(v3), into)
+                    elif w3 == _LEN and n3 == 15:
+                        _sparse_locations(sub.sub(v3), into)
                     elif w3 == _LEN and n3 == 1:
                         _node_locations(sub.sub(v3), into, depth + 1)
