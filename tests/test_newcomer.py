@@ -136,3 +136,16 @@ def test_bench_threads_option():
     assert opts.threads == 1
     with pytest.raises(t5rt.InvalidOptionError, match="threads"):
         options_from_args(build_parser().parse_args(["--threads", "0"]))
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject lists packages by hand: a folder missing there works in an editable install and
+    is absent from a wheel (`import t5rt` then fails for `pip install .` users)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(re.findall(r'"(t5rt[\w.]*)"', re.search(r"^packages = \[(.*)\]$", (root / "pyproject.toml").read_text(),
+                                                           re.M).group(1)))
+    folders = {".".join(p.parent.relative_to(root / "src").parts) for p in (root / "src" / "t5rt").rglob("__init__.py")}
+    assert folders <= listed, f"not in pyproject.toml [tool.setuptools] packages: {sorted(folders - listed)}"
