@@ -475,6 +475,17 @@ def _out(xp: Any, out: Any, shape: tuple[int, ...], dtype: Any, name: str) -> An
     return out
 
 
+def _sampling_call(logits: Any, seed: Any, step: Any, launcher: Launcher | None) -> tuple[Any, Any, int, int, int]:
+    """What both sampling kernels check first -> (launcher, xp, rows, vocab, row stride)."""
+    launcher = _launcher(launcher)
+    xp = launcher.xp
+    rows, v, stride = _check_logits(xp, logits)
+    _check_array(xp, seed, "seed", np.uint64)
+    _check_array(xp, step, "step", np.int64)
+    _require(seed.size == 1 and step.size == 1, "seed and step must each hold one element")
+    return launcher, xp, rows, v, stride
+
+
 def topk_topp_sample(logits: Any, seed: Any, step: Any, options: SampleOptions, out: Any = None,
                      launcher: Launcher | None = None) -> Any:
     """One token per row drawn from softmax(top_p(top_k(logits / temperature))).
@@ -483,12 +494,7 @@ def topk_topp_sample(logits: Any, seed: Any, step: Any, options: SampleOptions, 
     u(seed, step, row) of t5rt.decoding.rng, so a replayed graph draws fresh numbers when the
     step advances). Returns out: [N] int64.
     """
-    launcher = _launcher(launcher)
-    xp = launcher.xp
-    rows, v, stride = _check_logits(xp, logits)
-    _check_array(xp, seed, "seed", np.uint64)
-    _check_array(xp, step, "step", np.int64)
-    _require(seed.size == 1 and step.size == 1, "seed and step must each hold one element")
+    launcher, xp, rows, v, stride = _sampling_call(logits, seed, step, launcher)
     out = _out(xp, out, (rows,), np.int64, "out")
     top_k = int(options.top_k) if 0 < options.top_k < v else 0
     launcher.launch(
@@ -509,12 +515,7 @@ def sample_logprob(logits: Any, seed: Any, step: Any, options: SampleOptions, ro
     temperature: log_softmax of Hugging Face's warped scores at the token.
     Returns (out [N] int64, out_logprob [N] fp32).
     """
-    launcher = _launcher(launcher)
-    xp = launcher.xp
-    rows, v, stride = _check_logits(xp, logits)
-    _check_array(xp, seed, "seed", np.uint64)
-    _check_array(xp, step, "step", np.int64)
-    _require(seed.size == 1 and step.size == 1, "seed and step must each hold one element")
+    launcher, xp, rows, v, stride = _sampling_call(logits, seed, step, launcher)
     _require(int(row_offset) >= 0, f"row_offset={row_offset} must be >= 0")
     out = _out(xp, out, (rows,), np.int64, "out")
     out_logprob = _out(xp, out_logprob, (rows,), np.float32, "out_logprob")
