@@ -155,7 +155,7 @@ class NativeEngine:
     def run(self) -> None:
         table = self.table()
         with self._s.device.use():
-            if self._s.persistent:
+            if self._s.persistent and table.coresident:
                 table.launch()
             else:
                 table.launch_phases()

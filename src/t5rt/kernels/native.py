@@ -331,6 +331,32 @@ class StepTable:
                     loaded.function(name).max_dynamic_shared_size_bytes = self.smem_bytes
                 except Exception as e:  # noqa: BLE001 - cupy raises CUDADriverError
                     raise BackendError(f"cannot give the native kernels {self.smem_bytes} bytes of shared memory: {e}") from e
+        self.coresident = self._coresident(loaded)
+
+    def _coresident(self, loaded: Any) -> bool:
+        """Whether one block of the persistent kernel fits on every SM at once (its grid barrier
+        would deadlock otherwise): the driver's occupancy for this block and shared memory."""
+        if loaded is None:
+            return False
+        fn = loaded.function(self._step)
+        threads, smem = self.block[0], self.smem_bytes
+        try:  # the driver's answer (cupy's binding, else cuda-python's)
+            from cupy.cuda import driver
+            return int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, threads, smem)) >= 1
+        except (ImportError, AttributeError):
+            pass
+        try:
+            from cuda.bindings import driver as cu
+            err, per_sm = cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(cu.CUfunction(fn.ptr), threads, smem)
+            if int(err) == 0:
+                return int(per_sm) >= 1
+        except Exception:  # noqa: BLE001 - fall through to the attributes
+            pass
+        try:  # the kernel's own attributes: registers and shared memory of one block on one SM
+            regs = int(fn.num_regs) * threads
+            return regs <= 65536 and int(fn.shared_size_bytes) + smem <= self.dev.smem_optin
+        except Exception:  # noqa: BLE001 - nothing known: do not risk the grid barrier
+            return False
 
     def _check(self, n: int, s: int, t: int) -> None:
         b, m = self.bufs, self.dev.model
@@ -350,6 +376,9 @@ class StepTable:
     def launch(self) -> None:
         """The whole step as one persistent launch (grid barrier between phases; CUDA only: the
         host build runs blocks one after another, so it cannot run a grid barrier)."""
+        if not self.coresident:
+            raise BackendError("the persistent native step cannot have a block on every SM at once "
+                               "(its grid barrier would deadlock); use launch_phases()")
         self.launcher.launch(self._step, self.grid, self.block, (self.table,), shared_mem=self.smem_bytes)
 
     def launch_phase(self, phase: int, layer: int = 0) -> None:
