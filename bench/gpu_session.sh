@@ -10,9 +10,12 @@
 set -o pipefail
 export PYTHONPATH=/tmp/site${EXTRA_SITE:+:$EXTRA_SITE} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# every log and table under $LOGS, packed into $OUT/logs.tgz at the end (the device tool brings
+# back at most 8 files)
+LOGS=${LOGS:-/tmp/gpu-logs}; rm -rf "$LOGS"; mkdir -p "$LOGS"
 t0=$(date +%s)
-STAGES=${1:-kernels native nbench decoding runtime service cli load wheel}
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"
+STAGES=${1:-kernels native nbench decoding runtime service cli diag bench load wheel}   # soak: by name
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$LOGS/device.txt"
 python -c "import t5rt" 2>/dev/null || python -m pip install --no-deps --no-build-isolation -q -e . >/dev/null
 # the sm_90 fatbin built on the CPU machine (an explicit path is trusted, still ABI-checked)
 [ -f build/kernels/t5rt_kernels.fatbin ] && export T5RT_KERNELS_FATBIN=$PWD/build/kernels/t5rt_kernels.fatbin
@@ -24,20 +27,25 @@ stage() {
   local lim=$(( $(left) - 10 )); (( secs < lim )) && lim=$secs
   (( lim < 15 )) && { echo "== $name: skipped, no time left"; return 0; }
   echo "== $name (limit ${lim}s) at $(( $(date +%s) - t0 ))s"
-  timeout -k 5 "$lim" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  tail -${TAIL:-15} "$OUT/$name.log"; echo "== $name rc=$rc at $(( $(date +%s) - t0 ))s"
+  timeout -k 5 "$lim" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
+  grep -v "plugin EP device" "$LOGS/$name.log" | tail -${TAIL:-15}; echo "== $name rc=$rc at $(( $(date +%s) - t0 ))s"
 }
-gpu_tests() { python -m pytest -q -rs -p no:cacheprovider -o addopts="" -m gpu --durations=8 "$@"; }
-stage kernels ${T_KERNELS:-90} gpu_tests tests/test_kernels.py
-stage native ${T_NATIVE:-150} gpu_tests tests/test_native.py -k "not large"
+GT="python -m pytest -q -rs -p no:cacheprovider -o addopts= -m gpu --durations=8"
+stage kernels ${T_KERNELS:-90} $GT tests/test_kernels.py
+stage native ${T_NATIVE:-150} $GT tests/test_native.py -k "not large"
 stage nbench ${T_NBENCH:-120} bash -c "cd bench/kernels && python native_step.py --models ${MODELS:-t5-small,t5-base} \
-    --precisions float32,bfloat16 --batches 1,32 --json $OUT/native_step.json"
-stage decoding ${T_DECODING:-90} gpu_tests tests/test_decoding_gpu.py
-stage runtime ${T_RUNTIME:-120} gpu_tests tests/test_gpu_runtime.py -k "not large"
-stage service ${T_SERVICE:-90} gpu_tests tests/test_service.py
-stage cli ${T_CLI:-60} gpu_tests tests/test_cli.py
-stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precision bf16 --rates 20,80,200 \
-    --duration 5 --drain 20 --calibrate 12 --systems t5rt,t5rt-serial --cache-dir /tmp/t5rt-bench \
-    --json "$OUT/load.json" --plot "$OUT/load.png"
-stage wheel ${T_WHEEL:-90} bash bench/h100_tables.sh wheel
+    --precisions float32,bfloat16 --batches 1,32 --json $LOGS/native_step.json"
+stage decoding ${T_DECODING:-90} $GT tests/test_decoding_gpu.py
+stage runtime ${T_RUNTIME:-120} $GT tests/test_gpu_runtime.py -k "not large"
+stage service ${T_SERVICE:-90} $GT tests/test_service.py
+stage cli ${T_CLI:-60} $GT tests/test_cli.py
+stage diag ${T_DIAG:-120} python bench/diag/service_gpu.py
+stage bench ${T_BENCH:-150} python -m t5rt.bench --model t5-small --precision bf16 --batch-sizes 1,32 --beams 1,4 \
+    --peers ${PEERS:-hf} --runs 5 --cache-dir /tmp/t5rt-bench --json "$LOGS/bench.json"
+stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precision bf16 --rates ${RATES:-25,50,100,200,400} \
+    --duration ${LOAD_S:-5} --drain 20 --calibrate 12 --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
+    --backend ${LOAD_BACKEND:-auto} --json "$LOGS/load.json" --plot "$OUT/load.png"
+stage soak ${T_SOAK:-300} python bench/soak.py --saturation ${SATURATION:-100} --minutes ${SOAK_MIN:-4} --json "$LOGS/soak.json"
+stage wheel ${T_WHEEL:-90} env OUT="$LOGS" bash bench/h100_tables.sh wheel
 echo "== total $(( $(date +%s) - t0 ))s"
+tar czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -324,11 +324,21 @@ class StepTable:
         self.launcher = dev.launcher
         loaded = getattr(self.launcher, "loaded", None)  # the CUDA module (a cupy RawModule)
         # always: the kernels' own static shared memory (the step table, ~0.5 KB) adds to the
-        # dynamic bytes, so exactly 48 KB of dynamic memory already needs the opt-in
+        # dynamic bytes, so exactly 48 KB of dynamic memory already needs the opt-in. The limit
+        # is the function's, shared by every table (one per row bucket): it is raised to the
+        # most the GPU allows, never set to this table's size (a smaller table built later
+        # would make a larger one's launch fail with CUDA_ERROR_INVALID_VALUE).
         if loaded is not None:
             for name in (self._step, self._phase):
                 try:
-                    loaded.function(name).max_dynamic_shared_size_bytes = self.smem_bytes
+                    fn = loaded.function(name)
+                    most = dev.smem_optin - int(fn.shared_size_bytes)
+                    if most < self.smem_bytes:
+                        raise BackendError(f"needs {self.smem_bytes} bytes of shared memory, the GPU gives {most}")
+                    if int(fn.max_dynamic_shared_size_bytes) < most:
+                        fn.max_dynamic_shared_size_bytes = most
+                except BackendError:
+                    raise
                 except Exception as e:  # noqa: BLE001 - cupy raises CUDADriverError
                     raise BackendError(f"cannot give the native kernels {self.smem_bytes} bytes of shared memory: {e}") from e
         self.coresident = self._coresident(loaded)

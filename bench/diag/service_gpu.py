@@ -1,0 +1,99 @@
+"""Which in-flight path differs from solo on CUDA (issue 12's 16-thread GPU test): the same 48
+mixed requests (tests/test_service.py) through variants of the in-flight runtime, each result
+compared with the solo direct path on CUDA and on the CPU. Prints one line per variant:
+mismatches by request kind, and how many differ only in scores (max |diff|).
+
+    python bench/diag/service_gpu.py            (on the GPU machine, from the project root)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+import t5rt  # noqa: E402
+from conftest import export_tiny, make_t5  # noqa: E402
+from test_service import mixed_requests  # noqa: E402
+
+
+class _Factory:
+    def __init__(self, base: Path):
+        self.base, self.n = base, 0
+
+    def mktemp(self, name: str) -> Path:
+        self.n += 1
+        p = self.base / f"{name}{self.n}"
+        p.mkdir(parents=True)
+        return p
+
+
+def kind(kw: dict) -> str:
+    keys = sorted(k for k in kw if k not in ("input_ids", "attention_mask", "max_new_tokens", "seed"))
+    return "+".join(keys) or "greedy"
+
+
+def compare(name: str, got: list, ref: list, reqs: list[dict]) -> None:
+    seq, score = Counter(), Counter()
+    worst = 0.0
+    for g, r, kw in zip(got, ref, reqs):
+        if isinstance(g, BaseException):
+            seq[f"{kind(kw)}:{type(g).__name__}"] += 1
+        elif g.sequences != r.sequences:
+            seq[kind(kw)] += 1
+        elif not np.allclose(g.scores, r.scores, rtol=1e-5, atol=1e-5):
+            score[kind(kw)] += 1
+            worst = max(worst, float(np.max(np.abs(np.asarray(g.scores) - np.asarray(r.scores)))))
+    print(f"{name:40s} seq-differ {sum(seq.values()):2d} {dict(seq)}  score-only {sum(score.values())} "
+          f"(max {worst:.2e}) {dict(score)}", flush=True)
+
+
+def run(rt, reqs, threads: int) -> list:
+    def one(i):
+        try:
+            return rt.generate(**reqs[i]) if i % 2 else rt.submit(**reqs[i]).result(120)
+        except Exception as e:  # noqa: BLE001 - reported per kind
+            return e
+    if threads <= 1:
+        return [one(i) for i in range(len(reqs))]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(len(reqs))))
+
+
+def main() -> None:
+    import tempfile
+
+    reqs = mixed_requests(48, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = export_tiny(make_t5(21, feed_forward_proj="gated-gelu", tie_word_embeddings=False), _Factory(Path(tmp)), "svc")
+        with t5rt.load(d, backend="ort", device="cpu", threads=1, inflight=False) as r:
+            solo_cpu = [r.generate(**kw) for kw in reqs]
+        with t5rt.load(d, backend="ort", device="cuda", inflight=False) as r:
+            solo = [r.generate(**kw) for kw in reqs]
+        compare("solo cuda vs solo cpu", solo, solo_cpu, reqs)
+        with t5rt.load(d, backend="ort", device="cuda", inflight=False, cuda_graphs=False) as r:
+            compare("solo cuda no graphs vs solo cuda", [r.generate(**kw) for kw in reqs], solo, reqs)
+        variants = [("in-flight 16 threads", {}, 16), ("in-flight one at a time", {}, 1),
+                    ("in-flight no graphs, 16 threads", dict(cuda_graphs=False), 16),
+                    ("in-flight no graphs, one at a time", dict(cuda_graphs=False), 1),
+                    ("in-flight no kernels, 16 threads", dict(kernels=False), 16)]
+        for name, opts, threads in variants:
+            with t5rt.load(d, backend="ort", device="cuda", **opts) as r:
+                got = run(r, reqs, threads)
+            compare(f"{name} vs solo cuda", got, solo, reqs)
+            compare(f"{name} vs solo cpu", got, solo_cpu, reqs)
+        # the native engine: its in-flight pools (several row buckets, each its own step table)
+        with t5rt.load(d, backend="native", device="cuda", inflight=False) as r:
+            solo_native = [r.generate(**kw) for kw in reqs]
+        compare("solo native vs solo cuda (ort)", solo_native, solo, reqs)
+        with t5rt.load(d, backend="native", device="cuda") as r:
+            got = run(r, reqs, 16)
+        compare("in-flight native 16 threads vs solo native", got, solo_native, reqs)
+
+
+if __name__ == "__main__":
+    main()
