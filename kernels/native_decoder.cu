@@ -223,27 +223,50 @@ __device__ __forceinline__ float t5rt_warp_sum(float v) {
   return v;
 }
 
+// dst[i] = src[i] for i < n: fp32 activations written earlier in this launch, through L2. U loads
+// per thread are in flight at once (a strided loop would wait for each load before the next).
+template <int U>
+__device__ __forceinline__ void t5rt_copy_f32(const float* src, float* dst, int n) {
+  for (int base = threadIdx.x; base < n; base += U * blockDim.x) {
+    float v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = base + u * blockDim.x;
+      v[u] = i < n ? t5rt_ldcg(src + i) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = base + u * blockDim.x;
+      if (i < n) dst[i] = v[u];
+    }
+  }
+}
+
 // xs[i][k] = rmsnorm(x[n0 + i])[k] * g[k] for i < nc <= 64, with A rounding (final_norm: the fp32
-// final norm times logit_scale, no rounding). x: fp32 [N, K] scratch written by earlier phases.
+// final norm times logit_scale, no rounding). x: fp32 [N, K] scratch written by earlier phases,
+// staged into xs first (one round trip to L2), then normalised in place.
 template <int A, typename G>
 __device__ void t5rt_stage_norm(const T5rtNativeStep& s, const float* x, const G* g, int n0, int nc, int K,
                                 float* xs, bool final_norm, float scale) {
   __shared__ float inv[64];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  t5rt_copy_f32<8>(x + (i64)n0 * K, xs, nc * K);
+  __syncthreads();
   for (int n = warp; n < nc; n += nw) {
     float ss = 0.f;
-    const float* xr = x + (i64)(n0 + n) * K;
+    const float* xr = xs + (i64)n * K;
     for (int k = lane; k < K; k += 32) {
-      const float v = t5rt_ldcg(xr + k);
+      const float v = xr[k];
       ss += v * v;
     }
     ss = t5rt_warp_sum(ss);
     if (lane == 0) inv[n] = 1.0f / sqrtf(ss / (float)K + (float)s.eps);
   }
   __syncthreads();
+#pragma unroll 4
   for (int i = threadIdx.x; i < nc * K; i += blockDim.x) {
     const int n = i / K, k = i - n * K;
-    const float v = t5rt_ldcg(x + (i64)(n0 + n) * K + k) * inv[n];
+    const float v = xs[i] * inv[n];
     if (final_norm) {
       xs[i] = v * ((const float*)g)[k] * scale;
     } else {
@@ -256,7 +279,7 @@ __device__ void t5rt_stage_norm(const T5rtNativeStep& s, const float* x, const G
 
 // xs[i][k] = src[n0 + i][k] for i < nc (fp32 scratch through L2)
 __device__ void t5rt_stage_copy(const float* src, int n0, int nc, int K, float* xs) {
-  for (int i = threadIdx.x; i < nc * K; i += blockDim.x) xs[i] = t5rt_ldcg(src + (i64)n0 * K + i);
+  t5rt_copy_f32<8>(src + (i64)n0 * K, xs, nc * K);
   __syncthreads();
 }
 
@@ -284,10 +307,11 @@ __device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* x
 #pragma unroll
       for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
       if (vec) {
-        for (int c0 = lane; c0 < chunks; c0 += 32 * 4) {
-          uint4 r0[4], r1[4];
+        constexpr int U = TWO ? 4 : 8;  // 16-byte weight loads in flight per lane
+        for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+          uint4 r0[U], r1[U];
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
+          for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c < chunks) {
               r0[u] = t5rt_ld_stream(w0 + (i64)c * Ch::E);
@@ -295,7 +319,7 @@ __device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* x
             }
           }
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
+          for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c < chunks) {
               float f0[Ch::E], f1[Ch::E];
@@ -422,25 +446,43 @@ __device__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNativeLayer& ly, 
     const AT* K = (const AT*)(SELF ? ly.self_k : ly.cross_k) + ((i64)n * H + h) * kmax * Dk;
     const AT* Vv = (const AT*)(SELF ? ly.self_v : ly.cross_v) + ((i64)n * H + h) * kmax * Dk;
     for (int e = threadIdx.x; e < Dk; e += blockDim.x) qs[e] = t5rt_ldcg(q + (i64)n * I + h * Dk + e);
-    __syncthreads();
-    for (int t = warp; t < nkeys; t += nw) {
-      float p = 0.f;
-      for (int e = lane; e < Dk; e += 32) {
-        const AT kv = SELF ? t5rt_ldcg(K + (i64)t * Dk + e) : K[(i64)t * Dk + e];
-        p += qs[e] * t5rt_to_f<A>(kv);
+    // each key's additive term first, all keys at once: self = the relative-position bias
+    // (position -> bucket -> bias, dependent loads), cross = 0 or fp32 min from the mask
+    for (int t = threadIdx.x; t < nkeys; t += blockDim.x) {
+      if (SELF) {
+        i64 dist = pos - t;
+        dist = dist > s.R ? s.R : dist;
+        const int bucket = ((const int*)s.buckets)[dist];
+        sc[t] = t5rt_to_f<A>(((const AT*)s.rel_bias)[(i64)bucket * H + h]);
+      } else {
+        sc[t] = ((const i64*)s.enc_mask)[(i64)n * kmax + t] != 0 ? 0.f : -3.4028234663852886e38f;
       }
-      p = t5rt_warp_sum(p);
-      if (lane == 0) {
-        float b;
-        if (SELF) {
-          i64 dist = pos - t;
-          dist = dist > s.R ? s.R : dist;
-          const int bucket = ((const int*)s.buckets)[dist];
-          b = t5rt_to_f<A>(((const AT*)s.rel_bias)[(i64)bucket * H + h]);
-        } else {
-          b = ((const i64*)s.enc_mask)[(i64)n * kmax + t] != 0 ? 0.f : -3.4028234663852886e38f;
+    }
+    __syncthreads();
+    // scores: a warp per key, KU keys per warp with their loads in flight together
+    constexpr int KU = 4;
+    for (int t0 = warp; t0 < nkeys; t0 += KU * nw) {
+      float p[KU];
+#pragma unroll
+      for (int u = 0; u < KU; ++u) p[u] = 0.f;
+      for (int e = lane; e < Dk; e += 32) {
+        float kf[KU];
+#pragma unroll
+        for (int u = 0; u < KU; ++u) {
+          const int t = t0 + u * nw;
+          kf[u] = t < nkeys ? t5rt_to_f<A>(SELF ? t5rt_ldcg(K + (i64)t * Dk + e) : K[(i64)t * Dk + e]) : 0.f;
         }
-        sc[t] = p + b;
+        const float qe = qs[e];
+#pragma unroll
+        for (int u = 0; u < KU; ++u) p[u] += qe * kf[u];
+      }
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const int t = t0 + u * nw;
+        if (t < nkeys) {  // warp-uniform
+          const float pu = t5rt_warp_sum(p[u]);
+          if (lane == 0) sc[t] = pu + sc[t];
+        }
       }
     }
     __syncthreads();
@@ -458,9 +500,19 @@ __device__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNativeLayer& ly, 
     const int g = threadIdx.x / Dk, e = threadIdx.x - g * Dk;
     if (g < groups && e < Dk) {
       float acc = 0.f;
-      for (int t = g; t < nkeys; t += groups) {
-        const AT vv = SELF ? t5rt_ldcg(Vv + (i64)t * Dk + e) : Vv[(i64)t * Dk + e];
-        acc += sc[t] * t5rt_to_f<A>(vv);
+      constexpr int VU = 8;  // value rows in flight per thread
+      for (int t0 = g; t0 < nkeys; t0 += VU * groups) {
+        float vf[VU];
+#pragma unroll
+        for (int u = 0; u < VU; ++u) {
+          const int t = t0 + u * groups;
+          vf[u] = t < nkeys ? t5rt_to_f<A>(SELF ? t5rt_ldcg(Vv + (i64)t * Dk + e) : Vv[(i64)t * Dk + e]) : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < VU; ++u) {
+          const int t = t0 + u * groups;
+          if (t < nkeys) acc += sc[t] * vf[u];
+        }
       }
       part[g * Dk + e] = acc;
     }

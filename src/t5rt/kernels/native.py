@@ -265,7 +265,7 @@ class StepBuffers:
 class StepTable:
     """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
 
-    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = True):
+    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False):
         cp = dev.launcher.xp  # cupy, or numpy on the host build
         m = dev.model
         self.dev, self.bufs = dev, bufs
