@@ -86,6 +86,22 @@ def main() -> None:
                 got = run(r, reqs, threads)
             compare(f"{name} vs solo cuda", got, solo, reqs)
             compare(f"{name} vs solo cpu", got, solo_cpu, reqs)
+        # which graphs: the members' decoding graphs off (ORT's on), then ORT's off (members' on)
+        with t5rt.load(d, backend="ort", device="cuda") as r:
+            r._service().executor._graphs = False
+            compare("in-flight, ORT graphs only, 16 threads vs solo cuda", run(r, reqs, 16), solo, reqs)
+        from t5rt.engines import ort as ort_engine
+        init = ort_engine.OrtSession.__init__
+
+        def no_graph(self, *a, **kw):
+            kw["cuda_graph"] = False
+            init(self, *a, **kw)
+        ort_engine.OrtSession.__init__ = no_graph
+        try:
+            with t5rt.load(d, backend="ort", device="cuda") as r:
+                compare("in-flight, member graphs only, 16 threads vs solo cuda", run(r, reqs, 16), solo, reqs)
+        finally:
+            ort_engine.OrtSession.__init__ = init
         # the native engine: its in-flight pools (several row buckets, each its own step table)
         with t5rt.load(d, backend="native", device="cuda", inflight=False) as r:
             solo_native = [r.generate(**kw) for kw in reqs]
