@@ -263,7 +263,6 @@ __device__ void t5rt_stage_norm(const T5rtNativeStep& s, const float* x, const G
     if (lane == 0) inv[n] = 1.0f / sqrtf(ss / (float)K + (float)s.eps);
   }
   __syncthreads();
-#pragma unroll 4
   for (int i = threadIdx.x; i < nc * K; i += blockDim.x) {
     const int n = i / K, k = i - n * K;
     const float v = xs[i] * inv[n];
@@ -307,7 +306,7 @@ __device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* x
 #pragma unroll
       for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
       if (vec) {
-        constexpr int U = TWO ? 4 : 8;  // 16-byte weight loads in flight per lane
+        constexpr int U = 4;  // 16-byte weight loads in flight per lane (8 spilled registers: 128 a thread at 512 threads)
         for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
           uint4 r0[U], r1[U];
 #pragma unroll

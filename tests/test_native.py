@@ -262,7 +262,7 @@ def test_native_step_logits_match_ort_step(exports, shape):
 def test_native_generate_matches_hf(exports, shape, beams):
     """fp32 native greedy and beam-search tokens identical to Hugging Face generate()."""
     model, d = exports[shape]
-    rt = t5rt.load(d, device="cuda")  # auto picks native on CUDA
+    rt = t5rt.load(d, device="cuda", backend="native")
     assert rt.backend == "native", rt.backend_reason
     ids, mask = padded_inputs(seed=7, lens=(8, 13, 5))
     kw = dict(max_new_tokens=20, num_beams=beams)
