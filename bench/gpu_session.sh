@@ -34,7 +34,7 @@ GT="python -m pytest -q -rs -p no:cacheprovider -o addopts= -m gpu --durations=8
 stage kernels ${T_KERNELS:-90} $GT tests/test_kernels.py
 stage native ${T_NATIVE:-150} $GT tests/test_native.py -k "not large"
 stage nbench ${T_NBENCH:-120} bash -c "cd bench/kernels && python native_step.py --models ${MODELS:-t5-small,t5-base} \
-    --precisions float32,bfloat16 --batches 1,32 --json $LOGS/native_step.json"
+    --precisions ${PRECISIONS:-float32,bfloat16} --batches ${BATCHES:-1,32} --json $LOGS/native_step.json"
 stage decoding ${T_DECODING:-90} $GT tests/test_decoding_gpu.py
 stage runtime ${T_RUNTIME:-120} $GT tests/test_gpu_runtime.py -k "not large"
 stage service ${T_SERVICE:-90} $GT tests/test_service.py
