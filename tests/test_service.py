@@ -319,19 +319,33 @@ def test_small_pool_chunks_queues_and_still_equals_solo(tiny, requests_and_solo)
         t5rt.load(tiny[1], backend="ort", device="cpu", max_batch=2).submit(input_ids=[[4, 1]], num_beams=3)
 
 
+def differences(got: list, solo: list, reqs: list[dict]) -> list[str]:
+    """Each result unlike solo's: index, the request's options, and whether its tokens or only its
+    scores differ (a failure then says which kinds of request go wrong)."""
+    out = []
+    for i, (g, s) in enumerate(zip(got, solo)):
+        if not same(g, s):
+            opts = {k: v for k, v in reqs[i].items() if k not in ("input_ids", "attention_mask")}
+            what = "tokens" if g.sequences != s.sequences else \
+                f"scores by {np.max(np.abs(np.subtract(g.scores, s.scores))):.1e}"
+            out.append(f"#{i} {len(reqs[i]['input_ids'])} inputs {opts}: {what}")
+    return out
+
+
 @pytest.mark.gpu
-def test_gpu_sixteen_threads_equal_solo(tiny):
-    """CUDA: in-flight batching with captured graphs per member, 16 threads, each result equal
-    to the same request alone on the direct path; then streams and asyncio."""
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
+def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
+    """CUDA: in-flight batching (with captured graphs per member, or eager), 16 threads, each
+    result equal to the same request alone on the direct path; then streams and asyncio."""
     reqs = mixed_requests(48, seed=1)
     with t5rt.load(tiny[1], backend="ort", device="cuda", inflight=False) as solo_rt:
         solo = [solo_rt.generate(**kw) for kw in reqs]
-    with t5rt.load(tiny[1], backend="ort", device="cuda") as r:
+    with t5rt.load(tiny[1], backend="ort", device="cuda", cuda_graphs=graphs) as r:
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
                                 range(len(reqs))))
-        bad = [i for i, (g, s) in enumerate(zip(got, solo)) if not same(g, s)]
-        assert not bad, f"{len(bad)} of {len(reqs)} differ from solo, e.g. {reqs[bad[0]]}"
+        bad = differences(got, solo, reqs)
+        assert not bad, f"{len(bad)} of {len(reqs)} differ from solo:\n" + "\n".join(bad)
         one = [i for i, kw in enumerate(reqs) if len(kw["input_ids"]) == 1][:8]
 
         async def main():
