@@ -149,3 +149,15 @@ def test_every_package_folder_is_in_the_wheel():
                                                            re.M).group(1)))
     folders = {".".join(p.parent.relative_to(root / "src").parts) for p in (root / "src" / "t5rt").rglob("__init__.py")}
     assert folders <= listed, f"not in pyproject.toml [tool.setuptools] packages: {sorted(folders - listed)}"
+
+
+@pytest.mark.parametrize("bad", [5.5, "x", -1, True])
+def test_hf_min_length_must_be_a_count(bad):
+    """A generation config's min_length that is no token count is refused by name (it was cut to
+    an int silently, or raised a bare ValueError)."""
+    from t5rt.generation_config import GenerationConfig
+
+    assert GenerationConfig.from_hf({"min_length": 5}).min_new_tokens == 4
+    assert GenerationConfig.from_hf({"min_length": None}).min_new_tokens == 0
+    with pytest.raises(t5rt.InvalidOptionError, match="min_length"):
+        GenerationConfig.from_hf({"min_length": bad})

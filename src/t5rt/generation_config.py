@@ -107,6 +107,10 @@ class GenerationConfig:
             if k in _HF_IGNORED or k.startswith("_"):
                 continue
             if k == "min_length":  # decoder tokens incl. the start token, as max_length
+                if v is None:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                    raise InvalidOptionError(f"min_length={v!r} is invalid: must be an integer >= 0")
                 if v:
                     cfg.min_new_tokens = max(0, int(v) - 1)
             elif k in names:

@@ -252,7 +252,7 @@ class BeamSearchStrategy:
         beam_topk (kernels) / ops.topk; beam sampling keeps ops.gumbel_topk (float64 keys).
         """
         xp, t = self.xp, self.step_counter
-        B, nb, K, V, T = self.batch, self.num_beams, self.K, self.vocab_size, self.max_new_tokens
+        B, nb, K, V = self.batch, self.num_beams, self.K, self.vocab_size
         k = self._kernels
         logits = logits.astype(xp.float32, copy=False)
         cand_lp = None
