@@ -278,6 +278,28 @@ def test_native_generate_matches_hf(exports, shape, beams):
 
 
 @pytest.mark.gpu
+def test_native_row_buckets_in_any_order(exports):
+    """Several row buckets, each its own step table, launched in any order: a larger bucket after a
+    smaller one was built (the in-flight batcher's pools do this) still launches and decodes
+    Hugging Face's tokens. The kernels' shared-memory limit was once set per table, so the larger
+    table's launch failed with CUDA_ERROR_INVALID_VALUE (the H100 load bench)."""
+    model, d = exports["t5-v1_0"]
+    rt = t5rt.load(d, device="cuda", backend="native")
+    runs = []
+    for lens in ((9, 4, 12, 7, 5, 8, 11, 6), (7,), (9, 4, 12, 7, 5, 8, 11, 6), (5, 5), (7,)):
+        ids, mask = padded_inputs(seed=len(lens), lens=lens)
+        ref, _ = hf_generate(model, ids, mask, max_new_tokens=12)
+        runs.append((rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12).sequences, ref))
+    assert all(got == ref for got, ref in runs)
+    with t5rt.load(d, device="cuda", backend="native") as r:  # in flight: pools of several buckets
+        ids, mask = padded_inputs(seed=3, lens=(9, 4, 12, 7, 5, 8, 11, 6))
+        ref, _ = hf_generate(model, ids, mask, max_new_tokens=12)
+        futs = [r.submit(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1], max_new_tokens=12)
+                for i in range(len(ids))]
+        assert [f.result(120).sequences[0] for f in futs] == ref
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_native_low_precision_step_matches_reference(tmp_path_factory, precision):
     """bf16/fp16 exports: the native step against the NumPy reference on the export's own weights;
