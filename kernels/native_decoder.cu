@@ -422,7 +422,7 @@ struct T5rtEpiLogits {
 // ---- attention over keys [0, nkeys) of one (row n, head h): out = softmax(q K^T + bias) V ----
 // self: bias from the bucket table, keys = cache rows <= pos; cross: mask adds fp32 min.
 template <int A, bool SELF>
-__device__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNativeLayer& ly, const float* q, float* out,
+__device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNativeLayer& ly, const float* q, float* out,
                             float* smem) {
   typedef typename T5rtAct<A>::T AT;
   const int H = (int)s.H, Dk = (int)s.Dk, I = H * Dk, N = (int)s.N;
