@@ -6,13 +6,17 @@
 #          ../shared/gpu/stage.sh ort   (send parts 1..4, then the last with this script)
 #   there: bash .gpu/p5/put.sh && bash .gpu/p5/install.sh && bash bench/gpu_session.sh [STAGES]
 #          (carrying .gpu/p5 and build/kernels)
-# STAGES (default all, in this order): kernels native nbench decoding runtime service cli load wheel
+# STAGES (default, in this order): kernels native nbench decoding runtime service cli diag bench load
+# wheel; `soak` by name. Their limits add up to more than one call: split them over two calls,
+# e.g. "native nbench diag service" then "bench load soak" (each call stages ORT again if the
+# machine went back).
 set -o pipefail
 export PYTHONPATH=/tmp/site${EXTRA_SITE:+:$EXTRA_SITE} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 # every log and table under $LOGS, packed into $OUT/logs.tgz at the end (the device tool brings
 # back at most 8 files)
 LOGS=${LOGS:-/tmp/gpu-logs}; rm -rf "$LOGS"; mkdir -p "$LOGS"
+trap 'tar czf "$OUT/logs.tgz" -C "$LOGS" .' EXIT  # also when a stage is killed
 t0=$(date +%s)
 STAGES=${1:-kernels native nbench decoding runtime service cli diag bench load wheel}   # soak: by name
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$LOGS/device.txt"
@@ -48,4 +52,3 @@ stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precisi
 stage soak ${T_SOAK:-300} python bench/soak.py --saturation ${SATURATION:-100} --minutes ${SOAK_MIN:-4} --json "$LOGS/soak.json"
 stage wheel ${T_WHEEL:-90} env OUT="$LOGS" bash bench/h100_tables.sh wheel
 echo "== total $(( $(date +%s) - t0 ))s"
-tar czf "$OUT/logs.tgz" -C "$LOGS" .
