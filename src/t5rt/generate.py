@@ -40,12 +40,11 @@ from .errors import (
 )
 from .export_check import verify_export
 from .generation_config import GenerationConfig
-from .inputs import parse_inputs
+from .inputs import chunks, parse_inputs
 from .manifest import Manifest, load_manifest
 from .runtime.device import Device, resolve_device
 from .runtime.memory import available_bytes, check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
-from .service.inflight import rows_per_input
 from .service.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -212,9 +211,9 @@ class Runtime:
         check_request_fits(m, cfg, batch=min(ids.shape[0], self.options.max_batch), src_len=ids.shape[1],
                            max_new_tokens=max_new, device=self.device, options=self.options,
                            available=self.available if self.device.is_cuda else None)
-        if self.options.inflight and rows_per_input(cfg) > self.options.max_batch:
+        if self.options.inflight and cfg.rows_per_input() > self.options.max_batch:
             raise InvalidOptionError(
-                f"one input takes {rows_per_input(cfg)} decoder rows (num_beams / num_return_sequences) but "
+                f"one input takes {cfg.rows_per_input()} decoder rows (num_beams / num_return_sequences) but "
                 f"a decode batch holds max_batch={self.options.max_batch}; load with a larger max_batch")
         return Request(ids, mask, cfg, max_new, timeout=timeout, owner=self)
 
@@ -270,12 +269,7 @@ class Runtime:
         scores: list[float] = []
         token_scores: list[list[float]] = []
         agg: dict[str, float] = {}
-        step = self.options.max_batch
-        for lo in range(0, ids.shape[0], step):
-            chunk_ids, chunk_mask = ids[lo:lo + step], mask[lo:lo + step]
-            # trim the chunk's padding to its own longest input
-            s = int(np.nonzero(chunk_mask.any(axis=0))[0].max()) + 1
-            chunk_ids, chunk_mask = chunk_ids[:, :s], chunk_mask[:, :s]
+        for lo, chunk_ids, chunk_mask in chunks(ids, mask, self.options.max_batch):
             try:
                 got = self._generate_chunk(chunk_ids, chunk_mask, cfg, max_new, lo, req)
             except MemoryError as e:  # the estimate (runtime/memory.py) erred low: still a T5rtError
@@ -306,12 +300,9 @@ class Runtime:
         def on_check(steps: int) -> bool:  # the host is in sync here
             nonlocal dropped
             now = time.perf_counter()
-            if req.first_token_at is None:
-                req.first_token_at = now
-                self._stats.first_token(now - req.submitted)
+            self._stats.first_token(req, now)
             if req.writer is not None and first_input == 0 and strategy.parent is None:
-                t = int(self.device.to_host(strategy.step_counter))
-                req.writer.update(self.device.to_host(strategy.history[0, 1:t + 1]).tolist())
+                req.writer.update_from(self.device, strategy)
             dropped = req.dropped(now)
             return dropped
 

@@ -124,6 +124,12 @@ class GenerationConfig:
         cfg.validate()
         return cfg
 
+    def rows_per_input(self) -> int:
+        """Decoder rows one input takes: beams, sampled return sequences, or 1."""
+        if self.num_beams > 1:
+            return int(self.num_beams)
+        return int(self.num_return_sequences) if self.do_sample else 1
+
     def max_new_tokens_for(self, export_max: int) -> int:
         """New tokens to make at most, as HF generate(): max_new_tokens, else max_length - 1 (it
         counts the decoder start token), else HF's default of 20; never more than the export holds."""

@@ -13,6 +13,7 @@ saying which input and position, before any device state is touched.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,16 @@ def parse_inputs(texts: Any, input_ids: Any, attention_mask: Any, *, manifest: A
         ids[i, : len(r)] = r
         mask[i, : len(mk)] = mk
     return ids, mask
+
+
+def chunks(input_ids: np.ndarray, attention_mask: np.ndarray,
+           per: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first input, ids, mask) of each run of `per` inputs, trimmed to that run's own longest
+    input (the padding a longer input elsewhere in the request put there)."""
+    for lo in range(0, input_ids.shape[0], per):
+        ids, mask = input_ids[lo:lo + per], attention_mask[lo:lo + per]
+        s = int(np.nonzero(mask.any(axis=0))[0].max()) + 1
+        yield lo, ids[:, :s], mask[:, :s]
 
 
 def check_texts(texts: Any) -> list[str]:

@@ -8,7 +8,8 @@ length T is the smallest bucket that holds every position of the request.
 from __future__ import annotations
 
 
-def _pow2_at_least(n: int, lo: int) -> int:
+def pow2_at_least(n: int, lo: int = 1) -> int:
+    """The smallest power of two (times lo) that is >= n."""
     b = lo
     while b < n:
         b *= 2
@@ -17,9 +18,9 @@ def _pow2_at_least(n: int, lo: int) -> int:
 
 def src_bucket(src_len: int, max_input_len: int) -> int:
     """Source length bucket: powers of two from 16, capped at the export's max_input_len."""
-    return min(_pow2_at_least(src_len, 16), max_input_len)
+    return min(pow2_at_least(src_len, 16), max_input_len)
 
 
 def cache_bucket(max_new_tokens: int, max_output_len: int) -> int:
     """Cache rows for positions 0..max_new_tokens-1: powers of two from 16, capped at max_output_len."""
-    return min(_pow2_at_least(max_new_tokens, 16), max_output_len)
+    return min(pow2_at_least(max_new_tokens, 16), max_output_len)

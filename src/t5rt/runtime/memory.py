@@ -32,8 +32,7 @@ def request_bytes(m: Any, cfg: Any, batch: int, src_len: int, max_new_tokens: in
     """Estimated bytes of one chunk of `batch` inputs (see the module doc)."""
     d, a = m.dims, _ACT_BYTES[m.precision]
     beams = cfg.num_beams > 1
-    r = cfg.num_beams if beams else (cfg.num_return_sequences if cfg.do_sample else 1)
-    n = batch * r
+    n = batch * cfg.rows_per_input()
     T = cache_bucket(max_new_tokens, m.max_output_len)
     S = src_bucket(src_len, m.max_input_len)
     L, H, Dk, V = d.num_decoder_layers, d.num_heads, d.d_kv, d.vocab_size

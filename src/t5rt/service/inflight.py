@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.buckets import src_bucket
+from ..inputs import chunks
+from ..runtime.buckets import pow2_at_least, src_bucket
 from ..runtime.kv_cache import CacheOps
 from .request import Request
 from .scheduler import as_request_error
-from .slots import SlotPool, _pow2_at_least
+from .slots import SlotPool
 from .solo import finish, refresh_available
 from .stats import ServiceStats
 
@@ -81,13 +82,6 @@ class _Member:
     @property
     def max_new(self) -> int:
         return self.job.req.max_new_tokens
-
-
-def rows_per_input(cfg: Any) -> int:
-    """Decoder rows one input takes: beams, sampled return sequences, or 1."""
-    if cfg.num_beams > 1:
-        return cfg.num_beams
-    return cfg.num_return_sequences if cfg.do_sample else 1
 
 
 class InflightExecutor:
@@ -151,15 +145,13 @@ class InflightExecutor:
 
     # -- members ---------------------------------------------------------------------------
     def _members(self, req: Request) -> list[_Member]:
-        r = rows_per_input(req.config)
+        r = req.config.rows_per_input()
         per = max(1, min(self.opts.max_batch, self.capacity // r))
         job = _Job(req, [], 0)
         members = []
-        for lo in range(0, req.inputs, per):
-            ids, mask = req.input_ids[lo:lo + per], req.attention_mask[lo:lo + per]
-            s = int(np.nonzero(mask.any(axis=0))[0].max()) + 1  # the chunk's own longest input
-            members.append(_Member(job, len(members), lo, ids[:, :s], mask[:, :s], r,
-                                   src_bucket(s, self.rt.manifest.max_input_len)))
+        for lo, ids, mask in chunks(req.input_ids, req.attention_mask, per):
+            members.append(_Member(job, len(members), lo, ids, mask, r,
+                                   src_bucket(ids.shape[1], self.rt.manifest.max_input_len)))
         job.parts, job.left = [None] * len(members), len(members)
         return members
 
@@ -252,7 +244,7 @@ class InflightExecutor:
     def _encoder(self, inputs: int, src_len: int) -> Any:
         """Encoder buffers per (batch bucket, source bucket), kept for the runtime's life (a
         handful of shapes; each its own engine and, on CUDA, its own captured graph)."""
-        key = (min(_pow2_at_least(inputs), self.opts.max_batch), src_len)
+        key = (min(pow2_at_least(inputs), self.opts.max_batch), src_len)
         enc = self._enc.get(key)
         if enc is None:
             enc = self._enc[key] = self.runner.new_encoder_buffers(*key)
@@ -340,17 +332,14 @@ class InflightExecutor:
             done = self.dev.to_host(xp.stack([m.strategy.done() for m in members]))
         for m, d in zip(members, done):
             req = m.job.req
-            if req.first_token_at is None:
-                req.first_token_at = now
-                self.stats.first_token(now - req.submitted)
+            self.stats.first_token(req, now)
             if bool(d) or m.steps >= m.max_new:
                 try:
                     self._complete(m)
                 except Exception as e:  # noqa: BLE001 - its request fails, not everyone's
                     self._fail_job(m.job, as_request_error(e))
             elif req.writer is not None and m.first_input == 0 and m.strategy.parent is None:
-                t = int(self.dev.to_host(m.strategy.step_counter))
-                req.writer.update(self.dev.to_host(m.strategy.history[0, 1:t + 1]).tolist())
+                req.writer.update_from(self.dev, m.strategy)
 
     def _complete(self, m: _Member) -> None:
         cfg, job = m.job.req.config, m.job

@@ -17,15 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.buckets import pow2_at_least
 from ..runtime.buffers import DecoderBuffers, EncoderBuffers
 from ..runtime.kv_cache import CacheOps
-
-
-def _pow2_at_least(n: int) -> int:
-    b = 1
-    while b < n:
-        b *= 2
-    return b
 
 
 class SlotPool:
@@ -69,7 +63,7 @@ class SlotPool:
         top = int(occupied[-1]) + 1 if occupied.size else 1
         if not self.runner.dev.is_cuda:
             return top
-        return min(_pow2_at_least(top), self.capacity)
+        return min(pow2_at_least(top), self.capacity)
 
     # -- device work -----------------------------------------------------------------------
     def head(self, n: int) -> tuple[DecoderBuffers, CacheOps]:

@@ -67,9 +67,7 @@ class SoloExecutor:
 def finish(req: Request, out: Any, stats: ServiceStats) -> None:
     """Deliver a finished request's output (stream's last chunk, future, metrics)."""
     now = time.perf_counter()
-    if req.first_token_at is None:
-        req.first_token_at = now
-        stats.first_token(now - req.submitted)
+    stats.first_token(req, now)
     if req.writer is not None:
         req.writer.update(out.sequences[0], finished=True)
     if req.finish(out):

@@ -46,9 +46,14 @@ class ServiceStats:
             self._token_times.append((now, tokens))
             self._trim(now)
 
-    def first_token(self, seconds: float) -> None:
+    def first_token(self, req: Any, now: float) -> None:
+        """`req`'s chosen tokens reached the host at `now`: the first time, that is its time to
+        first token (kept on the request and in the statistics); later calls change nothing."""
+        if req.first_token_at is not None:
+            return
+        req.first_token_at = now
         with self._lock:
-            self._ttft.append(seconds)
+            self._ttft.append(now - req.submitted)
 
     def stepped(self, rows: int, host_s: float, engine_s: float = 0.0) -> None:
         with self._lock:

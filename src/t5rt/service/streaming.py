@@ -28,6 +28,11 @@ class StreamWriter:
         self.text = ""  # text sent so far
         self.closed = False
 
+    def update_from(self, device: Any, strategy: Any) -> None:
+        """The tokens a greedy or sampling strategy's first row holds so far (the host is in sync)."""
+        t = int(device.to_host(strategy.step_counter))
+        self.update(device.to_host(strategy.history[0, 1:t + 1]).tolist())
+
     def update(self, tokens: Sequence[int], finished: bool = False) -> None:
         """tokens: the whole sequence so far (cut after eos or not); sends what is new."""
         if self.closed:
