@@ -22,7 +22,7 @@ ORT_REWRITE_ENV = "T5RT_ORT_REWRITE"  # 0/1: the ORT load-time rewrite when Runt
 BACKENDS = ("auto", "ort", "trt", "native")
 
 
-def pick_backend(requested: str, device: Any, m: Manifest | None = None) -> tuple[str, str]:
+def pick_backend(requested: str, device: Any) -> tuple[str, str]:
     """-> (backend, reason). 'auto' on CUDA: TensorRT when it imports, else ORT; on the CPU: ORT.
 
     The native kernels are chosen only when asked for (backend="native"): on the H100 their step
@@ -50,7 +50,7 @@ def _ort_rewrite(options: Any, device: Any) -> bool:
 
 
 def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tuple[str, str, dict[str, Any]]:
-    backend, reason = pick_backend(requested, device, m)
+    backend, reason = pick_backend(requested, device)
     sessions: dict[str, Any] = {}
     if backend == "ort" and not device.is_cuda and m.precision == "bf16":
         raise BackendError(f"{m.directory} is a bf16 export, which ONNX Runtime cannot run on the CPU (it has "

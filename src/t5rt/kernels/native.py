@@ -333,14 +333,12 @@ class StepTable:
                 try:
                     fn = loaded.function(name)
                     most = dev.smem_optin - int(fn.shared_size_bytes)
-                    if most < self.smem_bytes:
-                        raise BackendError(f"needs {self.smem_bytes} bytes of shared memory, the GPU gives {most}")
                     if int(fn.max_dynamic_shared_size_bytes) < most:
                         fn.max_dynamic_shared_size_bytes = most
-                except BackendError:
-                    raise
                 except Exception as e:  # noqa: BLE001 - cupy raises CUDADriverError
                     raise BackendError(f"cannot give the native kernels {self.smem_bytes} bytes of shared memory: {e}") from e
+                if most < self.smem_bytes:
+                    raise BackendError(f"needs {self.smem_bytes} bytes of shared memory, the GPU gives {most}")
         self.coresident = self._coresident(loaded)
 
     def _coresident(self, loaded: Any) -> bool:
