@@ -50,6 +50,18 @@ def compare(name: str, got: list, ref: list, reqs: list[dict]) -> None:
             worst = max(worst, float(np.max(np.abs(np.asarray(g.scores) - np.asarray(r.scores)))))
     print(f"{name:40s} seq-differ {sum(seq.values()):2d} {dict(seq)}  score-only {sum(score.values())} "
           f"(max {worst:.2e}) {dict(score)}", flush=True)
+    shown = 0
+    for i, (g, r, kw) in enumerate(zip(got, ref, reqs)):
+        if shown >= 4 or isinstance(g, BaseException) or g.sequences == r.sequences:
+            continue
+        shown += 1
+        for a, b in zip(g.sequences, r.sequences):
+            if a != b:
+                at = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                print(f"    #{i} {kind(kw)} inputs={len(kw['input_ids'])} new={kw['max_new_tokens']}: first "
+                      f"difference at token {at} of {len(a)}/{len(b)}: {a[at:at + 4]} vs {b[at:at + 4]}; "
+                      f"scores {np.round(g.scores, 4).tolist()} vs {np.round(r.scores, 4).tolist()}", flush=True)
+                break
 
 
 def run(rt, reqs, threads: int) -> list:
@@ -75,8 +87,16 @@ def main() -> None:
         with t5rt.load(d, backend="ort", device="cuda", inflight=False) as r:
             solo = [r.generate(**kw) for kw in reqs]
         compare("solo cuda vs solo cpu", solo, solo_cpu, reqs)
+        with t5rt.load(d, backend="ort", device="cuda", inflight=False) as r:
+            compare("solo cuda again vs solo cuda", [r.generate(**kw) for kw in reqs], solo, reqs)
         with t5rt.load(d, backend="ort", device="cuda", inflight=False, cuda_graphs=False) as r:
             compare("solo cuda no graphs vs solo cuda", [r.generate(**kw) for kw in reqs], solo, reqs)
+        with t5rt.load(d, backend="ort", device="cuda", inflight=False) as r:
+            # the in-flight pools' self-cache length (the whole output length) on the direct path:
+            # does the step's result depend on the cache length on the GPU?
+            full = r.runner.decoder_cache_len(r.manifest.max_output_len)
+            r.runner.decoder_cache_len = lambda _n: full
+            compare(f"solo cuda, cache {full} vs solo cuda", [r.generate(**kw) for kw in reqs], solo, reqs)
 
         def variant(name: str, threads: int, opts: dict, knob=None) -> None:
             with t5rt.load(d, backend="ort", device="cuda", **opts) as r:
@@ -102,7 +122,11 @@ def main() -> None:
             variant("in-flight, member graphs only, 16 threads", 16, {})
         finally:
             ort_engine.OrtSession.__init__ = init
-        variant("in-flight one at a time", 1, {})
+        with t5rt.load(d, backend="ort", device="cuda") as r:
+            one_by_one = run(r, reqs, 1)
+        compare("in-flight one at a time vs solo cuda", one_by_one, solo, reqs)
+        with t5rt.load(d, backend="ort", device="cuda") as r:
+            compare("in-flight 16 threads vs in-flight 1 at a time", run(r, reqs, 16), one_by_one, reqs)
         variant("in-flight no kernels, 16 threads", 16, dict(kernels=False))
         # the native engine: its in-flight pools (several row buckets, each its own step table)
         with t5rt.load(d, backend="native", device="cuda", inflight=False) as r:
