@@ -694,7 +694,7 @@ def native_state(m, n, s, t, seed):
                 sk=[act(n, H, t, Dk) for _ in range(L)], sv=[act(n, H, t, Dk) for _ in range(L)])
 
 
-def native_step_table(dev, m, st):
+def native_step_table(dev, m, st, **table_options):
     from t5rt.kernels.native import DeviceModel, StepBuffers, StepTable
 
     n = st["ids"].shape[0]
@@ -702,7 +702,7 @@ def native_step_table(dev, m, st):
                        encoder_attention_mask=dev.put(st["mask"]), cross_k=[dev.put(c) for c in st["ck"]],
                        cross_v=[dev.put(c) for c in st["cv"]], self_k=[dev.put(c) for c in st["sk"]],
                        self_v=[dev.put(c) for c in st["sv"]], logits=dev.xp.zeros((n, m.vocab), np.float32))
-    return StepTable(DeviceModel(m, dev.launcher), bufs)
+    return StepTable(DeviceModel(m, dev.launcher), bufs, **table_options)
 
 
 @pytest.mark.parametrize("act_dtype", ["float32", "bfloat16", "float16"])
@@ -762,18 +762,24 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
     tab.launch_phase(Phase.LM_HEAD)
     close(tab.bufs.logits, NR.lm_head(m, x), "lm_head")
 
-    # the whole step: per-phase launches (and, on the GPU, the persistent kernel) from one state
+    # the whole step: per-phase launches (and, on the GPU, the persistent kernel) from one state,
+    # without and with the shared-memory weight cache (whole slots, and 48-byte slots that end
+    # inside a weight row): all bit for bit the same
     ref = NR.decoder_step(m, st["ids"], st["pos"], st["mask"], st["ck"], st["cv"], [c.copy() for c in st["sk"]],
                           [c.copy() for c in st["sv"]])
     results = []
+    caches = ({"wcache": False}, {"wcache": True}, {"wcache": True, "wslot": 48})
     for run in ("launch_phases",) + (() if dev.host else ("launch",)):
-        tab2 = native_step_table(dev, m, st)
-        getattr(tab2, run)()
-        results.append([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v])
-    native_close(results[0][0], ref, act_dtype, "whole step")
-    for got in results[1:]:
-        for u, v in zip(results[0], got):
-            assert np.array_equal(u, v)
+        for opts in caches:
+            tab2 = native_step_table(dev, m, st, **opts)
+            assert tab2.wslot > 0 or not opts["wcache"]
+            getattr(tab2, run)()
+            results.append(([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v],
+                            f"{run} {opts}"))
+    native_close(results[0][0][0], ref, act_dtype, "whole step")
+    for got, what in results[1:]:
+        for u, v in zip(results[0][0], got):
+            assert np.array_equal(u, v), what
 
 
 HOST_EXEMPT: dict[str, str] = {
