@@ -65,6 +65,7 @@ struct T5rtNativeStep {
   i64 N, d, H, Dk, F, V, T, S, L, R;  // R: largest distance of the bucket table
   i64 act, gated, smem_floats, prefetch;
   i64 wslot;                          // bytes of one warp's weight-cache slot (0: no cache)
+  i64 attn_warp;                      // attention: 1 = a warp per (row, head), 0 = a block
   double eps, clamp, logit_scale;     // clamp <= 0: off
   u64 ids, position, enc_mask;        // [N] i64, [N] i64, [N, S] i64
   u64 emb, rel_bias, buckets;         // [V, d] A, [NB, H] A, [R + 1] i32
@@ -150,6 +151,11 @@ __device__ __forceinline__ uint4 t5rt_ld_stream(const void* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
+__device__ __forceinline__ uint4 t5rt_ldcg16(const void* p) {  // 16 bytes through L2 (written in this launch)
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
 __device__ __forceinline__ void t5rt_prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
@@ -167,6 +173,7 @@ __device__ __forceinline__ u32 t5rt_ld_acquire(const u32* p) {
 inline float t5rt_ldcg(const float* p) { return *p; }
 inline unsigned short t5rt_ldcg(const unsigned short* p) { return *p; }
 inline uint4 t5rt_ld_stream(const void* p) { return *(const uint4*)p; }
+inline uint4 t5rt_ldcg16(const void* p) { return *(const uint4*)p; }
 inline void t5rt_prefetch_l2(const void*) {}
 inline i64 t5rt_ld_i64(const i64* p) { return *p; }
 inline u32 t5rt_ld_acquire(const u32* p) { return std::atomic_ref<const u32>(*p).load(std::memory_order_acquire); }
@@ -249,6 +256,10 @@ __device__ __forceinline__ void t5rt_grid_sync(u32* bar, u32& gen) {
 // ---- block helpers ----
 __device__ __forceinline__ float t5rt_warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float t5rt_warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -566,6 +577,92 @@ __device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNati
   }
 }
 
+// ---- the same attention with a warp per (row n, head h), no block barrier (attn_warp = 1) ----
+// Items are dealt to warp 0 of every block first, so a few items still spread over SMs. Scores: a
+// lane per key (its K row read as 16-byte chunks); max and sum: warp shuffles; output: a lane per
+// value dimension. smem: per warp [kmax] weights then [Dk] q.
+template <int A, bool SELF>
+__device__ __noinline__ void t5rt_attend_warp(const T5rtNativeStep& s, const T5rtNativeLayer& ly, const float* q,
+                                              float* out, float* smem) {
+  typedef typename T5rtAct<A>::T AT;
+  typedef typename T5rtChunkOf<A>::type Ch;
+  const int H = (int)s.H, Dk = (int)s.Dk, I = H * Dk, N = (int)s.N;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int kmax = SELF ? (int)s.T : (int)s.S;
+  float* sc = smem + (i64)warp * (kmax + Dk);  // [kmax]
+  float* qs = sc + kmax;                       // [Dk]
+  const bool vec = Dk % Ch::E == 0;            // K rows in whole 16-byte chunks (buffers are 256-byte aligned)
+  for (int item = blockIdx.x + warp * gridDim.x; item < N * H; item += gridDim.x * nw) {
+    const int n = item / H, h = item - n * H;
+    int nkeys;
+    i64 pos = 0;
+    if (SELF) {
+      pos = t5rt_ld_i64((const i64*)s.position + n);
+      nkeys = pos < 0 ? 0 : (pos >= kmax ? kmax : (int)pos + 1);
+    } else {
+      nkeys = kmax;
+    }
+    const AT* K = (const AT*)(SELF ? ly.self_k : ly.cross_k) + ((i64)n * H + h) * kmax * Dk;
+    const AT* Vv = (const AT*)(SELF ? ly.self_v : ly.cross_v) + ((i64)n * H + h) * kmax * Dk;
+    for (int e = lane; e < Dk; e += 32) qs[e] = t5rt_ldcg(q + (i64)n * I + h * Dk + e);
+    __syncwarp();
+    float mx = -__int_as_float(0x7f800000);
+    for (int t = lane; t < nkeys; t += 32) {
+      float add;
+      if (SELF) {
+        i64 dist = pos - t;
+        dist = dist > s.R ? s.R : dist;
+        const int bucket = ((const int*)s.buckets)[dist];
+        add = t5rt_to_f<A>(((const AT*)s.rel_bias)[(i64)bucket * H + h]);
+      } else {
+        add = ((const i64*)s.enc_mask)[(i64)n * kmax + t] != 0 ? 0.f : -3.4028234663852886e38f;
+      }
+      const AT* kr = K + (i64)t * Dk;
+      float p = 0.f;
+      if (vec) {
+        for (int c = 0; c < Dk / Ch::E; ++c) {
+          float f[Ch::E];
+          Ch::widen(SELF ? t5rt_ldcg16(kr + c * Ch::E) : *(const uint4*)(kr + c * Ch::E), f);
+#pragma unroll
+          for (int e = 0; e < Ch::E; ++e) p += qs[c * Ch::E + e] * f[e];
+        }
+      } else {
+        for (int e = 0; e < Dk; ++e) p += qs[e] * t5rt_to_f<A>(SELF ? t5rt_ldcg(kr + e) : kr[e]);
+      }
+      const float v = p + add;
+      sc[t] = v;
+      mx = fmaxf(mx, v);
+    }
+    mx = t5rt_warp_max(mx);
+    float z = 0.f;
+    for (int t = lane; t < nkeys; t += 32) {
+      const float e = expf(sc[t] - mx);
+      sc[t] = e;
+      z += e;
+    }
+    z = t5rt_warp_sum(z);
+    __syncwarp();  // every lane's weights are in sc
+    for (int e = lane; e < Dk; e += 32) {
+      float acc = 0.f;
+      constexpr int VU = 8;  // value rows in flight per lane
+      for (int t0 = 0; t0 < nkeys; t0 += VU) {
+        float vf[VU];
+#pragma unroll
+        for (int u = 0; u < VU; ++u) {
+          const int t = t0 + u;
+          vf[u] = t < nkeys ? t5rt_to_f<A>(SELF ? t5rt_ldcg(Vv + (i64)t * Dk + e) : Vv[(i64)t * Dk + e]) : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < VU; ++u) {
+          if (t0 + u < nkeys) acc += sc[t0 + u] * vf[u];
+        }
+      }
+      out[(i64)n * I + h * Dk + e] = t5rt_round<A>(acc / z);
+    }
+    __syncwarp();  // sc and qs are reused by this warp's next item
+  }
+}
+
 // ---- L2 prefetch of the weight rows this warp will read in phase `ph` of layer `l` ----
 template <typename W>
 __device__ void t5rt_prefetch_rows(const W* w, int R, int K, int gwarp, int nwarps, int max_rows) {
@@ -750,8 +847,17 @@ __device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, 
   }
   const T5rtNativeLayer ly = ((const T5rtNativeLayer*)s.layers)[l];
   const float clamp = (float)s.clamp;
-  if (ph == T5RT_NATIVE_SELF_ATTN) { t5rt_attend<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs); return; }
-  if (ph == T5RT_NATIVE_CROSS_ATTN) { t5rt_attend<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs); return; }
+  if (ph == T5RT_NATIVE_SELF_ATTN || ph == T5RT_NATIVE_CROSS_ATTN) {
+    const bool self = ph == T5RT_NATIVE_SELF_ATTN;
+    if (s.attn_warp) {
+      if (self) t5rt_attend_warp<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs);
+      else t5rt_attend_warp<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs);
+    } else {
+      if (self) t5rt_attend<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs);
+      else t5rt_attend<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs);
+    }
+    return;
+  }
   // the projections: input width K, output rows R, in passes of `rows` rows of x
   int K = d;
   if (ph == T5RT_NATIVE_SELF_OUT || ph == T5RT_NATIVE_CROSS_OUT) K = I;

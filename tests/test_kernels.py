@@ -705,21 +705,24 @@ def native_step_table(dev, m, st, **table_options):
     return StepTable(DeviceModel(m, dev.launcher), bufs, **table_options)
 
 
+@pytest.mark.parametrize("attn", ["block", "warp"])
 @pytest.mark.parametrize("act_dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("shape", list(NATIVE_SHAPES))
-def test_native_phases_match_reference(dev, shape, act_dtype):
+def test_native_phases_match_reference(dev, shape, act_dtype, attn):
     """Each phase of the native step (t5rt_native_phase_<A>) against t5rt.kernels.native_reference
     on the same inputs; the reference's result is put back before the next phase, so every phase
     is checked alone. On the GPU the persistent whole-step kernel (t5rt_native_step_<A>, a grid
-    barrier between phases: not runnable on the host) must then equal the per-phase launches."""
+    barrier between phases: not runnable on the host) must then equal the per-phase launches.
+    attn: the attention phases with a block or a warp per (row, head)."""
     from t5rt.kernels import native_reference as NR
     from t5rt.kernels.native import Phase
     from t5rt.weights import from_storage
 
     d, H, Dk, F, L, V, gated = NATIVE_SHAPES[shape]
     m = NR.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=1)
-    st = native_state(m, 5, 7, 24, seed=2)
-    tab = native_step_table(dev, m, st)
+    st = native_state(m, 5, 37, 45, seed=2)  # more keys than a warp has lanes
+    warp = attn == "warp"
+    tab = native_step_table(dev, m, st, attn_warp=warp)
     sk, sv = [c.copy() for c in st["sk"]], [c.copy() for c in st["sv"]]
     f = lambda a: from_storage(dev.get(a), act_dtype)  # noqa: E731
     close = lambda got, ref, what: native_close(dev.get(got), ref, act_dtype, what)  # noqa: E731
@@ -771,7 +774,7 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
     caches = ({"wcache": False}, {"wcache": True}, {"wcache": True, "wslot": 48})
     for run in ("launch_phases",) + (() if dev.host else ("launch",)):
         for opts in caches:
-            tab2 = native_step_table(dev, m, st, **opts)
+            tab2 = native_step_table(dev, m, st, attn_warp=warp, **opts)
             assert tab2.wslot > 0 or not opts["wcache"]
             getattr(tab2, run)()
             results.append(([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v],

@@ -13,6 +13,8 @@ Random weights of the real shapes (t5rt.kernels.native_reference.random_model), 
     warp's first weight rows of a projection phase copied to shared memory by cp.async ahead of
     its GEMV; per-phase launches overlap them with the x staging, the persistent kernel with the
     phase before); "phase X (smem weights)" is one projection phase launched alone with it;
+  ... warp attention: the attention phases with a warp per (row, head) instead of a block
+    (StepTable(attn_warp=True)), alone ("phase self_attn (warp)") and in the whole step;
   step + argmax: the persistent step and greedy's token choice, one CUDA graph (per decoder step).
 Floor: the bytes a phase must read (weights, attention K/V rows) over peak HBM bandwidth.
 """
@@ -104,24 +106,37 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                         records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us,
                                             bytes=phase_bytes(m, ph, n), wslot=cached.wslot))
                     cached = None
+                    wa = StepTable(tab.dev, tab.bufs, wcache=False, attn_warp=True)
+                    for ph in (Phase.SELF_ATTN, Phase.CROSS_ATTN):
+                        label = f"phase {ph.name.lower()} (warp)"
+                        us = time_device(lambda: wa.launch_phase(ph, 0))
+                        rows.append(Row(label, tag, us, phase_bytes(m, ph, n)))
+                        records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us,
+                                            bytes=phase_bytes(m, ph, n)))
+                    wa = None
                 tokens = cp.empty((n,), cp.int64)
                 from t5rt.kernels.native import StepTable
 
                 with_prefetch = StepTable(tab.dev, tab.bufs, prefetch=True, wcache=False)
                 wc = StepTable(tab.dev, tab.bufs, wcache=True)
+                wa = StepTable(tab.dev, tab.bufs, wcache=False, attn_warp=True)
+                both = StepTable(tab.dev, tab.bufs, wcache=True, attn_warp=True)
                 variants = {
                     "step (persistent)": tab.launch,
                     "step (persistent, L2 prefetch)": with_prefetch.launch,
                     f"step (persistent, smem weights {wc.wslot} B/warp)": wc.launch,
                     "step (per-phase launches)": tab.launch_phases,
                     "step (per-phase, smem weights)": wc.launch_phases,
+                    "step (persistent, warp attention)": wa.launch,
+                    "step (persistent, smem weights + warp attention)": both.launch,
+                    "step (per-phase, smem weights + warp attention)": both.launch_phases,
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }
                 for label, fn in variants.items():
                     us = time_device(fn, reps=10, iters=30)
                     rows.append(Row(label, tag, us, step_bytes))
                     records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us, bytes=step_bytes))
-                tab = m = with_prefetch = wc = None
+                tab = m = with_prefetch = wc = wa = both = None
             dev = None
             cp.get_default_memory_pool().free_all_blocks()
     return rows, records
