@@ -70,7 +70,7 @@ def time_gpu(case: str, mode: str, batch: int, vocab: int, steps: int, kernels: 
         logits = cupy.empty_like(src)  # the engine's output buffer
         cupy.copyto(logits, src)
         s.step(logits)  # step 0 eager
-        graph = CapturedStep(lambda: s.step(logits), stream)  # records step 1, runs nothing
+        graph = CapturedStep(lambda: s.step(logits), stream, cupy.cuda.MemoryPool())  # records step 1, runs nothing
         graph.launch()  # step 1
         stream.synchronize()
         n = steps - 3

@@ -125,7 +125,7 @@ def test_cuda_graph_replay_matches_eager(opts, mode):
         for t in range(1, T):
             cupy.copyto(logits, table[s.tokens] + noise[t, : s.rows])
             if graph is None:
-                graph = CapturedStep(lambda: s.step(logits), stream)  # capture records, runs nothing
+                graph = CapturedStep(lambda: s.step(logits), stream, cupy.cuda.MemoryPool())  # records, runs nothing
             graph.launch()
         stream.synchronize()
     assert s.result() == want

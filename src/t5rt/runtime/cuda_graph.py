@@ -1,7 +1,14 @@
 """Capture a piece of per-step device work once and replay it (cupy stream capture).
 
-Temporaries that cupy allocates while capturing come from a private memory pool that lives
-as long as the graph, so no buffer a replay touches can be handed to anyone else.
+Temporaries that cupy allocates while capturing come from the device's graph pool
+(Device.graph_pool), never from the pool eager work allocates from, so no buffer a replay touches
+is handed to eager code. Graphs share that pool: their replays run one after another on the
+runtime's stream and each writes its temporaries before it reads them, so the blocks a dropped
+graph used can serve the next capture. Hence the rule for `fn`: it must not keep an array it
+allocates (its block could be another graph's temporary); state lives in buffers allocated before
+the capture (the runtimes run step 0 eagerly, which also makes lazily allocated scratch eager).
+A pool of its own per graph leaked: device memory grew by ~200 KB a request over an 8-minute H100
+soak (bench/results/h100-service-2026-12-07.md).
 """
 
 from __future__ import annotations
@@ -15,13 +22,12 @@ from ..errors import BackendError
 class CapturedStep:
     """`fn()` recorded on `stream` as a CUDA graph; `launch()` replays it on the same stream."""
 
-    def __init__(self, fn: Callable[[], None], stream: Any):
+    def __init__(self, fn: Callable[[], None], stream: Any, pool: Any):
         import cupy
 
         self.stream = stream
-        self._pool = cupy.cuda.MemoryPool()
         try:
-            with cupy.cuda.using_allocator(self._pool.malloc), stream:
+            with cupy.cuda.using_allocator(pool.malloc), stream:
                 stream.begin_capture()
                 try:
                     fn()

@@ -270,7 +270,8 @@ class T5Runner:
                     if graph is None:
                         from .cuda_graph import CapturedStep
 
-                        graph = CapturedStep(whole_step if engine_in_graph else after_engine, self.dev.stream)
+                        graph = CapturedStep(whole_step if engine_in_graph else after_engine, self.dev.stream,
+                                             self.dev.graph_pool)
                         if self.opts.reuse_step_graphs:
                             slot.graphs[id(strategy)] = (strategy, graph)
                             while len(slot.graphs) > self.opts.max_cached_buckets:

@@ -301,7 +301,7 @@ class InflightExecutor:
                         # step 0 ran eagerly (it loads every kernel); from step 1 on: one replay
                         from ..runtime.cuda_graph import CapturedStep
 
-                        m.graph = CapturedStep(lambda m=m: self._after_engine(m), self.dev.stream)
+                        m.graph = CapturedStep(lambda m=m: self._after_engine(m), self.dev.stream, self.dev.graph_pool)
                         m.graph.launch()
                     else:
                         self._after_engine(m)  # user logits processors run here (host code)
