@@ -76,8 +76,15 @@ def mixed_requests(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def same(a: t5rt.GenerateOutput, b: t5rt.GenerateOutput) -> bool:
-    return a.sequences == b.sequences and np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+def same(a: t5rt.GenerateOutput, b: t5rt.GenerateOutput, atol: float = 1e-5) -> bool:
+    return a.sequences == b.sequences and np.allclose(a.scores, b.scores, rtol=1e-5, atol=atol)
+
+
+# On the GPU a request's rows share the decoder step (and the encoder) with other requests, and
+# cuBLAS picks its GEMM kernels by row count, so the float sums behind a score end differently in
+# the last bits: the H100 measured identical tokens for all 48 mixed requests and scores within
+# 4.4e-4 of solo (bench/diag/service_gpu.py; solo CPU vs solo GPU: 8.3e-4). Tokens must be equal.
+GPU_SCORE_ATOL = 2e-3
 
 
 @pytest.fixture(scope="module")
@@ -319,12 +326,12 @@ def test_small_pool_chunks_queues_and_still_equals_solo(tiny, requests_and_solo)
         t5rt.load(tiny[1], backend="ort", device="cpu", max_batch=2).submit(input_ids=[[4, 1]], num_beams=3)
 
 
-def differences(got: list, solo: list, reqs: list[dict]) -> list[str]:
+def differences(got: list, solo: list, reqs: list[dict], atol: float = 1e-5) -> list[str]:
     """Each result unlike solo's: index, the request's options, and whether its tokens or only its
     scores differ (a failure then says which kinds of request go wrong)."""
     out = []
     for i, (g, s) in enumerate(zip(got, solo)):
-        if not same(g, s):
+        if not same(g, s, atol):
             opts = {k: v for k, v in reqs[i].items() if k not in ("input_ids", "attention_mask")}
             what = "tokens" if g.sequences != s.sequences else \
                 f"scores by {np.max(np.abs(np.subtract(g.scores, s.scores))):.1e}"
@@ -344,7 +351,7 @@ def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
                                 range(len(reqs))))
-        bad = differences(got, solo, reqs)
+        bad = differences(got, solo, reqs, GPU_SCORE_ATOL)
         assert not bad, f"{len(bad)} of {len(reqs)} differ from solo:\n" + "\n".join(bad)
         one = [i for i, kw in enumerate(reqs) if len(kw["input_ids"]) == 1][:8]
 
@@ -358,7 +365,7 @@ def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
         for i, chunks in zip(one, res[:len(one)]):
             assert [t for c in chunks for t in c.tokens] == solo[i].sequences[0]
         for i, out in zip(one, res[len(one):]):
-            assert same(out, solo[i])
+            assert same(out, solo[i], GPU_SCORE_ATOL)
         st = r.stats()
         assert st["requests_failed"] == 0 and st["slots_in_use"] == 0
 
