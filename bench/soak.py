@@ -53,10 +53,24 @@ def _rss_mib() -> float:
 
 
 async def soak(target: RuntimeTarget, prepared, rate: float, seconds: float, sample_s: float,
-               check_every: int, log) -> tuple[list, list, list]:
+               check_every: int, log) -> tuple[dict, list, list]:
+    """-> (counts {"requests", "errors", "error_examples"}, memory samples, the re-checked outputs).
+    Only the outputs to re-check are kept: keeping every output would grow this process's own
+    memory by the load (~8 KB a request: the first H100 soak's host RSS growth was that)."""
     rng = random.Random(1)
     start = time.perf_counter()
-    tasks, samples, checked = [], [], []
+    pending: set = set()
+    samples, checked = [], []
+    counts: dict = {"requests": 0, "errors": 0, "error_examples": []}
+
+    def done(task) -> None:
+        pending.discard(task)
+        out = task.result()
+        if out.error:
+            counts["errors"] += 1
+            if len(counts["error_examples"]) < 5:
+                counts["error_examples"].append(out.error)
+
     next_arrival, next_sample, i = start, start, 0
     while True:
         now = time.perf_counter()
@@ -69,15 +83,18 @@ async def soak(target: RuntimeTarget, prepared, rate: float, seconds: float, sam
         if now >= next_arrival:
             req = prepared.requests(1, seed=10_000 + i)[0]
             task = asyncio.ensure_future(target.run(req))
-            tasks.append(task)
+            pending.add(task)
+            task.add_done_callback(done)
             if i % check_every == 0:
-                checked.append(task)
+                checked.append((i, task))
             i += 1
+            counts["requests"] = i
             next_arrival += rng.expovariate(rate)
             continue
         await asyncio.sleep(min(next_arrival, next_sample) - now)
-    outs = await asyncio.gather(*tasks)
-    return outs, samples, [t.result() for t in checked]
+    if pending:
+        await asyncio.gather(*pending)
+    return counts, samples, [(k, t.result()) for k, t in checked]
 
 
 def flat(samples: list[dict], key: str, tolerance: float) -> tuple[bool, float, float]:
@@ -116,28 +133,30 @@ def main() -> int:
                            max_batch=a.max_batch)
     asyncio.run(_warm(target, prepared))
     log(f"[soak] {rate:.2f} req/s for {a.minutes:g} min on {prepared.device}")
-    outs, samples, checked = asyncio.run(soak(target, prepared, rate, a.minutes * 60, a.sample_s,
-                                              a.check_every, log))
+    counts, samples, checked = asyncio.run(soak(target, prepared, rate, a.minutes * 60, a.sample_s,
+                                                a.check_every, log))
     target.close()
 
-    errors = [o.error for o in outs if o.error]
     import t5rt
 
     solo = t5rt.load(str(prepared.export_dir), backend=a.backend, device=prepared.device, inflight=False)
     mismatches = []
-    for o in checked:
+    for k, o in checked:
         if o.error:
             continue
-        want = solo.generate(input_ids=[list(o.req.input_ids)], **o.req.options()).sequences[0]
-        if want != o.sequence:
-            mismatches.append(o.req.id)
+        options = o.req.options()
+        want = solo.generate(input_ids=[list(o.req.input_ids)], **options).sequences[0]
+        if want != o.sequence:  # which request (its index in the soak) and what it asked for
+            at = next((j for j, (x, y) in enumerate(zip(want, o.sequence)) if x != y), min(len(want), len(o.sequence)))
+            mismatches.append(dict(request=k, options=options, first_difference_at=at,
+                                   tokens=len(o.sequence), solo_tokens=len(want)))
     solo.close()
     keys = [k for k in ("device_used_mib", "host_rss_mib") if k in samples[0]]
     mem = {k: flat(samples, k, a.mem_tolerance) for k in keys}
-    ok = not errors and not mismatches and all(v[0] for v in mem.values())
+    ok = not counts["errors"] and not mismatches and all(v[0] for v in mem.values())
     doc = {"machine": describe_machine(prepared.device), "model": prepared.label, "precision": prepared.precision,
-           "rate_rps": rate, "minutes": a.minutes, "requests": len(outs), "errors": len(errors),
-           "error_examples": errors[:5], "rechecked": len(checked), "mismatches": mismatches,
+           "rate_rps": rate, "minutes": a.minutes, "requests": counts["requests"], "errors": counts["errors"],
+           "error_examples": counts["error_examples"], "rechecked": len(checked), "mismatches": mismatches,
            "memory": {k: {"flat": v[0], "first_min_mib": v[1], "last_min_mib": v[2]} for k, v in mem.items()},
            "samples": samples, "ok": ok, "pid": os.getpid()}
     print(json.dumps({k: v for k, v in doc.items() if k != "samples"}, indent=1, default=str))
