@@ -64,8 +64,6 @@ struct T5rtNativeStep {
   i64 words;
   i64 N, d, H, Dk, F, V, T, S, L, R;  // R: largest distance of the bucket table
   i64 act, gated, smem_floats, prefetch;
-  i64 wslot;                          // bytes of one warp's weight-cache slot (0: no cache)
-  i64 attn_warp;                      // attention: 1 = a warp per (row, head), 0 = a block
   double eps, clamp, logit_scale;     // clamp <= 0: off
   u64 ids, position, enc_mask;        // [N] i64, [N] i64, [N, S] i64
   u64 emb, rel_bias, buckets;         // [V, d] A, [NB, H] A, [R + 1] i32
@@ -151,11 +149,6 @@ __device__ __forceinline__ uint4 t5rt_ld_stream(const void* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
   return v;
 }
-__device__ __forceinline__ uint4 t5rt_ldcg16(const void* p) {  // 16 bytes through L2 (written in this launch)
-  uint4 v;
-  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
 __device__ __forceinline__ void t5rt_prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
@@ -173,38 +166,9 @@ __device__ __forceinline__ u32 t5rt_ld_acquire(const u32* p) {
 inline float t5rt_ldcg(const float* p) { return *p; }
 inline unsigned short t5rt_ldcg(const unsigned short* p) { return *p; }
 inline uint4 t5rt_ld_stream(const void* p) { return *(const uint4*)p; }
-inline uint4 t5rt_ldcg16(const void* p) { return *(const uint4*)p; }
 inline void t5rt_prefetch_l2(const void*) {}
 inline i64 t5rt_ld_i64(const i64* p) { return *p; }
 inline u32 t5rt_ld_acquire(const u32* p) { return std::atomic_ref<const u32>(*p).load(std::memory_order_acquire); }
-#endif
-
-// 16 bytes global -> shared without registers (sm_80+: cp.async, completed by t5rt_cp_wait; older
-// GPUs and the host build: a plain copy), grouped per thread by t5rt_cp_commit.
-#ifndef T5RT_HOST_BUILD
-__device__ __forceinline__ void t5rt_cp16(void* dst, const void* src) {
-#if __CUDA_ARCH__ >= 800
-  unsigned long long a;
-  asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"((unsigned)a), "l"(src) : "memory");
-#else
-  *(uint4*)dst = t5rt_ld_stream(src);
-#endif
-}
-__device__ __forceinline__ void t5rt_cp_commit() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-template <int G> __device__ __forceinline__ void t5rt_cp_wait() {  // all but the newest G groups done
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" :: "n"(G) : "memory");
-#endif
-}
-#else
-inline void t5rt_cp16(void* dst, const void* src) { memcpy(dst, src, 16); }
-inline void t5rt_cp_commit() {}
-template <int G> inline void t5rt_cp_wait() {}
 #endif
 
 // widen one 16-byte chunk of weights to floats (4 fp32 or 8 fp16/bf16)
@@ -256,10 +220,6 @@ __device__ __forceinline__ void t5rt_grid_sync(u32* bar, u32& gen) {
 // ---- block helpers ----
 __device__ __forceinline__ float t5rt_warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float t5rt_warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -332,22 +292,15 @@ __device__ __forceinline__ int t5rt_rows_per_pass(const T5rtNativeStep& s, int K
 // The GEMV: for every output row j owned by this warp (j = global warp, step = all warps) and
 // every n < N: y = sum_k W0[j, k] * xs[n, k] (and W1 when TWO), then epi(nbase + n, j, y0, y1).
 // xs: [N, K] fp32 in shared memory. W: [R, K] row-major, element type W.
-// wc: this warp's weight-cache slot (t5rt_wfetch filled it, and the caller waited) or 0: the 16-byte
-// chunk c of the warp's i-th row is at wc + (i * chunks + c) * 16 when that index is < capc (W1's
-// copy capc chunks further on); the rest is read from global memory.
 template <typename W, typename Ch, bool TWO, typename Epi>
 __device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* xs, int N, int nbase, Epi& epi,
-                          int gwarp, int nwarps, const char* wc, int capc) {
+                          int gwarp, int nwarps) {
   const int lane = threadIdx.x & 31;
   const bool vec = (K % Ch::E) == 0 && ((u64)W0 % 16) == 0 && (!TWO || ((u64)W1 % 16) == 0);
   const int chunks = K / Ch::E;
-  if (!vec || wc == 0) capc = 0;
-  for (int j = gwarp, i = 0; j < R; j += nwarps, ++i) {
+  for (int j = gwarp; j < R; j += nwarps) {
     const W* w0 = W0 + (i64)j * K;
     const W* w1 = TWO ? W1 + (i64)j * K : w0;
-    // this row's chunks in the cache slot: the first `left` of them, from wrow
-    const int left = capc - i * chunks;
-    const char* wrow = wc + (i64)i * chunks * 16;
     for (int n0 = 0; n0 < N; n0 += T5RT_NATIVE_NB) {
       float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
 #pragma unroll
@@ -360,13 +313,8 @@ __device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* x
           for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c < chunks) {
-              if (c < left) {  // staged by this very lane (t5rt_wfetch uses the same lane map)
-                r0[u] = *(const uint4*)(wrow + c * 16);
-                if (TWO) r1[u] = *(const uint4*)(wrow + (i64)capc * 16 + c * 16);
-              } else {
-                r0[u] = t5rt_ld_stream(w0 + (i64)c * Ch::E);
-                if (TWO) r1[u] = t5rt_ld_stream(w1 + (i64)c * Ch::E);
-              }
+              r0[u] = t5rt_ld_stream(w0 + (i64)c * Ch::E);
+              if (TWO) r1[u] = t5rt_ld_stream(w1 + (i64)c * Ch::E);
             }
           }
 #pragma unroll
@@ -577,92 +525,6 @@ __device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNati
   }
 }
 
-// ---- the same attention with a warp per (row n, head h), no block barrier (attn_warp = 1) ----
-// Items are dealt to warp 0 of every block first, so a few items still spread over SMs. Scores: a
-// lane per key (its K row read as 16-byte chunks); max and sum: warp shuffles; output: a lane per
-// value dimension. smem: per warp [kmax] weights then [Dk] q.
-template <int A, bool SELF>
-__device__ __noinline__ void t5rt_attend_warp(const T5rtNativeStep& s, const T5rtNativeLayer& ly, const float* q,
-                                              float* out, float* smem) {
-  typedef typename T5rtAct<A>::T AT;
-  typedef typename T5rtChunkOf<A>::type Ch;
-  const int H = (int)s.H, Dk = (int)s.Dk, I = H * Dk, N = (int)s.N;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const int kmax = SELF ? (int)s.T : (int)s.S;
-  float* sc = smem + (i64)warp * (kmax + Dk);  // [kmax]
-  float* qs = sc + kmax;                       // [Dk]
-  const bool vec = Dk % Ch::E == 0;            // K rows in whole 16-byte chunks (buffers are 256-byte aligned)
-  for (int item = blockIdx.x + warp * gridDim.x; item < N * H; item += gridDim.x * nw) {
-    const int n = item / H, h = item - n * H;
-    int nkeys;
-    i64 pos = 0;
-    if (SELF) {
-      pos = t5rt_ld_i64((const i64*)s.position + n);
-      nkeys = pos < 0 ? 0 : (pos >= kmax ? kmax : (int)pos + 1);
-    } else {
-      nkeys = kmax;
-    }
-    const AT* K = (const AT*)(SELF ? ly.self_k : ly.cross_k) + ((i64)n * H + h) * kmax * Dk;
-    const AT* Vv = (const AT*)(SELF ? ly.self_v : ly.cross_v) + ((i64)n * H + h) * kmax * Dk;
-    for (int e = lane; e < Dk; e += 32) qs[e] = t5rt_ldcg(q + (i64)n * I + h * Dk + e);
-    __syncwarp();
-    float mx = -__int_as_float(0x7f800000);
-    for (int t = lane; t < nkeys; t += 32) {
-      float add;
-      if (SELF) {
-        i64 dist = pos - t;
-        dist = dist > s.R ? s.R : dist;
-        const int bucket = ((const int*)s.buckets)[dist];
-        add = t5rt_to_f<A>(((const AT*)s.rel_bias)[(i64)bucket * H + h]);
-      } else {
-        add = ((const i64*)s.enc_mask)[(i64)n * kmax + t] != 0 ? 0.f : -3.4028234663852886e38f;
-      }
-      const AT* kr = K + (i64)t * Dk;
-      float p = 0.f;
-      if (vec) {
-        for (int c = 0; c < Dk / Ch::E; ++c) {
-          float f[Ch::E];
-          Ch::widen(SELF ? t5rt_ldcg16(kr + c * Ch::E) : *(const uint4*)(kr + c * Ch::E), f);
-#pragma unroll
-          for (int e = 0; e < Ch::E; ++e) p += qs[c * Ch::E + e] * f[e];
-        }
-      } else {
-        for (int e = 0; e < Dk; ++e) p += qs[e] * t5rt_to_f<A>(SELF ? t5rt_ldcg(kr + e) : kr[e]);
-      }
-      const float v = p + add;
-      sc[t] = v;
-      mx = fmaxf(mx, v);
-    }
-    mx = t5rt_warp_max(mx);
-    float z = 0.f;
-    for (int t = lane; t < nkeys; t += 32) {
-      const float e = expf(sc[t] - mx);
-      sc[t] = e;
-      z += e;
-    }
-    z = t5rt_warp_sum(z);
-    __syncwarp();  // every lane's weights are in sc
-    for (int e = lane; e < Dk; e += 32) {
-      float acc = 0.f;
-      constexpr int VU = 8;  // value rows in flight per lane
-      for (int t0 = 0; t0 < nkeys; t0 += VU) {
-        float vf[VU];
-#pragma unroll
-        for (int u = 0; u < VU; ++u) {
-          const int t = t0 + u;
-          vf[u] = t < nkeys ? t5rt_to_f<A>(SELF ? t5rt_ldcg(Vv + (i64)t * Dk + e) : Vv[(i64)t * Dk + e]) : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < VU; ++u) {
-          if (t0 + u < nkeys) acc += sc[t0 + u] * vf[u];
-        }
-      }
-      out[(i64)n * I + h * Dk + e] = t5rt_round<A>(acc / z);
-    }
-    __syncwarp();  // sc and qs are reused by this warp's next item
-  }
-}
-
 // ---- L2 prefetch of the weight rows this warp will read in phase `ph` of layer `l` ----
 template <typename W>
 __device__ void t5rt_prefetch_rows(const W* w, int R, int K, int gwarp, int nwarps, int max_rows) {
@@ -699,121 +561,16 @@ __device__ void t5rt_prefetch_phase(const T5rtNativeStep& s, int ph, int l, int 
   }
 }
 
-// ---- the shared-memory weight cache: a phase's weight rows fetched ahead of its GEMV ----
-// Weights never depend on the activations, so their DRAM latency can overlap what comes before
-// the GEMV: the x staging and norm of the same phase (per-phase launches), or the previous phases
-// and the grid barrier (persistent kernel, two slots per warp used alternately).
-struct T5rtPhaseW {
-  const char* w0;  // 0: the phase has no weights (embedding, attention)
-  const char* w1;  // gated FFN's second matrix, or 0
-  int R, K, esz;
-};
-
-template <int A>
-__device__ T5rtPhaseW t5rt_phase_weights(const T5rtNativeStep& s, int ph, int l) {
-  T5rtPhaseW p{0, 0, 0, 0, (int)sizeof(typename T5rtAct<A>::T)};
-  const int d = (int)s.d, I = (int)(s.H * s.Dk), F = (int)s.F;
-  if (ph == T5RT_NATIVE_LM_HEAD) {
-    p.w0 = (const char*)s.lm_head; p.R = (int)s.V; p.K = d; p.esz = 4;
-    return p;
-  }
-  if (l < 0 || l >= s.L) return p;
-  const T5rtNativeLayer* ly = (const T5rtNativeLayer*)s.layers + l;
-  switch (ph) {
-    case T5RT_NATIVE_SELF_QKV: p.w0 = (const char*)ly->qkv; p.R = 3 * I; p.K = d; break;
-    case T5RT_NATIVE_SELF_OUT: p.w0 = (const char*)ly->sa_o; p.R = d; p.K = I; break;
-    case T5RT_NATIVE_CROSS_Q: p.w0 = (const char*)ly->ca_q; p.R = I; p.K = d; break;
-    case T5RT_NATIVE_CROSS_OUT: p.w0 = (const char*)ly->ca_o; p.R = d; p.K = I; break;
-    case T5RT_NATIVE_FFN_IN:
-      p.w0 = (const char*)ly->wi0; p.R = F; p.K = d;
-      if (s.gated) p.w1 = (const char*)ly->wi1;
-      break;
-    case T5RT_NATIVE_FFN_OUT: p.w0 = (const char*)ly->wo; p.R = d; p.K = F; break;
-    default: break;
-  }
-  return p;
-}
-
-// chunks of one matrix a slot holds (0: the phase's weights are not cached)
-__device__ __forceinline__ int t5rt_wcap(const T5rtNativeStep& s, const T5rtPhaseW& p) {
-  if (p.w0 == 0 || s.wslot < 16 || ((i64)p.K * p.esz) % 16 != 0 || (u64)p.w0 % 16 != 0 || (u64)p.w1 % 16 != 0)
-    return 0;
-  return (int)(s.wslot / 16 / (p.w1 ? 2 : 1));
-}
-
-// this warp's slot `buf` (0 or 1) in the dynamic shared memory after the xs region
-__device__ __forceinline__ char* t5rt_wslot(const T5rtNativeStep& s, float* smem, int buf) {
-  const int warps = blockDim.x >> 5;
-  return (char*)(smem + s.smem_floats) + ((i64)buf * warps + (threadIdx.x >> 5)) * s.wslot;
-}
-
-// Start copying the first rows of phase (ph, l) this warp will own into its slot (lane = chunk % 32,
-// the lane that reads the chunk in t5rt_gemv). Always closes one cp.async group per thread (empty
-// when there is nothing to fetch), so that the waits count groups alike in every thread.
-template <int A>
-__device__ void t5rt_wfetch(const T5rtNativeStep& s, int ph, int l, char* slot) {
-  const T5rtPhaseW p = t5rt_phase_weights<A>(s, ph, l);
-  const int capc = t5rt_wcap(s, p);
-  if (capc > 0) {
-    const int lane = threadIdx.x & 31;
-    const int gwarp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int nwarps = gridDim.x * (blockDim.x >> 5);
-    const i64 row = (i64)p.K * p.esz, chunks = row / 16;
-    for (i64 i = 0, j = gwarp; j < p.R && i * chunks < capc; ++i, j += nwarps) {
-      for (i64 c = lane; c < chunks && i * chunks + c < capc; c += 32) {
-        const i64 idx = i * chunks + c;
-        t5rt_cp16(slot + idx * 16, p.w0 + j * row + c * 16);
-        if (p.w1) t5rt_cp16(slot + (capc + idx) * 16, p.w1 + j * row + c * 16);
-      }
-    }
-  }
-  t5rt_cp_commit();
-}
-
-// the projection phase after (ph, l) in step order, as (phase, layer); LM_HEAD after the last layer
-__device__ __forceinline__ void t5rt_next_wphase(const T5rtNativeStep& s, int ph, int l, int* nph, int* nl) {
-  int p2 = ph + 1, l2 = l;
-  if (p2 == T5RT_NATIVE_SELF_ATTN || p2 == T5RT_NATIVE_CROSS_ATTN) ++p2;
-  if (p2 > T5RT_NATIVE_FFN_OUT) { p2 = T5RT_NATIVE_SELF_QKV; ++l2; }
-  if (l2 >= s.L) { p2 = T5RT_NATIVE_LM_HEAD; l2 = 0; }
-  *nph = p2; *nl = l2;
-}
-
-// before a GEMV reads the cache: this thread's copies of the phase done (wmode 2: the newest
-// group, the next phase's, may still be in flight)
-__device__ __forceinline__ void t5rt_wwait(int wmode) {
-  if (wmode == 1) t5rt_cp_wait<0>();
-  else if (wmode == 2) t5rt_cp_wait<1>();
-}
-
 // ---- one phase, executed by every block of the launch ----
-// wmode: 0 = no weight cache; 1 = fetch this phase's weights into slot 0 now (per-phase launch);
-// 2 = persistent kernel: this phase's weights were fetched into slot `wbuf` by the previous
-// projection phase, which fetches the next one's into the other slot before its own GEMV.
 // (not inlined: both drivers call one copy, which halves the compile time of the fatbin)
 template <int A>
-__device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l, float* xs, int wmode, int wbuf) {
+__device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l, float* xs) {
   typedef typename T5rtAct<A>::T AT;
   typedef typename T5rtChunkOf<A>::type Ch;
   const int N = (int)s.N, d = (int)s.d, I = (int)(s.H * s.Dk), F = (int)s.F;
   const int gwarp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int nwarps = gridDim.x * (blockDim.x >> 5);
   float* x = (float*)s.x;
-  // the weight cache of a projection phase (wc = 0: every weight from global memory)
-  const char* wc = 0;
-  int capc = 0;
-  if (wmode != 0 && s.wslot >= 16) {
-    capc = t5rt_wcap(s, t5rt_phase_weights<A>(s, ph, l));
-    char* slot = t5rt_wslot(s, xs, wmode == 1 ? 0 : wbuf);
-    if (wmode == 1 && capc > 0) t5rt_wfetch<A>(s, ph, l, slot);  // overlaps the staging and norm below
-    if (wmode == 2) {  // every projection phase fetches the next one's weights into the other slot
-      int nph, nl;
-      t5rt_next_wphase(s, ph, l, &nph, &nl);
-      if (ph == T5RT_NATIVE_LM_HEAD) t5rt_cp_commit();  // nothing after it: an empty group
-      else t5rt_wfetch<A>(s, nph, nl, t5rt_wslot(s, xs, wbuf ^ 1));
-    }
-    if (capc > 0) wc = slot;
-  }
   if (s.prefetch) {  // the next two phases' weights stream into L2 while this one runs
     for (int k = 1; k <= 2; ++k) {
       int p2 = ph + k, l2 = l;
@@ -838,26 +595,16 @@ __device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, 
     for (int n0 = 0; n0 < N; n0 += rows) {
       const int nc = N - n0 < rows ? N - n0 : rows;
       t5rt_stage_norm<A>(s, x, (const float*)s.final_norm, n0, nc, d, xs, true, (float)s.logit_scale);
-      t5rt_wwait(wmode);
       t5rt_gemv<float, T5rtChunk<float>, false>((const float*)s.lm_head, (const float*)0, (int)s.V, d, xs, nc, n0,
-                                                epi, gwarp, nwarps, wc, capc);
+                                                epi, gwarp, nwarps);
       __syncthreads();
     }
     return;
   }
   const T5rtNativeLayer ly = ((const T5rtNativeLayer*)s.layers)[l];
   const float clamp = (float)s.clamp;
-  if (ph == T5RT_NATIVE_SELF_ATTN || ph == T5RT_NATIVE_CROSS_ATTN) {
-    const bool self = ph == T5RT_NATIVE_SELF_ATTN;
-    if (s.attn_warp) {
-      if (self) t5rt_attend_warp<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs);
-      else t5rt_attend_warp<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs);
-    } else {
-      if (self) t5rt_attend<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs);
-      else t5rt_attend<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs);
-    }
-    return;
-  }
+  if (ph == T5RT_NATIVE_SELF_ATTN) { t5rt_attend<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs); return; }
+  if (ph == T5RT_NATIVE_CROSS_ATTN) { t5rt_attend<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs); return; }
   // the projections: input width K, output rows R, in passes of `rows` rows of x
   int K = d;
   if (ph == T5RT_NATIVE_SELF_OUT || ph == T5RT_NATIVE_CROSS_OUT) K = I;
@@ -870,8 +617,7 @@ __device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, 
         t5rt_stage_norm<A>(s, x, (const AT*)ly.sa_norm, n0, nc, d, xs, false, 1.f);
         T5rtEpiQKV<A> epi{(float*)s.q, (AT*)ly.self_k, (AT*)ly.self_v, (AT*)ly.new_k, (AT*)ly.new_v,
                           (const i64*)s.position, I, (int)s.H, (int)s.Dk, (int)s.T};
-        t5rt_wwait(wmode);
-        t5rt_gemv<AT, Ch, false>((const AT*)ly.qkv, (const AT*)0, 3 * I, d, xs, nc, n0, epi, gwarp, nwarps, wc, capc);
+        t5rt_gemv<AT, Ch, false>((const AT*)ly.qkv, (const AT*)0, 3 * I, d, xs, nc, n0, epi, gwarp, nwarps);
         break;
       }
       case T5RT_NATIVE_SELF_OUT:
@@ -879,32 +625,28 @@ __device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, 
         t5rt_stage_copy((const float*)s.a, n0, nc, I, xs);
         T5rtEpiResidual<A> epi{x, d, clamp};
         const AT* w = (const AT*)(ph == T5RT_NATIVE_SELF_OUT ? ly.sa_o : ly.ca_o);
-        t5rt_wwait(wmode);
-        t5rt_gemv<AT, Ch, false>(w, (const AT*)0, d, I, xs, nc, n0, epi, gwarp, nwarps, wc, capc);
+        t5rt_gemv<AT, Ch, false>(w, (const AT*)0, d, I, xs, nc, n0, epi, gwarp, nwarps);
         break;
       }
       case T5RT_NATIVE_CROSS_Q: {
         t5rt_stage_norm<A>(s, x, (const AT*)ly.ca_norm, n0, nc, d, xs, false, 1.f);
         T5rtEpiStore<A> epi{(float*)s.q, I};
-        t5rt_wwait(wmode);
-        t5rt_gemv<AT, Ch, false>((const AT*)ly.ca_q, (const AT*)0, I, d, xs, nc, n0, epi, gwarp, nwarps, wc, capc);
+        t5rt_gemv<AT, Ch, false>((const AT*)ly.ca_q, (const AT*)0, I, d, xs, nc, n0, epi, gwarp, nwarps);
         break;
       }
       case T5RT_NATIVE_FFN_IN: {
         t5rt_stage_norm<A>(s, x, (const AT*)ly.ff_norm, n0, nc, d, xs, false, 1.f);
         T5rtEpiFFN<A> epi{(float*)s.h, F, (int)s.act, (int)s.gated};
-        t5rt_wwait(wmode);
         if (s.gated)
-          t5rt_gemv<AT, Ch, true>((const AT*)ly.wi0, (const AT*)ly.wi1, F, d, xs, nc, n0, epi, gwarp, nwarps, wc, capc);
+          t5rt_gemv<AT, Ch, true>((const AT*)ly.wi0, (const AT*)ly.wi1, F, d, xs, nc, n0, epi, gwarp, nwarps);
         else
-          t5rt_gemv<AT, Ch, false>((const AT*)ly.wi0, (const AT*)0, F, d, xs, nc, n0, epi, gwarp, nwarps, wc, capc);
+          t5rt_gemv<AT, Ch, false>((const AT*)ly.wi0, (const AT*)0, F, d, xs, nc, n0, epi, gwarp, nwarps);
         break;
       }
       case T5RT_NATIVE_FFN_OUT: {
         t5rt_stage_copy((const float*)s.h, n0, nc, F, xs);
         T5rtEpiResidual<A> epi{x, d, clamp};
-        t5rt_wwait(wmode);
-        t5rt_gemv<AT, Ch, false>((const AT*)ly.wo, (const AT*)0, d, F, xs, nc, n0, epi, gwarp, nwarps, wc, capc);
+        t5rt_gemv<AT, Ch, false>((const AT*)ly.wo, (const AT*)0, d, F, xs, nc, n0, epi, gwarp, nwarps);
         break;
       }
       default: break;
@@ -928,7 +670,7 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
     __shared__ T5rtNativeStep s;                                                                    \
     extern __shared__ __align__(16) float t5rt_native_smem[];                                                     \
     if (!t5rt_load_step(step, &s)) return;                                                          \
-    t5rt_native_phase<A>(s, ph, l, t5rt_native_smem, 1, 0);                                         \
+    t5rt_native_phase<A>(s, ph, l, t5rt_native_smem);                                               \
   }                                                                                                 \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
       t5rt_native_step_##SUFFIX(const T5rtNativeStep* step) {                                       \
@@ -937,21 +679,15 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
     if (!t5rt_load_step(step, &s)) return;                                                          \
     u32* bar = (u32*)s.barrier;                                                                     \
     u32 gen = t5rt_ld_acquire(bar + 1);                                                             \
-    /* the first projection's weights start coming during the embedding; each projection phase */ \
-    /* then fetches the next one's into the other slot (k: projection phases so far) */           \
-    if (s.wslot >= 16) t5rt_wfetch<A>(s, T5RT_NATIVE_SELF_QKV, 0, t5rt_wslot(s, t5rt_native_smem, 0)); \
-    t5rt_native_phase<A>(s, T5RT_NATIVE_EMBED, 0, t5rt_native_smem, 0, 0);                          \
+    t5rt_native_phase<A>(s, T5RT_NATIVE_EMBED, 0, t5rt_native_smem);                                \
     t5rt_grid_sync(bar, gen);                                                                       \
-    int k = 0;                                                                                      \
     for (int l = 0; l < (int)s.L; ++l) {                                                            \
       for (int ph = T5RT_NATIVE_SELF_QKV; ph <= T5RT_NATIVE_FFN_OUT; ++ph) {                        \
-        const bool proj = ph != T5RT_NATIVE_SELF_ATTN && ph != T5RT_NATIVE_CROSS_ATTN;              \
-        t5rt_native_phase<A>(s, ph, l, t5rt_native_smem, proj ? 2 : 0, k & 1);                      \
-        k += proj;                                                                                  \
+        t5rt_native_phase<A>(s, ph, l, t5rt_native_smem);                                           \
         t5rt_grid_sync(bar, gen);                                                                   \
       }                                                                                             \
     }                                                                                               \
-    t5rt_native_phase<A>(s, T5RT_NATIVE_LM_HEAD, 0, t5rt_native_smem, 2, k & 1);                    \
+    t5rt_native_phase<A>(s, T5RT_NATIVE_LM_HEAD, 0, t5rt_native_smem);                              \
   }
 
 T5RT_NATIVE_INSTANTIATE(f32, 0)

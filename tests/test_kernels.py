@@ -694,7 +694,7 @@ def native_state(m, n, s, t, seed):
                 sk=[act(n, H, t, Dk) for _ in range(L)], sv=[act(n, H, t, Dk) for _ in range(L)])
 
 
-def native_step_table(dev, m, st, **table_options):
+def native_step_table(dev, m, st):
     from t5rt.kernels.native import DeviceModel, StepBuffers, StepTable
 
     n = st["ids"].shape[0]
@@ -702,18 +702,16 @@ def native_step_table(dev, m, st, **table_options):
                        encoder_attention_mask=dev.put(st["mask"]), cross_k=[dev.put(c) for c in st["ck"]],
                        cross_v=[dev.put(c) for c in st["cv"]], self_k=[dev.put(c) for c in st["sk"]],
                        self_v=[dev.put(c) for c in st["sv"]], logits=dev.xp.zeros((n, m.vocab), np.float32))
-    return StepTable(DeviceModel(m, dev.launcher), bufs, **table_options)
+    return StepTable(DeviceModel(m, dev.launcher), bufs)
 
 
-@pytest.mark.parametrize("attn", ["block", "warp"])
 @pytest.mark.parametrize("act_dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("shape", list(NATIVE_SHAPES))
-def test_native_phases_match_reference(dev, shape, act_dtype, attn):
+def test_native_phases_match_reference(dev, shape, act_dtype):
     """Each phase of the native step (t5rt_native_phase_<A>) against t5rt.kernels.native_reference
     on the same inputs; the reference's result is put back before the next phase, so every phase
     is checked alone. On the GPU the persistent whole-step kernel (t5rt_native_step_<A>, a grid
-    barrier between phases: not runnable on the host) must then equal the per-phase launches.
-    attn: the attention phases with a block or a warp per (row, head)."""
+    barrier between phases: not runnable on the host) must then equal the per-phase launches."""
     from t5rt.kernels import native_reference as NR
     from t5rt.kernels.native import Phase
     from t5rt.weights import from_storage
@@ -721,8 +719,7 @@ def test_native_phases_match_reference(dev, shape, act_dtype, attn):
     d, H, Dk, F, L, V, gated = NATIVE_SHAPES[shape]
     m = NR.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=1)
     st = native_state(m, 5, 37, 45, seed=2)  # more keys than a warp has lanes
-    warp = attn == "warp"
-    tab = native_step_table(dev, m, st, attn_warp=warp)
+    tab = native_step_table(dev, m, st)
     sk, sv = [c.copy() for c in st["sk"]], [c.copy() for c in st["sv"]]
     f = lambda a: from_storage(dev.get(a), act_dtype)  # noqa: E731
     close = lambda got, ref, what: native_close(dev.get(got), ref, act_dtype, what)  # noqa: E731
@@ -765,24 +762,18 @@ def test_native_phases_match_reference(dev, shape, act_dtype, attn):
     tab.launch_phase(Phase.LM_HEAD)
     close(tab.bufs.logits, NR.lm_head(m, x), "lm_head")
 
-    # the whole step: per-phase launches (and, on the GPU, the persistent kernel) from one state,
-    # without and with the shared-memory weight cache (whole slots, and 48-byte slots that end
-    # inside a weight row): all bit for bit the same
+    # the whole step: per-phase launches (and, on the GPU, the persistent kernel) from one state
     ref = NR.decoder_step(m, st["ids"], st["pos"], st["mask"], st["ck"], st["cv"], [c.copy() for c in st["sk"]],
                           [c.copy() for c in st["sv"]])
     results = []
-    caches = ({"wcache": False}, {"wcache": True}, {"wcache": True, "wslot": 48})
     for run in ("launch_phases",) + (() if dev.host else ("launch",)):
-        for opts in caches:
-            tab2 = native_step_table(dev, m, st, attn_warp=warp, **opts)
-            assert tab2.wslot > 0 or not opts["wcache"]
-            getattr(tab2, run)()
-            results.append(([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v],
-                            f"{run} {opts}"))
-    native_close(results[0][0][0], ref, act_dtype, "whole step")
-    for got, what in results[1:]:
-        for u, v in zip(results[0][0], got):
-            assert np.array_equal(u, v), what
+        tab2 = native_step_table(dev, m, st)
+        getattr(tab2, run)()
+        results.append([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v])
+    native_close(results[0][0], ref, act_dtype, "whole step")
+    for got in results[1:]:
+        for u, v in zip(results[0], got):
+            assert np.array_equal(u, v)
 
 
 HOST_EXEMPT: dict[str, str] = {

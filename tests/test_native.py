@@ -271,10 +271,8 @@ def test_native_generate_matches_hf(exports, shape, beams):
     assert out.sequences == ref
     if beams > 1:
         np.testing.assert_allclose(out.scores, hf.sequences_scores.numpy(), rtol=1e-3, atol=1e-3)
-    # the phase-per-launch fallback, the engine inside the decoding step's CUDA graph, and the
-    # shared-memory weight cache (persistent and per phase) decode the same tokens
-    for opts in (dict(native_persistent=False), dict(graph_engine_step=True), dict(native_weight_cache=True),
-                 dict(native_weight_cache=True, native_persistent=False)):
+    # the phase-per-launch fallback, and the engine inside the decoding step's CUDA graph, decode the same tokens
+    for opts in (dict(native_persistent=False), dict(graph_engine_step=True)):
         rt2 = t5rt.load(d, backend="native", device="cuda", **opts)
         assert rt2.generate(input_ids=ids, attention_mask=mask, **kw).sequences == ref, opts
 

@@ -9,12 +9,6 @@ Random weights of the real shapes (t5rt.kernels.native_reference.random_model), 
   step (persistent): the whole step as one launch (grid barrier between phases; the L2 prefetch
     of the next phases' weights is off by default: slower on the H100, 986 vs 871 us t5-base bf16);
   step (per-phase launches): the same step as 2 + 8L launches;
-  ... smem weights: the same with the shared-memory weight cache (StepTable(wcache=True): each
-    warp's first weight rows of a projection phase copied to shared memory by cp.async ahead of
-    its GEMV; per-phase launches overlap them with the x staging, the persistent kernel with the
-    phase before); "phase X (smem weights)" is one projection phase launched alone with it;
-  ... warp attention: the attention phases with a warp per (row, head) instead of a block
-    (StepTable(attn_warp=True)), alone ("phase self_attn (warp)") and in the whole step;
   step + argmax: the persistent step and greedy's token choice, one CUDA graph (per decoder step).
 Floor: the bytes a phase must read (weights, attention K/V rows) over peak HBM bandwidth.
 """
@@ -58,7 +52,7 @@ def make_table(name: str, act_dtype: str, n: int, dev=None):
         cross_k=[act(n, h, S, dk) for _ in range(layers)], cross_v=[act(n, h, S, dk) for _ in range(layers)],
         self_k=[act(n, h, T, dk) for _ in range(layers)], self_v=[act(n, h, T, dk) for _ in range(layers)],
         logits=cp.zeros((n, V), cp.float32))
-    return m, StepTable(dev, bufs, wcache=False)
+    return m, StepTable(dev, bufs)
 
 
 def phase_bytes(m, ph: Phase, n: int) -> int:
@@ -96,47 +90,21 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                         rows.append(Row(f"phase {ph.name.lower()}", tag, us, phase_bytes(m, ph, n)))
                         records.append(dict(model=name, dtype=act_dtype, n=n, kernel=f"phase {ph.name.lower()}", us=us,
                                             bytes=phase_bytes(m, ph, n)))
-                    cached = StepTable(tab.dev, tab.bufs, wcache=True)
-                    for ph in (*LAYER_PHASES, Phase.LM_HEAD):
-                        if ph in (Phase.SELF_ATTN, Phase.CROSS_ATTN):
-                            continue
-                        label = f"phase {ph.name.lower()} (smem weights)"
-                        us = time_device(lambda: cached.launch_phase(ph, 0))
-                        rows.append(Row(label, tag, us, phase_bytes(m, ph, n)))
-                        records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us,
-                                            bytes=phase_bytes(m, ph, n), wslot=cached.wslot))
-                    cached = None
-                    wa = StepTable(tab.dev, tab.bufs, wcache=False, attn_warp=True)
-                    for ph in (Phase.SELF_ATTN, Phase.CROSS_ATTN):
-                        label = f"phase {ph.name.lower()} (warp)"
-                        us = time_device(lambda: wa.launch_phase(ph, 0))
-                        rows.append(Row(label, tag, us, phase_bytes(m, ph, n)))
-                        records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us,
-                                            bytes=phase_bytes(m, ph, n)))
-                    wa = None
                 tokens = cp.empty((n,), cp.int64)
                 from t5rt.kernels.native import StepTable
 
-                with_prefetch = StepTable(tab.dev, tab.bufs, prefetch=True, wcache=False)
-                wc = StepTable(tab.dev, tab.bufs, wcache=True)
-                wa = StepTable(tab.dev, tab.bufs, wcache=False, attn_warp=True)
-                both = StepTable(tab.dev, tab.bufs, wcache=True, attn_warp=True)
+                with_prefetch = StepTable(tab.dev, tab.bufs, prefetch=True)
                 variants = {
                     "step (persistent)": tab.launch,
                     "step (persistent, L2 prefetch)": with_prefetch.launch,
-                    f"step (persistent, smem weights {wc.wslot} B/warp)": wc.launch,
                     "step (per-phase launches)": tab.launch_phases,
-                    "step (per-phase, smem weights)": wc.launch_phases,
-                    "step (persistent, warp attention)": wa.launch,
-                    "step (persistent, smem weights + warp attention)": both.launch,
-                    "step (per-phase, smem weights + warp attention)": both.launch_phases,
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }
                 for label, fn in variants.items():
                     us = time_device(fn, reps=10, iters=30)
                     rows.append(Row(label, tag, us, step_bytes))
                     records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us, bytes=step_bytes))
-                tab = m = with_prefetch = wc = wa = both = None
+                tab = m = with_prefetch = None
             dev = None
             cp.get_default_memory_pool().free_all_blocks()
     return rows, records

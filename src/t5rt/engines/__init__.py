@@ -60,8 +60,7 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
         from .native import NativeSession
 
         sessions = _ort_encoder_sessions(m, device, options)
-        sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", True),
-                                                 weight_cache=getattr(options, "native_weight_cache", None))
+        sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", True))
     if backend == "ort":
         from .ort import OrtSession
 

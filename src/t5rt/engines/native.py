@@ -67,11 +67,9 @@ def load_model(m: Manifest) -> Any:
 class NativeSession:
     """The decoder step of one export on the GPU; makes one NativeEngine per bucket."""
 
-    def __init__(self, m: Manifest, device: Any, persistent: bool = True, launcher: Any = None,
-                 weight_cache: bool | None = None):
+    def __init__(self, m: Manifest, device: Any, persistent: bool = True, launcher: Any = None):
         """launcher: None (the CUDA kernels) or t5rt.kernels.host.HostKernels (CPU tests: the same
-        kernels built as host C++ over numpy buffers, one launch per phase). weight_cache: the
-        kernels' shared-memory weight cache (None: t5rt.kernels.native.WCACHE)."""
+        kernels built as host C++ over numpy buffers, one launch per phase)."""
         from ..kernels import load as load_kernels
         from ..kernels.native import DeviceModel, unsupported_reason as kernel_reason
 
@@ -83,7 +81,6 @@ class NativeSession:
         self.spec = m.graphs["decoder_step"]
         self.device = device
         self.persistent = persistent and launcher is None  # the host build has no grid barrier
-        self.weight_cache = weight_cache
         model = load_model(m)
         if why := kernel_reason(model):
             raise BackendError(f"backend='native' cannot run this export: {why}")
@@ -152,8 +149,7 @@ class NativeEngine:
                 logits=self._bound[("logits", -1)],
                 new_k=None if _unbound(new_k) else new_k, new_v=None if _unbound(new_v) else new_v)
             with self._s.device.use():
-                wc = self._s.weight_cache
-                self._table = StepTable(self._s.model, bufs, **({} if wc is None else {"wcache": wc}))
+                self._table = StepTable(self._s.model, bufs)
         return self._table
 
     def run(self) -> None:

@@ -50,19 +50,13 @@ class Act(enum.IntEnum):
 
 
 THREADS = 512  # T5RT_NATIVE_THREADS
-WARPS = THREADS // 32
-# the shared-memory weight cache (StepTable(wcache=)): bytes per warp slot, two slots per warp
-WSLOT_MAX, WSLOT_MIN = 8192, 256
-WCACHE = False  # default until an H100 run shows it faster (bench/kernels/native_step.py)
-ATTN_WARP = False  # attention with a warp per (row, head) instead of a block (default until measured)
 ACT_NAMES = {"relu": Act.RELU, "gelu_new": Act.GELU_NEW, "gelu_pytorch_tanh": Act.GELU_NEW, "gelu": Act.GELU,
              "silu": Act.SILU, "swish": Act.SILU}
 SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 KERNEL_NAMES: tuple[str, ...] = tuple(f"t5rt_native_{k}_{s}" for k in ("step", "phase") for s in SUFFIX.values())
 
 # Field order of struct T5rtNativeStep / T5rtNativeLayer (8 bytes each).
-STEP_INTS = ("words", "N", "d", "H", "Dk", "F", "V", "T", "S", "L", "R", "act", "gated", "smem_floats", "prefetch",
-             "wslot", "attn_warp")
+STEP_INTS = ("words", "N", "d", "H", "Dk", "F", "V", "T", "S", "L", "R", "act", "gated", "smem_floats", "prefetch")
 STEP_FLOATS = ("eps", "clamp", "logit_scale")
 STEP_PTRS = ("ids", "position", "enc_mask", "emb", "rel_bias", "buckets", "final_norm", "lm_head", "logits",
              "x", "q", "a", "h", "barrier", "layers")
@@ -271,15 +265,7 @@ class StepBuffers:
 class StepTable:
     """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
 
-    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False, wcache: bool = WCACHE,
-                 wslot: int | None = None, attn_warp: bool = ATTN_WARP):
-        """prefetch: the persistent kernel streams the next phases' weights into L2 (measured slower
-        on the H100: off). wcache: each warp copies its first weight rows of a projection phase into
-        shared memory ahead of the GEMV (cp.async): in a per-phase launch while x is staged and
-        normalised, in the persistent kernel one projection phase ahead (two slots per warp).
-        wslot: the slot's bytes instead of what the shared memory allows (tests: slots that end
-        inside a weight row). attn_warp: attention with a warp per (row, head), no block barrier
-        (a block per (row, head) otherwise)."""
+    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False):
         cp = dev.launcher.xp  # cupy, or numpy on the host build
         m = dev.model
         self.dev, self.bufs = dev, bufs
@@ -295,23 +281,11 @@ class StepTable:
         self.barrier = cp.zeros((2,), cp.uint32)
         kmax = max(m.d, I, m.d_ff)
         attn = m.d_kv + max(t, s) + THREADS + 32
-        if attn_warp:  # per warp: its weights [max(t, s)] and q [d_kv]
-            attn = max(attn, WARPS * (max(t, s) + m.d_kv))
-        cap = (dev.smem_optin - 8 * 1024) // 16 * 4  # floats, leaving room for the static shared memory
+        cap = (dev.smem_optin - 8 * 1024) // 4  # leave room for the static shared memory
         if attn > cap:
             raise InvalidInputError(f"attention over {max(t, s)} keys needs {attn * 4} bytes of shared memory, "
                                     f"more than the GPU's {cap * 4}; use a shorter max length")
-        need = max(attn, kmax)  # attention's scratch; one row of x at the widest K
-        xs = min(-(-max(n * kmax, need) // 4) * 4, cap)  # x rows staged per pass; 16-byte aligned end
-        self.wslot = 0
-        if wcache:  # x gets at most half of the shared memory (or `need`), the weight slots the rest
-            xs = min(xs, max(-(-need // 4) * 4, cap // 8 * 4))
-            self.wslot = min(WSLOT_MAX, (cap - xs) * 4 // (2 * WARPS)) // 16 * 16
-            if wslot is not None:
-                self.wslot = min(self.wslot, int(wslot) // 16 * 16)
-            if self.wslot < 16 or (wslot is None and self.wslot < WSLOT_MIN):
-                self.wslot = 0
-        self.smem_floats = int(xs)
+        self.smem_floats = int(min(max(n * kmax, attn, kmax), cap))
         layer_rows = []
         for l, w in enumerate(dev.layers):
             vals = [_ptr(w[k]) for k in LAYER_WEIGHTS]
@@ -323,7 +297,7 @@ class StepTable:
         self.layer_table = cp.asarray(np.array(layer_rows, np.uint64).reshape(L, len(LAYER_WEIGHTS) + len(LAYER_BUFFERS)))
         ints = dict(words=STEP_WORDS, N=n, d=m.d, H=m.heads, Dk=m.d_kv, F=m.d_ff, V=m.vocab, T=t, S=s, L=L,
                     R=m.radius, act=int(m.act), gated=int(m.gated), smem_floats=self.smem_floats,
-                    prefetch=int(prefetch), wslot=self.wslot, attn_warp=int(attn_warp))
+                    prefetch=int(prefetch))
         floats = dict(eps=m.eps, clamp=m.clamp, logit_scale=m.logit_scale)
         ptrs = dict(ids=_ptr(bufs.input_ids), position=_ptr(bufs.position), enc_mask=_ptr(bufs.encoder_attention_mask),
                     emb=_ptr(dev.emb), rel_bias=_ptr(dev.rel_bias), buckets=_ptr(dev.buckets),
@@ -344,7 +318,7 @@ class StepTable:
         self.table = cp.asarray(words)
         self.grid = (dev.sms,)
         self.block = (THREADS,)
-        self.smem_bytes = self.smem_floats * 4 + 2 * WARPS * self.wslot
+        self.smem_bytes = self.smem_floats * 4
         sfx = SUFFIX[m.act_dtype]
         self._step, self._phase = f"t5rt_native_step_{sfx}", f"t5rt_native_phase_{sfx}"
         self.launcher = dev.launcher

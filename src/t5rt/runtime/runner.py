@@ -58,11 +58,6 @@ class RuntimeOptions:
     # backend="native": the whole decoder step as one persistent kernel (grid barrier between
     # phases); False launches one kernel per phase (same results, slower; a fallback)
     native_persistent: bool = True
-    # backend="native": each warp copies its first weight rows of a projection phase into shared
-    # memory ahead of the GEMV (cp.async), overlapping their DRAM latency with the x staging and
-    # norm, and in the persistent kernel with the phase before. Same results bit for bit. None:
-    # t5rt.kernels.native.WCACHE (off until measured faster on the H100).
-    native_weight_cache: bool | None = None
     # CUDA: an engine that can be captured (backend="native") runs inside the decoding step's CUDA
     # graph, so a step is one graph launch. Off until its GPU test has run (written without a GPU:
     # tests/test_native.py::test_native_generate_matches_hf covers it)
