@@ -49,6 +49,7 @@ stage bench ${T_BENCH:-150} python -m t5rt.bench --model t5-small --precision bf
 stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precision bf16 --rates ${RATES:-25,50,100,200,400} \
     --duration ${LOAD_S:-5} --drain 20 --calibrate 12 --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
     --backend ${LOAD_BACKEND:-auto} --json "$LOGS/load.json" --plot "$OUT/load.png"
-stage soak ${T_SOAK:-300} python bench/soak.py --saturation ${SATURATION:-100} --minutes ${SOAK_MIN:-4} --json "$LOGS/soak.json"
+stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
+    --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json"
 stage wheel ${T_WHEEL:-90} env OUT="$LOGS" bash bench/h100_tables.sh wheel
 echo "== total $(( $(date +%s) - t0 ))s"
