@@ -7,8 +7,9 @@ runtime's stream and each writes its temporaries before it reads them, so the bl
 graph used can serve the next capture. Hence the rule for `fn`: it must not keep an array it
 allocates (its block could be another graph's temporary); state lives in buffers allocated before
 the capture (the runtimes run step 0 eagerly, which also makes lazily allocated scratch eager).
-A pool of its own per graph leaked: device memory grew by ~200 KB a request over an 8-minute H100
-soak (bench/results/h100-service-2026-12-07.md).
+With a pool of its own per graph, device memory outside cupy's default pool grew by ~200 KB a
+request over an 8-minute H100 soak (bench/results/h100-service-2026-12-07.md); those pools are the
+likely cause (the shared pool has not been soaked on a GPU yet).
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ class Device:
             self.stream = cupy.cuda.Stream(non_blocking=True)
             # The memory every captured graph's temporaries come from (runtime/cuda_graph.py): one
             # pool for all of them, so a graph that is dropped leaves its blocks to the next capture
-            # instead of a pool of its own (a pool per graph grew device memory by ~200 KB a request
-            # in the H100 soak).
+            # instead of a pool of its own (with a pool per graph, device memory grew ~200 KB a
+            # request in the H100 soak).
             self.graph_pool = cupy.cuda.MemoryPool()
         else:
             self.xp = np
