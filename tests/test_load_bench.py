@@ -113,5 +113,5 @@ def test_open_loop_inflight_gives_the_serial_runtimes_tokens(load_run):
         assert all(o.tokens == o.req.new_tokens and o.ttft is not None and o.ttft <= o.latency for o in outs)
         got[inflight] = {o.req.id: o.sequence for o in outs}
         if inflight:
-            assert row["rows_per_step"] > 2 and row["host_s_per_step"] > 0
+            assert row["rows_per_step"] > 2 and row["host_s_per_step"] > 0 and row["join_s_per_step"] > 0
     assert got[True] == got[False]

@@ -122,8 +122,10 @@ class InflightExecutor:
         # every array op below runs on the runtime's stream (CUDA: the legacy default stream
         # would not be ordered with it)
         with self.dev.use():
-            self._drop(time.perf_counter())
+            t0 = time.perf_counter()
+            self._drop(t0)
             self._join()
+            self.stats.joined(time.perf_counter() - t0)
             for pool in list(self.pools.values()):
                 members = [m for m in self.active if m.pool is pool]
                 if members:

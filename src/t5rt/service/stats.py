@@ -4,7 +4,9 @@ read as one snapshot (`Runtime.stats()`) from any thread.
 host_s_per_step: host time a scheduler step takes to issue one pool's decoder step and its
 decoding work (waiting on the device excluded); engine_s_per_step: the part spent in the engine
 call (on the CPU that is the engine's compute; on CUDA only its launch), so on the CPU
-host - engine is the scheduler's own overhead per step."""
+host - engine is the scheduler's own overhead per step. join_s_per_step: host time the in-flight
+scheduler spends letting requests in and out between steps (cancellations, encoder launches, new
+members' decoding state), per decoder step: not part of host_s_per_step."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class ServiceStats:
         self.row_steps = 0         # occupied rows summed over steps
         self.host_step_s = 0.0     # host time issuing steps (excl. waiting on the device)
         self.engine_step_s = 0.0   # of which in the decoder-step engine call (CPU: its compute)
+        self.join_s = 0.0          # in-flight: host time admitting / dropping between steps
         self._token_times: deque[tuple[float, int]] = deque()
         self._ttft: deque[float] = deque(maxlen=TTFT_KEEP)
 
@@ -62,6 +65,10 @@ class ServiceStats:
             self.host_step_s += host_s
             self.engine_step_s += engine_s
 
+    def joined(self, host_s: float) -> None:
+        with self._lock:
+            self.join_s += host_s
+
     def _trim(self, now: float) -> None:
         while self._token_times and self._token_times[0][0] < now - WINDOW_S:
             self._token_times.popleft()
@@ -85,5 +92,6 @@ class ServiceStats:
                 mean_rows_per_step=self.row_steps / self.steps if self.steps else 0.0,
                 host_s_per_step=self.host_step_s / self.steps if self.steps else 0.0,
                 engine_s_per_step=self.engine_step_s / self.steps if self.steps else 0.0,
+                join_s_per_step=self.join_s / self.steps if self.steps else 0.0,
             )
         return d

@@ -95,8 +95,9 @@ def summarize(system: str, rate: float, outs: list[Outcome], sent: int, elapsed:
         host = after["host_s_per_step"] * after["steps"] - before["host_s_per_step"] * before["steps"]
         eng = after["engine_s_per_step"] * after["steps"] - before["engine_s_per_step"] * before["steps"]
         rows = after["mean_rows_per_step"] * after["steps"] - before["mean_rows_per_step"] * before["steps"]
+        join = after.get("join_s_per_step", 0.0) * after["steps"] - before.get("join_s_per_step", 0.0) * before["steps"]
         row.update(host_s_per_step=host / steps, engine_s_per_step=eng / steps, rows_per_step=rows / steps,
-                   steps=steps)
+                   join_s_per_step=join / steps, steps=steps)
     return row
 
 
