@@ -47,7 +47,7 @@ stage diag ${T_DIAG:-120} python bench/diag/service_gpu.py
 stage bench ${T_BENCH:-150} python -m t5rt.bench --model t5-small --precision bf16 --batch-sizes 1,32 --beams 1,4 \
     --peers ${PEERS:-hf} --runs 5 --cache-dir /tmp/t5rt-bench --json "$LOGS/bench.json"
 stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precision bf16 --rates ${RATES:-25,50,100,200,400} \
-    --duration ${LOAD_S:-5} --drain 20 --calibrate 12 --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
+    --duration ${LOAD_S:-5} --drain 20 --calibrate ${CALIBRATE:-24} --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
     --backend ${LOAD_BACKEND:-auto} --json "$LOGS/load.json" --plot "$OUT/load.png"
 stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
     --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json"
