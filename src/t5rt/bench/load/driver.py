@@ -92,12 +92,13 @@ def summarize(system: str, rate: float, outs: list[Outcome], sent: int, elapsed:
         row["slowdown_p50"], row["slowdown_p99"] = _pct(ratios, 50), _pct(ratios, 99)
     if before is not None and after is not None and after.get("steps", 0) > before.get("steps", 0):
         steps = after["steps"] - before["steps"]
-        host = after["host_s_per_step"] * after["steps"] - before["host_s_per_step"] * before["steps"]
-        eng = after["engine_s_per_step"] * after["steps"] - before["engine_s_per_step"] * before["steps"]
-        rows = after["mean_rows_per_step"] * after["steps"] - before["mean_rows_per_step"] * before["steps"]
-        join = after.get("join_s_per_step", 0.0) * after["steps"] - before.get("join_s_per_step", 0.0) * before["steps"]
-        row.update(host_s_per_step=host / steps, engine_s_per_step=eng / steps, rows_per_step=rows / steps,
-                   join_s_per_step=join / steps, steps=steps)
+
+        def per_step(key: str) -> float:  # this run's mean of a runtime-wide per-step mean
+            return (after[key] * after["steps"] - before[key] * before["steps"]) / steps
+
+        row.update(host_s_per_step=per_step("host_s_per_step"), engine_s_per_step=per_step("engine_s_per_step"),
+                   rows_per_step=per_step("mean_rows_per_step"), join_s_per_step=per_step("join_s_per_step"),
+                   steps=steps)
     return row
 
 
