@@ -35,15 +35,11 @@ __device__ __forceinline__ T5rtSoftArg t5rt_softarg_merge(T5rtSoftArg a, T5rtSof
   return r;
 }
 
-extern "C" __global__ void __launch_bounds__(T5RT_ARGMAX_THREADS)
-t5rt_argmax_logsumexp(const float* logits,  // [N, row_stride] fp32, first V used
-                      i64 row_stride, int V,
-                      i64* out,             // [N] int64 argmax
-                      float* row_max,       // [N]
-                      float* row_logsum) {  // [N]
+// One row's (max, sum of exp(x - max), first argmax), called by every thread of the block; the
+// result is valid in thread 0 (t5rt_argmax_logsumexp, and t5rt_pool_step in sampling_pool.cu).
+__device__ T5rtSoftArg t5rt_softarg_row(const float* x, int V) {
   __shared__ float sm[32], ss[32];
   __shared__ int si[32];
-  const float* x = logits + (i64)blockIdx.x * row_stride;
   const int bd = blockDim.x;
   T5rtSoftArg a;
   a.m = -__int_as_float(0x7f800000);
@@ -79,7 +75,20 @@ t5rt_argmax_logsumexp(const float* logits,  // [N, row_stride] fp32, first V use
       b.i = si[w];
       a = t5rt_softarg_merge(a, b);
     }
-    out[blockIdx.x] = a.i == 0x7fffffff ? 0 : a.i;
+    if (a.i == 0x7fffffff) a.i = 0;
+  }
+  return a;
+}
+
+extern "C" __global__ void __launch_bounds__(T5RT_ARGMAX_THREADS)
+t5rt_argmax_logsumexp(const float* logits,  // [N, row_stride] fp32, first V used
+                      i64 row_stride, int V,
+                      i64* out,             // [N] int64 argmax
+                      float* row_max,       // [N]
+                      float* row_logsum) {  // [N]
+  const T5rtSoftArg a = t5rt_softarg_row(logits + (i64)blockIdx.x * row_stride, V);
+  if (threadIdx.x == 0) {
+    out[blockIdx.x] = a.i;
     row_max[blockIdx.x] = a.m;
     row_logsum[blockIdx.x] = logf(a.s);
   }

@@ -657,6 +657,77 @@ def test_min_new_tokens_matches_reference(dev, step, min_new):
     np.testing.assert_array_equal(dev.get(out), want[:, :v])
 
 
+# row: (mode, temperature, top_k, top_p, seed, rng_row, max_new, min_new); mode 0 = idle
+POOL_ROWS = [(1, 1.0, 0, 1.0, 0, 0, 6, 2), (2, 0.8, 5, 0.9, 7, 0, 6, 0), (0, 1.0, 0, 1.0, 0, 0, 0, 0),
+             (1, 1.0, 0, 1.0, 0, 0, 3, 0), (2, 1.0, 0, 1.0, 11, 2, 5, 4), (2, 1.3, 0, 0.5, 3, 1, 6, 1)]
+
+
+def _solo_row_state(max_new):
+    history = np.full((1, max_new + 1), PAD, dtype=np.int64)
+    history[:, 0] = START
+    return dict(history=history, tokens=np.full(1, START, dtype=np.int64), unfinished=np.ones(1, dtype=bool),
+                seq_logprob=np.zeros(1, dtype=np.float32), token_logprob=np.zeros((1, max_new + 1), dtype=np.float32),
+                step_counter=np.array(0, dtype=np.int64), done=np.array(False))
+
+
+def test_pool_step_matches_solo_kernels_and_reference(dev):
+    """Every row of a pool (greedy, sampling with its own options, idle) decodes exactly as the
+    solo strategy's kernels do on that row alone (bit for bit: tokens and summed log-probs), and
+    as the NumPy reference (tokens; log-probs within float error)."""
+    g = np.random.default_rng(5)
+    C, W, v = len(POOL_ROWS), 8, dev.cap(300)
+    ids, pos = dev.put(np.zeros(C, dtype=np.int64)), dev.put(np.zeros(C, dtype=np.int64))
+    st = K.PoolState(C, W, ids, pos, launcher=dev.launcher)
+    upd = np.stack([K.pool_update_row(r, mode=m, temperature=tp, top_k=k, top_p=p, seed=sd, rng_row=rr,
+                                      max_new=mx, min_new=mn, vocab_size=v)
+                    for r, (m, tp, k, p, sd, rr, mx, mn) in enumerate(POOL_ROWS)])
+    names = ("mode", "top_k", "temperature", "top_p", "seed", "rng_row", "max_new", "min_new", "history",
+             "token_logprob", "unfinished", "seq_logprob", "input_ids", "position")
+    ref = {k: dev.get(getattr(st, k)).copy() for k in names}
+    K.pool_set(st, dev.put(upd), pad=PAD, start=START)
+    ref = R.pool_set(ref, upd, pad=PAD, start=START)
+    solo = {r: _put_state(dev, _solo_row_state(row[6])) for r, row in enumerate(POOL_ROWS) if row[0]}
+    seeds = {r: dev.put([row[4]], dtype=np.uint64) for r, row in enumerate(POOL_ROWS)}
+    for step in range(7):
+        scores = (g.standard_normal((C, v)) * 2).astype(np.float32)
+        scores[:, EOS] += 1.5  # rows finish at different steps
+        d_scores = dev.put(scores)
+        K.pool_step(st, d_scores, C, eos=EOS)
+        ref, masked = R.pool_step(ref, scores, C, eos=EOS)
+        for k in ("history", "unfinished", "position", "input_ids"):
+            np.testing.assert_array_equal(dev.get(getattr(st, k)), ref[k], err_msg=f"{k} after step {step}")
+        np.testing.assert_allclose(dev.get(st.seq_logprob), ref["seq_logprob"], rtol=0, atol=2e-4)
+        for r, d in solo.items():  # the solo kernels on row r alone
+            m, tp, k, p, _, rr, mx, mn = POOL_ROWS[r]
+            if bool(dev.get(d["done"])):
+                continue
+            row = dev.put(scores[r:r + 1])
+            K.min_new_tokens(row, d["step_counter"], mn, EOS, launcher=dev.launcher)
+            nxt = dev.put(np.zeros(1, dtype=np.int64))
+            kw = {}
+            if m == 1:
+                _, kw["row_max"], kw["row_logsum"] = K.argmax_logsumexp(row, out=nxt, launcher=dev.launcher)
+                kw["scores"] = row
+            else:
+                _, kw["logprob"] = K.sample_logprob(row, seeds[r], d["step_counter"], K.SampleOptions(tp, k, p),
+                                                    row_offset=rr, out=nxt, launcher=dev.launcher)
+            K.sample_update(nxt, d["history"], d["tokens"], d["unfinished"], d["seq_logprob"], d["step_counter"],
+                            d["done"], pad=PAD, eos=EOS, token_logprob=d["token_logprob"], launcher=dev.launcher, **kw)
+        for r, d in solo.items():
+            t = int(dev.get(d["step_counter"]))
+            assert int(dev.get(st.position)[r]) == t, (r, step)
+            np.testing.assert_array_equal(dev.get(st.history)[r, :t + 1], dev.get(d["history"])[0, :t + 1])
+            assert dev.get(st.seq_logprob)[r] == dev.get(d["seq_logprob"])[0], (r, step)  # bit for bit
+            np.testing.assert_array_equal(dev.get(st.token_logprob)[r, :t + 1], dev.get(d["token_logprob"])[0, :t + 1])
+    assert dev.get(st.position)[2] == 0 and not dev.get(st.unfinished).any()  # idle row untouched; all done
+    leave = np.stack([K.pool_update_row(0, mode=0), K.pool_update_row(3, mode=1, max_new=2)])
+    K.pool_set(st, dev.put(leave), pad=PAD, start=START)
+    ref = R.pool_set(ref, leave, pad=PAD, start=START)
+    for k in names:
+        np.testing.assert_allclose(dev.get(getattr(st, k)), ref[k], rtol=0, atol=2e-4, err_msg=k)
+    assert dev.get(st.mode)[0] == 0 and dev.get(st.position)[3] == 0 and dev.get(st.unfinished)[3]
+
+
 def test_abi_kernel_launches(dev):
     dev.launcher.launch(f"t5rt_abi_{K.ABI}", (1,), (1,), ())
 

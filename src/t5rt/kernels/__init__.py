@@ -61,7 +61,7 @@ DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin
 NVRTC_OPTIONS = ("--std=c++17",)
 
 # Mirrors T5RT_KERNELS_ABI in kernels/t5rt_kernels.cuh (a build lacking t5rt_abi_<ABI> is refused).
-ABI = 2
+ABI = 3
 
 
 class Geometry(enum.IntEnum):
@@ -93,17 +93,17 @@ KERNEL_NAMES: tuple[str, ...] = tuple(
     [f"t5rt_{op}_{s}" for op in ("kv_write", "beam_gather", "beam_scatter") for s in _UNIT_SUFFIX.values()]
     + ["t5rt_topk_topp_sample", "t5rt_sample_logprob", "t5rt_argmax_rows", "t5rt_argmax_logsumexp", "t5rt_topk_partial", "t5rt_topk_merge",
        "t5rt_row_logsumexp", "t5rt_dec_sample_update", "t5rt_dec_beam_update", "t5rt_dec_min_new_tokens",
-       f"t5rt_abi_{ABI}"]
+       "t5rt_pool_set", "t5rt_pool_step", f"t5rt_abi_{ABI}"]
     # the native decoder step (kernels/native_decoder.cu; wrappers in t5rt.kernels.native)
     + [f"t5rt_native_{k}_{s}" for k in ("step", "phase") for s in ("f32", "f16", "bf16")]
 )
 
 __all__ = [
     "ABI", "BeamUpdateWorkspace", "CopyUnit", "CudaLauncher", "Geometry", "KERNEL_NAMES", "Launcher",
-    "PointerTable", "SampleOptions", "TopKWorkspace",
+    "PointerTable", "PoolField", "PoolState", "SampleOptions", "TopKWorkspace",
     "argmax_logsumexp", "argmax_rows", "beam_reorder", "beam_step", "beam_topk", "beam_update",
     "cuda_launcher", "fatbin_path", "get_function", "kernel_sources", "kv_write", "load",
-    "min_new_tokens", "nvrtc_source", "reorder_scratch", "row_logsumexp", "sample_logprob",
+    "min_new_tokens", "nvrtc_source", "pool_set", "pool_step", "pool_update_row", "reorder_scratch", "row_logsumexp", "sample_logprob",
     "sample_update", "source", "topk_topp_sample",
 ]
 
@@ -806,3 +806,110 @@ def min_new_tokens(scores: Any, step_counter: Any, min_new: int, eos: int,
     launcher.launch("t5rt_dec_min_new_tokens", (_grid_1d(rows, threads),), (threads,),
                     (scores, np.int64(stride), np.int32(rows), np.int64(eos), step_counter, np.int64(min_new)))
     return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# In-flight slot pools: every single-row greedy / sampling request of a pool in one launch
+# ----------------------------------------------------------------------------------------------
+
+
+class PoolField(enum.IntEnum):
+    """Columns of pool_set's update rows; mirrors `enum T5rtPoolField` (kernels/sampling_pool.cu)."""
+
+    ROW = 0
+    MODE = 1
+    TOP_K = 2
+    SEED = 3
+    RNG_ROW = 4
+    MAX_NEW = 5
+    MIN_NEW = 6
+    TEMPERATURE = 7
+    TOP_P = 8
+    FIELDS = 9
+
+
+class PoolState:
+    """The per-row decoding state of a slot pool's pooled rows (kernels/sampling_pool.cu).
+
+    capacity C rows, history width W (the longest max_new_tokens + 1). input_ids [C] and
+    position [C] int64 are the pool's decoder-step inputs (views of its buffers): the step kernel
+    writes the next token and the row's step counter straight into them.
+    """
+
+    MODES = {"idle": 0, "greedy": 1, "sample": 2}
+
+    def __init__(self, capacity: int, width: int, input_ids: Any, position: Any,
+                 launcher: Launcher | None = None):
+        self.launcher = _launcher(launcher)
+        xp = self.launcher.xp
+        _require(capacity >= 1 and width >= 2, f"capacity={capacity} and width={width} must be >= 1 and >= 2")
+        for a, name in ((input_ids, "input_ids"), (position, "position")):
+            _check_array(xp, a, name, np.int64)
+            _require(a.size == capacity, f"{name} must hold {capacity} rows, got shape {a.shape}")
+            _check_contiguous(a, name)
+        self.capacity, self.width = capacity, width
+        C, W = capacity, width
+        self.mode = xp.zeros((C,), dtype=np.int32)             # [C] 0 idle, 1 greedy, 2 sample
+        self.top_k = xp.zeros((C,), dtype=np.int32)            # [C]
+        self.temperature = xp.ones((C,), dtype=np.float32)     # [C]
+        self.top_p = xp.ones((C,), dtype=np.float32)           # [C]
+        self.seed = xp.zeros((C,), dtype=np.uint64)            # [C]
+        self.rng_row = xp.zeros((C,), dtype=np.int64)          # [C]
+        self.max_new = xp.zeros((C,), dtype=np.int64)          # [C]
+        self.min_new = xp.zeros((C,), dtype=np.int64)          # [C]
+        self.history = xp.zeros((C, W), dtype=np.int64)        # [C, W]
+        self.token_logprob = xp.zeros((C, W), dtype=np.float32)  # [C, W]
+        self.unfinished = xp.zeros((C,), dtype=np.bool_)       # [C]
+        self.seq_logprob = xp.zeros((C,), dtype=np.float32)    # [C]
+        self.input_ids = input_ids                             # [C] int64 (pool buffer)
+        self.position = position                               # [C] int64 (pool buffer)
+
+
+def pool_update_row(row: int, *, mode: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    seed: int = 0, rng_row: int = 0, max_new: int = 0, min_new: int = 0,
+                    vocab_size: int | None = None) -> np.ndarray:
+    """One row of pool_set's upload [PoolField.FIELDS] int64 (floats as float32 bit patterns).
+    top_k is normalized as sample_logprob does (0 unless 0 < top_k < V)."""
+    u = np.zeros(int(PoolField.FIELDS), dtype=np.int64)
+    k = int(top_k)
+    if vocab_size is not None and not 0 < k < vocab_size:
+        k = 0
+    u[PoolField.ROW], u[PoolField.MODE], u[PoolField.TOP_K] = row, mode, k
+    u[PoolField.SEED] = np.uint64(seed).view(np.int64)
+    u[PoolField.RNG_ROW], u[PoolField.MAX_NEW], u[PoolField.MIN_NEW] = rng_row, max_new, min_new
+    u[PoolField.TEMPERATURE] = int(np.float32(temperature).view(np.int32))
+    u[PoolField.TOP_P] = int(np.float32(top_p).view(np.int32))
+    return u
+
+
+def pool_set(state: PoolState, updates: Any, *, pad: int, start: int) -> None:
+    """Apply updates [k, PoolField.FIELDS] int64 (device, distinct rows): each row gets its options;
+    mode > 0 also starts its sequence over (history = [start, pad...], position 0, input start)."""
+    launcher = state.launcher
+    xp = launcher.xp
+    _check_array(xp, updates, "updates", np.int64, ndim=2)
+    _require(updates.shape[1] == int(PoolField.FIELDS), f"updates must be [k, {int(PoolField.FIELDS)}]")
+    _check_contiguous(updates, "updates")
+    k = int(updates.shape[0])
+    if k == 0:
+        return
+    s = state
+    launcher.launch("t5rt_pool_set", (k,), (int(Geometry.DEC_THREADS),), (
+        updates, np.int32(k), s.mode, s.top_k, s.temperature, s.top_p, s.seed, s.rng_row, s.max_new,
+        s.min_new, s.history, s.token_logprob, np.int32(s.width), s.unfinished, s.seq_logprob,
+        s.input_ids, s.position, np.int64(pad), np.int64(start)))
+
+
+def pool_step(state: PoolState, scores: Any, n: int, *, eos: int) -> None:
+    """One decoding step of the pool's rows 0..n-1 from scores [>= n, V] fp32 (rows contiguous,
+    stride may exceed V; rows of min-new-tokens requests get scores[r, eos] = -inf in place)."""
+    launcher = state.launcher
+    xp = launcher.xp
+    rows, v, stride = _check_logits(xp, scores)
+    _require(1 <= n <= min(rows, state.capacity), f"n={n} must be in [1, {min(rows, state.capacity)}]")
+    _require(0 <= eos < v, f"eos={eos} is outside the {v} scores of a row")
+    s = state
+    launcher.launch("t5rt_pool_step", (n,), (int(Geometry.SAMPLE_THREADS),), (
+        scores, np.int64(stride), np.int32(v), s.mode, s.top_k, s.temperature, s.top_p, s.seed,
+        s.rng_row, s.max_new, s.min_new, s.history, s.token_logprob, np.int32(s.width),
+        s.unfinished, s.seq_logprob, s.input_ids, s.position, np.int64(eos)))

@@ -311,3 +311,65 @@ def min_new_tokens(scores: np.ndarray, step: int, min_new: int, eos: int) -> np.
 def as_any(x: Any) -> np.ndarray:
     """numpy view of a numpy or cupy array (host copy for cupy)."""
     return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+# ---- in-flight slot pools (kernels/sampling_pool.cu) ----
+
+POOL_FIELDS = ("row", "mode", "top_k", "seed", "rng_row", "max_new", "min_new", "temperature", "top_p")
+
+
+def pool_set(state: dict[str, Any], updates: np.ndarray, *, pad: int, start: int) -> dict[str, Any]:
+    """state: mode, top_k, temperature, top_p, seed, rng_row, max_new, min_new, unfinished,
+    seq_logprob, input_ids, position [C]; history, token_logprob [C, W]. Each update row (columns
+    POOL_FIELDS, floats as float32 bits) sets its row's options; mode > 0 restarts the sequence."""
+    s = _copy_state(state)
+    for u in np.asarray(updates, dtype=np.int64):
+        f = dict(zip(POOL_FIELDS, (int(v) for v in u)))
+        r, m = f["row"], f["mode"]
+        s["mode"][r], s["top_k"][r] = m, f["top_k"]
+        s["seed"][r] = np.int64(f["seed"]).view(np.uint64)
+        s["rng_row"][r], s["max_new"][r], s["min_new"][r] = f["rng_row"], f["max_new"], f["min_new"]
+        s["temperature"][r] = np.int32(f["temperature"]).view(np.float32)
+        s["top_p"][r] = np.int32(f["top_p"]).view(np.float32)
+        s["unfinished"][r] = m != 0
+        if m:
+            s["seq_logprob"][r], s["input_ids"][r], s["position"][r] = 0, start, 0
+            s["history"][r] = pad
+            s["history"][r, 0] = start
+            s["token_logprob"][r] = 0
+    return s
+
+
+def pool_step(state: dict[str, Any], scores: np.ndarray, n: int, *, eos: int) -> tuple[dict[str, Any], np.ndarray]:
+    """One step of rows 0..n-1 (pool_set's state) -> (new state, scores with min-new masking).
+    Row r (mode 1 greedy, 2 sampling; idle or finished rows unchanged) at t = position[r]: eos
+    masked while t < min_new[r]; greedy takes argmax_logsumexp's token and log-prob, sampling
+    sample_logprob's draw at u(seed[r], t, rng_row[r]); then sample_update's bookkeeping for one
+    row, with input_ids[r] = token and position[r] = t + 1."""
+    s = _copy_state(state)
+    x = np.array(scores, dtype=np.float32, copy=True)
+    w = s["history"].shape[1]
+    for r in range(n):
+        m = int(s["mode"][r])
+        if m == 0 or not s["unfinished"][r]:
+            continue
+        t = int(s["position"][r])
+        if t < int(s["min_new"][r]):
+            x[r, eos] = -np.inf
+        if m == 1:
+            tok_a, mx, logsum = argmax_logsumexp(x[r:r + 1])
+            tok = int(tok_a[0])
+            lp = np.float32((x[r, tok] - mx[0]) - np.float32(logsum[0]))
+        else:
+            temp = float(s["temperature"][r])
+            tok_a, lp_a = sample_logprob(x[r:r + 1], int(s["seed"][r]), t, temp, int(s["top_k"][r]),
+                                         float(s["top_p"][r]), row_offset=int(s["rng_row"][r]))
+            tok, lp = int(tok_a[0]), np.float32(lp_a[0])
+        col = min(t + 1, w - 1)
+        s["seq_logprob"][r] = s["seq_logprob"][r] + lp
+        s["history"][r, col] = tok
+        s["token_logprob"][r, col] = lp
+        s["input_ids"][r] = tok
+        s["unfinished"][r] = tok != eos and not t + 1 >= int(s["max_new"][r])
+        s["position"][r] = t + 1
+    return s, x
