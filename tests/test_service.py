@@ -342,8 +342,9 @@ def differences(got: list, solo: list, reqs: list[dict], atol: float = 1e-5) -> 
 @pytest.mark.gpu
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
-    """CUDA: in-flight batching (with captured graphs per member, or eager), 16 threads, each
-    result equal to the same request alone on the direct path; then streams and asyncio."""
+    """CUDA: in-flight batching (with captured graphs per member and pool, or eager), 16 threads,
+    each result equal to the same request alone on the direct path (pooled rows included); then
+    streams and asyncio."""
     reqs = mixed_requests(48, seed=1)
     with t5rt.load(tiny[1], backend="ort", device="cuda", inflight=False) as solo_rt:
         solo = [solo_rt.generate(**kw) for kw in reqs]
@@ -368,6 +369,8 @@ def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
             assert same(out, solo[i], GPU_SCORE_ATOL)
         st = r.stats()
         assert st["requests_failed"] == 0 and st["slots_in_use"] == 0
+        # the single-row greedy / sampling requests decoded as pooled rows (decoding/pooled.py)
+        assert st["requests_pooled"] >= 8, st
 
 
 def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):

@@ -7,9 +7,10 @@ every scheduler step by phase: drop + join, the pool's engine launch, the member
 the done check (its device wait apart). For each phase it reports wall time and the scheduler
 thread's CPU time: wall well above CPU time with no device wait is time spent waiting for the
 GIL (the asyncio callers run in the main thread). Then a cProfile of the scheduler thread at the
-highest rate, top functions by own time.
+highest rate with --profile, top functions by own time (on Python 3.12 cProfile sees every
+thread, the asyncio callers too, and slows the run down).
 
-    python bench/diag/scheduler_profile.py [--rates 50,100,200] [--backend ort] [--switch 0.0005]
+    python bench/diag/scheduler_profile.py [--rates 50,100,200] [--backend ort] [--switch 0.0005] [--profile]
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main() -> int:
     ap.add_argument("--switch", type=float, default=None, help="sys.setswitchinterval (s) for the run")
     ap.add_argument("--cache-dir", default="/tmp/t5rt-bench")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--profile", action="store_true", help="cProfile the highest rate (Python 3.12: every thread, and slower)")
     a = ap.parse_args()
     if a.switch:
         sys.setswitchinterval(a.switch)
@@ -114,7 +116,7 @@ def main() -> int:
         rates = [float(r) for r in a.rates.split(",")]
         for i, rate in enumerate(rates):
             last = i == len(rates) - 1
-            if last:
+            if last and a.profile:
                 clock.profile = cProfile.Profile()
             clock.reset()
             arrivals = poisson_arrivals(rate, a.duration, 1000 + i)

@@ -55,6 +55,9 @@ class RuntimeOptions:
     max_queue: int = 1024
     # concurrent requests share decoder steps (in-flight batching); False: one request at a time
     inflight: bool = True
+    # in-flight on CUDA: every single-row greedy / sampling request of a slot pool decodes in one
+    # launch a step (decoding/pooled.py) instead of a strategy and a graph replay each
+    pooled_decoding: bool = True
     # backend="native": the whole decoder step as one persistent kernel (grid barrier between
     # phases); False launches one kernel per phase (same results, slower; a fallback)
     native_persistent: bool = True

@@ -10,8 +10,10 @@ CUDA, the CUDA graph captured over its per-step decoding work. One scheduler ste
               room is never overtaken for good); their encoder + cross K/V run batched
               (one encoder launch per pool per step) and are scattered into their rows
     step      per pool: ONE decoder-step launch over the first n rows (n = slot-count bucket),
-              cache row writes, then each member's token choice on its own rows (a graph replay
-              each on CUDA) feeding its next tokens and positions
+              cache row writes, then the token choice: on CUDA every single-row greedy /
+              sampling member of the pool in ONE launch (decoding/pooled.py: per-row options
+              and step counters); other members (beams, several rows, processors) each on its
+              own rows (a graph replay each on CUDA), feeding their next tokens and positions
     check     every done_check_interval steps (or when a member reached max_new_tokens): the
               one host sync; finished members return their result at once and leave; streamed
               inputs get their new tokens
@@ -68,6 +70,7 @@ class _Member:
     view: Any = None          # DecoderBuffers of its rows (views into the pool)
     cache: CacheOps | None = None  # beam search: reorder inside its rows
     graph: Any = None         # CUDA: its captured per-step decoding work
+    pooled: bool = False      # decoded by its pool's PooledRows (row lo), not a strategy of its own
     steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -102,18 +105,25 @@ class InflightExecutor:
         self._cache_len = self.runner.decoder_cache_len(runtime.manifest.max_output_len)
         self._reuse = not self.dev.is_cuda or self.opts.reuse_step_graphs
         self._graphs = self.dev.is_cuda and self.opts.cuda_graphs
+        self._waiting = 0
 
     # -- executor protocol -----------------------------------------------------------------
     def admit(self, requests: list[Request]) -> None:
         refresh_available(self.rt)
         for req in requests:
             self.pending += self._members(req)
+        self._count_waiting()
+
+    def _count_waiting(self) -> None:
+        self._waiting = len({id(m.job) for m in self.pending})
 
     def busy(self) -> bool:
         return bool(self.pending or self.active)
 
     def waiting(self) -> int:
-        return len({id(m.job) for m in self.pending})
+        """Requests admitted but not running yet (as of the last step boundary: callers' put()
+        reads it for the queue bound without walking the waiting list)."""
+        return self._waiting
 
     def slots_in_use(self) -> int:
         return sum(m.rows for m in self.active)
@@ -125,6 +135,7 @@ class InflightExecutor:
             t0 = time.perf_counter()
             self._drop(t0)
             self._join()
+            self._count_waiting()
             self.stats.joined(time.perf_counter() - t0)
             for pool in list(self.pools.values()):
                 members = [m for m in self.active if m.pool is pool]
@@ -140,6 +151,7 @@ class InflightExecutor:
             job.req.fail(exc)
         held = [m for m in self.pending if m.pool is not None]  # rows taken by an interrupted join
         self.pending.clear()
+        self._waiting = 0
         for m in held:
             m.pool.used[m.lo:m.lo + m.rows] = False
         for m in list(self.active):
@@ -205,7 +217,33 @@ class InflightExecutor:
         pool = self.pools.get(src_len)
         if pool is None:
             pool = self.pools[src_len] = SlotPool(self.runner, src_len, self._cache_len, self.capacity)
+            pool.decoder = self._pooled_rows(pool)
         return pool
+
+    def _pooled_rows(self, pool: SlotPool) -> Any:
+        """The pool's PooledRows on CUDA when the strategies would use the fused kernels too (a
+        pooled row must decode exactly as solo), else None."""
+        from ..decoding import ops
+
+        if not self.dev.is_cuda or self.runner.kernels is None or not self.opts.pooled_decoding:
+            return None
+        launcher = ops.kernel_launcher(self.dev.xp, None)
+        if launcher is None:
+            return None
+        from ..decoding.pooled import PooledRows
+
+        st, b = self.rt.manifest.special_tokens, pool.bufs
+        capture = None
+        if self._graphs:
+            from ..runtime.cuda_graph import CapturedStep
+
+            def capture(fn: Any) -> Any:
+                return CapturedStep(fn, self.dev.stream, self.dev.graph_pool)
+        return PooledRows(self.runner.kernels, launcher, capacity=self.capacity,
+                          width=self.rt.manifest.max_output_len + 1, input_ids=b.input_ids, position=b.position,
+                          logits=b.logits, pad=st.pad_token_id, eos=st.eos_token_id,
+                          start=st.decoder_start_token_id, vocab_size=self.rt.manifest.dims.vocab_size,
+                          capture=capture)
 
     def _start(self, members: list[_Member]) -> None:
         """Encoder + cross K/V of members joining one pool, batched (<= max_batch inputs a
@@ -234,6 +272,15 @@ class InflightExecutor:
                 self.runner.run_encoder(enc, ids, mask)
                 pool.load(enc, xp.asarray(np.array(src, np.int64)), xp.asarray(np.array(dst, np.int64)))
             for m in members:
+                mode = pool.decoder and pool.decoder.accepts(m.job.req.config, m.inputs, m.rows_per_input, m.max_new)
+                if mode:
+                    pool.decoder.join(m.lo, mode, m.job.req.config, m.max_new, m.first_input)
+                    m.pooled, m.strategy = True, pool.decoder
+                    self.stats.count("pooled")
+                    if m.job.joined_at is None:
+                        m.job.joined_at = now
+                    self.active.append(m)
+                    continue
                 m.strategy = self._strategy(m)
                 m.view = pool.bufs.rows_view(m.lo, m.lo + m.rows)
                 if m.strategy.parent is not None:
@@ -279,9 +326,11 @@ class InflightExecutor:
 
     def _leave(self, m: _Member) -> None:
         self.active.remove(m)
+        if m.pooled:
+            m.pool.decoder.leave(m.lo)
         m.pool.free(m.lo, m.rows)
         m.graph = None  # its captured graph (and the graph's memory pool) go with it
-        if m.key is not None:
+        if m.key is not None and not m.pooled:
             self._idle[id(m.strategy)] = (m.key, m.strategy)
             while len(self._idle) > KEEP_STRATEGIES:
                 self._idle.popitem(last=False)
@@ -290,11 +339,19 @@ class InflightExecutor:
     # -- one step of one pool --------------------------------------------------------------
     def _step_pool(self, pool: SlotPool, members: list[_Member]) -> None:
         t0 = time.perf_counter()
+        pooled = False
         with self.dev.use():
-            pool.step(pool.launch_rows())
+            n = pool.launch_rows()
+            if pool.decoder is not None:
+                pool.decoder.flush()  # joins (fresh rows: their first inputs) and leaves
+            pool.step(n)
             engine = time.perf_counter() - t0
             for m in members:
                 if m.strategy is None:  # its request failed earlier in this step
+                    continue
+                if m.pooled:
+                    pooled = True
+                    m.steps += 1
                     continue
                 try:
                     if m.graph is not None:
@@ -311,6 +368,13 @@ class InflightExecutor:
                     self._fail_job(m.job, as_request_error(e))
                     continue
                 m.steps += 1
+            if pooled:
+                try:
+                    pool.decoder.step(n)
+                except Exception as e:  # noqa: BLE001 - the pooled requests fail, the others go on
+                    err = as_request_error(e)
+                    for job in {id(m.job): m.job for m in members if m.pooled and m.strategy is not None}.values():
+                        self._fail_job(job, err)
         members = [m for m in members if m.strategy is not None]
         host = time.perf_counter() - t0
         if members and (pool.steps % self.opts.done_check_interval == 0 or any(m.steps >= m.max_new for m in members)):
@@ -325,28 +389,45 @@ class InflightExecutor:
         for m in [m for m in self.active if m.job is job]:
             self._leave(m)
         self.pending = [m for m in self.pending if m.job is not job]
+        self._count_waiting()
         self.stats.count("failed")
         job.req.fail(exc)
 
     def _check(self, members: list[_Member], now: float) -> None:
+        """Which members finished (one host read for the pooled rows, one for the others' done
+        flags); finished ones complete, streamed ones get their new tokens."""
         xp = self.dev.xp
+        own = [m for m in members if not m.pooled]
+        pooled = [m for m in members if m.pooled]
         with self.dev.use():
-            done = self.dev.to_host(xp.stack([m.strategy.done() for m in members]))
-        for m, d in zip(members, done):
+            done = list(self.dev.to_host(xp.stack([m.strategy.done() for m in own]))) if own else []
+            snap = None
+            if pooled:
+                snap = pooled[0].pool.decoder.snapshot(max(m.lo for m in pooled) + 1,
+                                                       any(m.job.req.config.output_scores for m in pooled))
+                done += [not snap.unfinished[m.lo] for m in pooled]
+        for m, d in zip(own + pooled, done):
             req = m.job.req
             self.stats.first_token(req, now)
             if bool(d) or m.steps >= m.max_new:
                 try:
-                    self._complete(m)
+                    self._complete(m, snap)
                 except Exception as e:  # noqa: BLE001 - its request fails, not everyone's
                     self._fail_job(m.job, as_request_error(e))
+            elif req.writer is not None and m.pooled:
+                req.writer.update(snap.tokens(m.lo, self.rt.manifest.special_tokens.eos_token_id))
             elif req.writer is not None and m.first_input == 0 and m.strategy.parent is None:
                 req.writer.update_from(self.dev, m.strategy)
 
-    def _complete(self, m: _Member) -> None:
+    def _complete(self, m: _Member, snap: Any = None) -> None:
         cfg, job = m.job.req.config, m.job
-        seqs, scores = m.strategy.result()
-        tok = m.strategy.token_scores() if cfg.output_scores else None
+        if m.pooled:  # its row in the pool's snapshot (as SamplingStrategy.result / token_scores)
+            seq = snap.tokens(m.lo, self.rt.manifest.special_tokens.eos_token_id)
+            seqs, scores = [seq], [float(snap.seq_logprob[m.lo])]
+            tok = [snap.token_logprob[m.lo, 1:1 + len(seq)].tolist()] if cfg.output_scores else None
+        else:
+            seqs, scores = m.strategy.result()
+            tok = m.strategy.token_scores() if cfg.output_scores else None
         job.parts[m.index] = ([list(map(int, s)) for s in seqs], [float(x) for x in scores], tok)
         job.steps = max(job.steps, m.steps)
         self._leave(m)

@@ -95,6 +95,17 @@ class Request:
     id: int = field(default_factory=lambda: next(_ids))
     first_token_at: float | None = None  # when its first chosen token was seen on the host
     owner: Any = field(default=None, repr=False)  # the Runtime: alive while it has requests
+    cancelled: bool = False             # set by the future's callback when its caller cancels
+
+    def __post_init__(self) -> None:
+        # the scheduler asks every step whether a request was cancelled; a plain attribute set by
+        # the future's callback spares it the future's lock per waiting request (an H100 profile
+        # had 300 waiting requests cost ~1 ms a step)
+        self.future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future) -> None:
+        if future.cancelled():
+            self.cancelled = True
 
     @property
     def deadline(self) -> float | None:
@@ -110,9 +121,9 @@ class Request:
 
     def dropped(self, now: float) -> bool:
         """Cancelled by the caller, or past its deadline (then failed with RequestTimeoutError)."""
-        if self.future.cancelled():
+        if self.cancelled:
             return True
-        if self.expired(now):
+        if self.timeout is not None and self.expired(now):
             self.fail(self.timed_out())
             return True
         return False

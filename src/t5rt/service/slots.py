@@ -30,6 +30,7 @@ class SlotPool:
         self.used = np.zeros(capacity, dtype=bool)  # host map of occupied rows
         self._heads: dict[int, tuple[DecoderBuffers, CacheOps]] = {}
         self.steps = 0  # decoder steps launched (the done-check cadence counts these)
+        self.decoder: Any = None  # CUDA: PooledRows of its single-row greedy / sampling requests
 
     # -- rows ------------------------------------------------------------------------------
     def alloc(self, rows: int) -> int | None:

@@ -28,6 +28,7 @@ class ServiceStats:
         self.cancelled = 0
         self.timed_out = 0
         self.rejected = 0          # refused by a full queue (OverloadedError)
+        self.pooled = 0            # in-flight request chunks decoded as pooled rows (CUDA)
         self.tokens = 0            # generated tokens delivered (all returned sequences)
         self.steps = 0             # decoder-step launches (one per pool per scheduler step)
         self.row_steps = 0         # occupied rows summed over steps
@@ -84,6 +85,7 @@ class ServiceStats:
             d.update(
                 requests_done=self.done, requests_failed=self.failed, requests_cancelled=self.cancelled,
                 requests_timed_out=self.timed_out, requests_rejected=self.rejected,
+                requests_pooled=self.pooled,
                 tokens_generated=self.tokens,
                 tokens_per_s=sum(n for _, n in self._token_times) / span,
                 ttft_p50_s=ttft[len(ttft) // 2] if ttft else None,
