@@ -373,6 +373,50 @@ def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
         assert st["requests_pooled"] >= 8, st
 
 
+def test_pooled_rows_through_the_scheduler_equal_solo(tiny, solo_rt, host_kernels, monkeypatch):
+    """The in-flight scheduler's pooled rows (decoding/pooled.py: used on CUDA) run on the CPU
+    through the host build of their kernels: concurrent single-row greedy and seeded sampling
+    requests (min_new_tokens, output_scores, streamed, one cancelled) beside ones that keep their
+    own strategy (beams, two inputs); tokens equal to solo (the array code here), scores within
+    float error (the kernels sum in another order)."""
+    from t5rt.service.inflight import InflightExecutor
+
+    monkeypatch.setattr(InflightExecutor, "_pooled_launcher", lambda self: host_kernels)
+    rng = random.Random(3)
+    kinds = [dict(), dict(min_new_tokens=5), dict(do_sample=True, top_k=20, temperature=0.8),
+             dict(do_sample=True, top_p=0.9, output_scores=True), dict(output_scores=True), dict(num_beams=3)]
+    reqs = []
+    for i in range(18):
+        kw = dict(kinds[i % len(kinds)])
+        if kw.get("do_sample"):
+            kw["seed"] = rng.randrange(1 << 30)
+        n_in = 2 if i == 7 else 1
+        kw["input_ids"] = [[rng.randrange(2, 384) for _ in range(rng.randrange(3, 30))] + [1] for _ in range(n_in)]
+        if n_in == 2:
+            width = max(map(len, kw["input_ids"]))
+            kw["attention_mask"] = [[1] * len(r) + [0] * (width - len(r)) for r in kw["input_ids"]]
+            kw["input_ids"] = [r + [0] * (width - len(r)) for r in kw["input_ids"]]
+        kw["max_new_tokens"] = rng.choice((4, 9, NEW))
+        reqs.append(kw)
+    solo = [solo_rt.generate(**kw) for kw in reqs]
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1) as r:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
+                                range(len(reqs))))
+        streamed = [t for c in r.stream(**reqs[2]) for t in c.tokens]
+        gone = r.submit(**{**reqs[0], "max_new_tokens": NEW})
+        gone.cancel()
+        again = r.generate(**reqs[1])
+        st = r.stats()
+    bad = differences(got, solo, reqs, 1e-4)
+    assert not bad, f"{len(bad)} of {len(reqs)} differ from solo:\n" + "\n".join(bad)
+    for g, s_ in zip(got, solo):
+        if s_.token_scores is not None:
+            np.testing.assert_allclose(np.concatenate(g.token_scores), np.concatenate(s_.token_scores), atol=1e-4)
+    assert streamed == solo[2].sequences[0] and same(again, solo[1], 1e-4)
+    assert st["requests_pooled"] >= 14 and st["requests_failed"] == 0 and st["slots_in_use"] == 0
+
+
 def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):
     reqs, solo = requests_and_solo
 

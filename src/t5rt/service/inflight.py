@@ -220,16 +220,22 @@ class InflightExecutor:
             pool.decoder = self._pooled_rows(pool)
         return pool
 
-    def _pooled_rows(self, pool: SlotPool) -> Any:
-        """The pool's PooledRows on CUDA when the strategies would use the fused kernels too (a
-        pooled row must decode exactly as solo), else None."""
+    def _pooled_launcher(self) -> Any:
+        """The kernels' launcher for pooled rows: on CUDA when the strategies use the fused
+        kernels too (a pooled row must decode exactly as solo), else None (every member keeps a
+        strategy of its own)."""
         from ..decoding import ops
 
         if not self.dev.is_cuda or self.runner.kernels is None or not self.opts.pooled_decoding:
             return None
-        launcher = ops.kernel_launcher(self.dev.xp, None)
+        return ops.kernel_launcher(self.dev.xp, None)
+
+    def _pooled_rows(self, pool: SlotPool) -> Any:
+        """The pool's PooledRows (decoding/pooled.py), or None."""
+        launcher = self._pooled_launcher()
         if launcher is None:
             return None
+        from .. import kernels
         from ..decoding.pooled import PooledRows
 
         st, b = self.rt.manifest.special_tokens, pool.bufs
@@ -239,7 +245,7 @@ class InflightExecutor:
 
             def capture(fn: Any) -> Any:
                 return CapturedStep(fn, self.dev.stream, self.dev.graph_pool)
-        return PooledRows(self.runner.kernels, launcher, capacity=self.capacity,
+        return PooledRows(kernels, launcher, capacity=self.capacity,
                           width=self.rt.manifest.max_output_len + 1, input_ids=b.input_ids, position=b.position,
                           logits=b.logits, pad=st.pad_token_id, eos=st.eos_token_id,
                           start=st.decoder_start_token_id, vocab_size=self.rt.manifest.dims.vocab_size,
