@@ -58,6 +58,10 @@ class RuntimeOptions:
     # in-flight on CUDA: every single-row greedy / sampling request of a slot pool decodes in one
     # launch a step (decoding/pooled.py) instead of a strategy and a graph replay each
     pooled_decoding: bool = True
+    # in-flight: a request may join an existing slot pool of a longer source bucket than its own
+    # (its source padded; masked positions add exact zeros) instead of starting a pool of its own:
+    # every pool is one more decoder-step launch per scheduler step
+    share_pools: bool = True
     # backend="native": the whole decoder step as one persistent kernel (grid barrier between
     # phases); False launches one kernel per phase (same results, slower; a fallback)
     native_persistent: bool = True

@@ -193,14 +193,16 @@ class InflightExecutor:
             if m.src_len in blocked:
                 still.append(m)
                 continue
-            pool = self._pool(m.src_len)
-            lo = pool.alloc(m.rows)
+            for pool in self._pools_for(m.src_len):
+                lo = pool.alloc(m.rows)
+                if lo is not None:
+                    break
             if lo is None:
                 blocked.add(m.src_len)
                 still.append(m)
                 continue
             m.pool, m.lo = pool, lo
-            joining.setdefault(m.src_len, []).append(m)
+            joining.setdefault(pool.src_len, []).append(m)
         self.pending = still
         for members in joining.values():
             try:
@@ -212,6 +214,19 @@ class InflightExecutor:
                         m.pool.used[m.lo:m.lo + m.rows] = False
                 for job in {id(m.job): m.job for m in members}.values():
                     self._fail_job(job, err)
+
+    def _pools_for(self, src_len: int) -> Any:
+        """The pools a member of source bucket src_len may join, in order. With share_pools: the
+        existing pools of a bucket >= its own, those already running requests first (each pool
+        is one more decoder-step launch a scheduler step, so fewer busy pools means shorter steps
+        for everyone; padding adds exact zeros), smallest bucket first; then its own bucket's
+        pool, made on first use."""
+        if self.opts.share_pools:
+            fits = [p for s, p in self.pools.items() if s >= src_len]
+            yield from sorted(fits, key=lambda p: (not p.used.any(), p.src_len))
+            if src_len in self.pools:
+                return
+        yield self._pool(src_len)
 
     def _pool(self, src_len: int) -> SlotPool:
         pool = self.pools.get(src_len)
