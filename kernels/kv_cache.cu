@@ -4,6 +4,9 @@
 //   beam_reorder:  cache[l][n, h, :len, :] = old cache[l][parent[n], h, :len, :]
 //                  as gather (cache -> scratch) then scatter (scratch -> cache); rows with
 //                  parent[n] == n are skipped by both.
+//   rows_copy:     dst[l][dst_rows[j]] = src[l][src_rows[j]]  whole leading-axis rows of every
+//                  tensor l (an in-flight slot pool taking its joining requests' cross K/V from
+//                  the encoder's buffers: one launch instead of an indexed copy per tensor)
 //
 // Caches are [N, H, T, Dk] contiguous, rows [N, H, 1, Dk]; any element type (fp32/fp16/bf16):
 // the kernels copy bytes in units U (T5rtCopyUnit) and row_units = Dk * itemsize / sizeof(U).
@@ -64,6 +67,22 @@ __device__ __forceinline__ void t5rt_reorder_impl(const u64* caches, U* scratch,
   }
 }
 
+// Grid-stride over (tensor l, pair j, unit u); rows of row_units units each.
+template <typename U>
+__device__ __forceinline__ void t5rt_rows_copy_impl(const u64* dst, const u64* src, const i64* dst_rows,
+                                                    const i64* src_rows, int k, int n_tensors,
+                                                    i64 row_units) {
+  const i64 total = (i64)n_tensors * k * row_units;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (i64)gridDim.x * blockDim.x) {
+    const i64 u = i % row_units;
+    const i64 r = i / row_units;
+    const int j = (int)(r % k);
+    const int l = (int)(r / k);
+    ((U*)dst[l])[dst_rows[j] * row_units + u] = ((const U*)src[l])[src_rows[j] * row_units + u];
+  }
+}
+
 #define T5RT_KV_INSTANTIATE(SUFFIX, U)                                                          \
   extern "C" __global__ void __launch_bounds__(T5RT_COPY_THREADS) t5rt_kv_write_##SUFFIX(      \
       const u64* caches, const u64* rows, const i64* position, int n_tensors, int N, int H,     \
@@ -79,6 +98,11 @@ __device__ __forceinline__ void t5rt_reorder_impl(const u64* caches, U* scratch,
       const u64* caches, U* scratch, const i64* parent, const i64* length, int N, int H, int T, \
       int row_units) {                                                                          \
     t5rt_reorder_impl<U, false>(caches, scratch, parent, length, N, H, T, row_units);          \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__(T5RT_COPY_THREADS) t5rt_rows_copy_##SUFFIX(     \
+      const u64* dst, const u64* src, const i64* dst_rows, const i64* src_rows, int k,          \
+      int n_tensors, i64 row_units) {                                                           \
+    t5rt_rows_copy_impl<U>(dst, src, dst_rows, src_rows, k, n_tensors, row_units);             \
   }
 
 T5RT_KV_INSTANTIATE(u16, t5rt_u16)

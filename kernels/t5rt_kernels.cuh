@@ -14,8 +14,8 @@ typedef unsigned int u32;
 
 // Bumped whenever a kernel's signature changes or a kernel is added or removed. The loader looks for the kernel
 // t5rt_abi_<N> (t5rt.kernels.ABI) and refuses a build that lacks it.
-#define T5RT_KERNELS_ABI 3
-extern "C" __global__ void t5rt_abi_3() {}
+#define T5RT_KERNELS_ABI 4
+extern "C" __global__ void t5rt_abi_4() {}
 
 // Launch geometry shared with the Python wrappers.
 enum T5rtGeometry {

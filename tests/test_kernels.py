@@ -314,6 +314,24 @@ def test_kv_write_matches_reference(dev, n, h, t, dk, layers, dtype):
         np.testing.assert_array_equal(dev.get(got), want)
 
 
+@pytest.mark.parametrize("m,n,h,s,dk,layers,dtype", [
+    (3, 8, 2, 5, 8, 1, "fp32"), (4, 16, 4, 16, 64, 3, "bf16"), (2, 5, 3, 7, 3, 2, "fp16")])
+def test_rows_copy_matches_reference(dev, m, n, h, s, dk, layers, dtype):
+    """A slot pool taking its joining requests' cross K/V: whole rows of every tensor in one launch
+    (a source row may go to several destinations: a beam request's input once per beam)."""
+    g = np.random.default_rng(m * 10 + n)
+    dt = _CACHE_DTYPES[dtype]
+    dst = [_random_cache(g, (n, h, s, dk), dt) for _ in range(2 * layers)]
+    src = [_random_cache(g, (m, h, s, dk), dt) for _ in range(2 * layers)]
+    dst_rows = g.permutation(n)[:m + 1].astype(np.int64)
+    src_rows = np.append(np.arange(m), m - 1).astype(np.int64)
+    d_dst = [dev.put(c) for c in dst]
+    K.rows_copy(K.PointerTable(d_dst, dev.launcher), K.PointerTable([dev.put(c) for c in src], dev.launcher),
+                dev.put(dst_rows), dev.put(src_rows))
+    for got, want in zip(d_dst, R.rows_copy(dst, src, dst_rows, src_rows)):
+        np.testing.assert_array_equal(dev.get(got), want)
+
+
 @pytest.mark.parametrize("n,h,t,dk,layers,dtype,length,slots", [
     (1, 2, 5, 8, 1, "fp32", 3, None), (4, 4, 10, 64, 2, "fp16", 10, None),
     (8, 3, 17, 12, 3, "bf16", 9, 1), (6, 2, 8, 6, 2, "fp16", 1, 3), (4, 8, 40, 64, 6, "bf16", 25, 5),

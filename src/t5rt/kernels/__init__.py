@@ -61,7 +61,7 @@ DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin
 NVRTC_OPTIONS = ("--std=c++17",)
 
 # Mirrors T5RT_KERNELS_ABI in kernels/t5rt_kernels.cuh (a build lacking t5rt_abi_<ABI> is refused).
-ABI = 3
+ABI = 4
 
 
 class Geometry(enum.IntEnum):
@@ -90,7 +90,7 @@ _UNIT_SUFFIX = {CopyUnit.U16: "u16", CopyUnit.U32: "u32", CopyUnit.U64: "u64", C
 
 # Every kernel the wrappers launch (tests check each is in the build and in the NVRTC source).
 KERNEL_NAMES: tuple[str, ...] = tuple(
-    [f"t5rt_{op}_{s}" for op in ("kv_write", "beam_gather", "beam_scatter") for s in _UNIT_SUFFIX.values()]
+    [f"t5rt_{op}_{s}" for op in ("kv_write", "beam_gather", "beam_scatter", "rows_copy") for s in _UNIT_SUFFIX.values()]
     + ["t5rt_topk_topp_sample", "t5rt_sample_logprob", "t5rt_argmax_rows", "t5rt_argmax_logsumexp", "t5rt_topk_partial", "t5rt_topk_merge",
        "t5rt_row_logsumexp", "t5rt_dec_sample_update", "t5rt_dec_beam_update", "t5rt_dec_min_new_tokens",
        "t5rt_pool_set", "t5rt_pool_step", f"t5rt_abi_{ABI}"]
@@ -103,7 +103,7 @@ __all__ = [
     "PointerTable", "PoolField", "PoolState", "SampleOptions", "TopKWorkspace",
     "argmax_logsumexp", "argmax_rows", "beam_reorder", "beam_step", "beam_topk", "beam_update",
     "cuda_launcher", "fatbin_path", "get_function", "kernel_sources", "kv_write", "load",
-    "min_new_tokens", "nvrtc_source", "pool_set", "pool_step", "pool_update_row", "reorder_scratch", "row_logsumexp", "sample_logprob",
+    "min_new_tokens", "nvrtc_source", "pool_set", "pool_step", "pool_update_row", "reorder_scratch", "row_logsumexp", "rows_copy", "sample_logprob",
     "sample_update", "source", "topk_topp_sample",
 ]
 
@@ -393,6 +393,31 @@ def kv_write(caches: PointerTable, rows: PointerTable, position: Any) -> None:
         (caches.ptrs, rows.ptrs, position, np.int32(len(caches)), np.int32(n), np.int32(h),
          np.int32(t), np.int32(row_units)),
     )
+
+
+def rows_copy(dst: PointerTable, src: PointerTable, dst_rows: Any, src_rows: Any) -> None:
+    """dst[l][dst_rows[j]] = src[l][src_rows[j]] for every tensor l and pair j, one launch.
+
+    dst: [N, ...] x L, src: [M, ...] x L (the same trailing shape and dtype); dst_rows, src_rows:
+    [k] int64 on the device, in range (not checked on the host: they are device arrays), and
+    dst_rows distinct."""
+    _require(len(dst) == len(src), f"{len(src)} source tensors for {len(dst)} destinations")
+    _require(dst.shape[1:] == src.shape[1:] and dst.dtype == src.dtype,
+             f"rows differ: {src.shape}/{src.dtype} into {dst.shape}/{dst.dtype}")
+    _require(src.launcher is dst.launcher, "src and dst are tables of different launchers")
+    xp = dst.xp
+    _check_array(xp, dst_rows, "dst_rows", np.int64, ndim=1)
+    _check_array(xp, src_rows, "src_rows", np.int64, shape=tuple(dst_rows.shape))
+    k = int(dst_rows.shape[0])
+    if k == 0:
+        return
+    row_bytes = int(np.prod(dst.shape[1:])) * dst.dtype.itemsize
+    unit = _copy_unit(row_bytes, [_ptr(a) for a in dst.arrays + src.arrays])
+    row_units = row_bytes // unit
+    threads = int(Geometry.COPY_THREADS)
+    dst.launcher.launch(
+        f"t5rt_rows_copy_{_UNIT_SUFFIX[unit]}", (_grid_1d(len(dst) * k * row_units, threads),), (threads,),
+        (dst.ptrs, src.ptrs, dst_rows, src_rows, np.int32(k), np.int32(len(dst)), np.int64(row_units)))
 
 
 def reorder_scratch(caches: PointerTable, tensors: int | None = None) -> Any:

@@ -51,6 +51,15 @@ def kv_write(caches: Sequence[np.ndarray], rows: Sequence[np.ndarray], position:
     return out
 
 
+def rows_copy(dst: Sequence[np.ndarray], src: Sequence[np.ndarray], dst_rows: np.ndarray,
+              src_rows: np.ndarray) -> list[np.ndarray]:
+    """dst[l][dst_rows[j]] = src[l][src_rows[j]] for every tensor l (copies)."""
+    out = [np.array(d, copy=True) for d in dst]
+    for o, s_ in zip(out, src):
+        o[np.asarray(dst_rows)] = s_[np.asarray(src_rows)]
+    return out
+
+
 def beam_reorder(caches: Sequence[np.ndarray], parent: np.ndarray, length: int) -> list[np.ndarray]:
     """cache[n, :, :len, :] = old[parent[n], :, :len, :]; rows >= len untouched (len clamped to [0, T])."""
     out = [c.copy() for c in caches]

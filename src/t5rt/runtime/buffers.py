@@ -26,6 +26,7 @@ class EncoderBuffers:
     cross_k: list[Any]              # per decoder layer [B, H, S, Dk]
     cross_v: list[Any]
     engines: dict[str, Any] = field(default_factory=dict)  # "encoder", "cross_kv" -> bound Engine
+    cross_table: Any = None         # CUDA kernels: cross_k + cross_v as a PointerTable (made on use)
 
     @classmethod
     def allocate(cls, m: Manifest, dev: Device, batch: int, src_len: int) -> "EncoderBuffers":

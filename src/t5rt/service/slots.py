@@ -31,6 +31,7 @@ class SlotPool:
         self._heads: dict[int, tuple[DecoderBuffers, CacheOps]] = {}
         self.steps = 0  # decoder steps launched (the done-check cadence counts these)
         self.decoder: Any = None  # CUDA: PooledRows of its single-row greedy / sampling requests
+        self._cross: Any = None   # CUDA: its cross K/V as one pointer table (load)
 
     # -- rows ------------------------------------------------------------------------------
     def alloc(self, rows: int) -> int | None:
@@ -77,11 +78,21 @@ class SlotPool:
 
     def load(self, enc: EncoderBuffers, src_rows: Any, dst_rows: Any) -> None:
         """Cross K/V and mask of encoder rows src_rows[i] -> pool rows dst_rows[i] (device index
-        arrays [R] int64; a beam request's input repeats once per beam)."""
+        arrays [R] int64; a beam request's input repeats once per beam). With the kernels: every
+        layer's cross K/V in one launch (t5rt.kernels.rows_copy) through pointer tables made once
+        per buffer set, else an indexed copy per tensor."""
         b = self.bufs
-        s = enc.src_len  # == self.src_len (pools are per source bucket)
-        for dst, src in zip(b.cross_k + b.cross_v, enc.cross_k + enc.cross_v):
-            dst[dst_rows] = src[src_rows]
+        s = enc.src_len  # == self.src_len (a pool's encoder runs at its bucket)
+        k = self.runner.kernels
+        if k is not None and self.runner.dev.is_cuda:
+            if self._cross is None:
+                self._cross = k.PointerTable(b.cross_k + b.cross_v)
+            if enc.cross_table is None:
+                enc.cross_table = k.PointerTable(enc.cross_k + enc.cross_v)
+            k.rows_copy(self._cross, enc.cross_table, dst_rows, src_rows)
+        else:
+            for dst, src in zip(b.cross_k + b.cross_v, enc.cross_k + enc.cross_v):
+                dst[dst_rows] = src[src_rows]
         b.encoder_attention_mask[dst_rows, :s] = enc.attention_mask[src_rows]
 
     def step(self, n: int) -> None:
