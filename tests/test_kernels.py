@@ -315,7 +315,8 @@ def test_kv_write_matches_reference(dev, n, h, t, dk, layers, dtype):
 
 
 @pytest.mark.parametrize("m,n,h,s,dk,layers,dtype", [
-    (3, 8, 2, 5, 8, 1, "fp32"), (4, 16, 4, 16, 64, 3, "bf16"), (2, 5, 3, 7, 3, 2, "fp16")])
+    (3, 8, 2, 5, 8, 1, "fp32"), (4, 16, 4, 16, 64, 3, "bf16"), (2, 5, 3, 7, 3, 2, "fp16"),
+    (2, 4, 1, 3, 2, 1, "fp16"), (2, 4, 1, 3, 2, 1, "fp32")])  # rows of 128x, 2, 12 and 24 bytes: every copy unit
 def test_rows_copy_matches_reference(dev, m, n, h, s, dk, layers, dtype):
     """A slot pool taking its joining requests' cross K/V: whole rows of every tensor in one launch
     (a source row may go to several destinations: a beam request's input once per beam)."""
