@@ -101,6 +101,8 @@ def main() -> int:
     ap.add_argument("--switch", type=float, default=None, help="sys.setswitchinterval (s) for the run")
     ap.add_argument("--cache-dir", default="/tmp/t5rt-bench")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--set", action="append", default=[], metavar="OPTION=0|1",
+                    help="a boolean RuntimeOptions field for the run, e.g. --set share_pools=0")
     ap.add_argument("--profile", action="store_true", help="cProfile the highest rate (Python 3.12: every thread, and slower)")
     a = ap.parse_args()
     if a.switch:
@@ -108,7 +110,10 @@ def main() -> int:
     opts = LoadOptions(model=a.model, precision=a.precision, device=a.device, backend=a.backend,
                        cache_dir=Path(a.cache_dir), systems=("t5rt",))
     p = prepare(opts, log=lambda s: print(s, flush=True))
-    target = RuntimeTarget(p.export_dir, inflight=True, backend=a.backend, device=p.device, max_batch=opts.max_batch)
+    extra = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in a.set)}
+    target = RuntimeTarget(p.export_dir, inflight=True, backend=a.backend, device=p.device, max_batch=opts.max_batch,
+                           **extra)
+    print(f"runtime options: {extra or 'defaults'}", flush=True)
     try:
         asyncio.run(closed_loop(target, p.requests(8, 7, every_mode=True)))  # warm up, starts the scheduler
         ex = target.rt._scheduler.executor
