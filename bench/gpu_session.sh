@@ -7,7 +7,8 @@
 #   there: bash .gpu/p5/put.sh && bash .gpu/p5/install.sh && bash bench/gpu_session.sh [STAGES]
 #          (carrying .gpu/p5 and build/kernels)
 # STAGES (default, in this order): kernels native nbench decoding runtime service cli diag bench load
-# wheel; `profile` (bench/diag/scheduler_profile.py) and `soak` by name. Their limits add up to more than one call: split them over two calls,
+# wheel; `profile` (bench/diag/scheduler_profile.py) and `soak` by name. LOAD_ARGS (e.g.
+# --inflight-kernels) and PROFILE_ARGS (default --set inflight_kernels=1) pass runtime switches. Their limits add up to more than one call: split them over two calls,
 # e.g. "native nbench diag service" then "bench load soak" (each call stages ORT again if the
 # machine went back).
 set -o pipefail
@@ -47,10 +48,10 @@ stage diag ${T_DIAG:-120} python bench/diag/service_gpu.py
 stage bench ${T_BENCH:-150} python -m t5rt.bench --model t5-small --precision bf16 --batch-sizes 1,32 --beams 1,4 \
     --peers ${PEERS:-hf} --runs 5 --cache-dir /tmp/t5rt-bench --json "$LOGS/bench.json"
 stage profile ${T_PROFILE:-150} python bench/diag/scheduler_profile.py --rates ${PROFILE_RATES:-50,100,200,400} \
-    --backend ${LOAD_BACKEND:-auto}
+    --backend ${LOAD_BACKEND:-auto} ${PROFILE_ARGS:---set inflight_kernels=1}
 stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precision bf16 --rates ${RATES:-25,50,100,200,400} \
     --duration ${LOAD_S:-5} --drain 20 --calibrate ${CALIBRATE:-24} --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
-    --backend ${LOAD_BACKEND:-auto} --json "$LOGS/load.json" --plot "$OUT/load.png"
+    --backend ${LOAD_BACKEND:-auto} ${LOAD_ARGS:-} --json "$LOGS/load.json" --plot "$OUT/load.png"
 stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
     --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json"
 stage wheel ${T_WHEEL:-90} env OUT="$LOGS" bash bench/h100_tables.sh wheel

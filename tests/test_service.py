@@ -340,15 +340,16 @@ def differences(got: list, solo: list, reqs: list[dict], atol: float = 1e-5) -> 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
-def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
-    """CUDA: in-flight batching (with captured graphs per member and pool, or eager), 16 threads,
-    each result equal to the same request alone on the direct path (pooled rows included); then
-    streams and asyncio."""
+@pytest.mark.parametrize("graphs,kernels", [(True, True), (False, True), (True, False)],
+                         ids=["graphs", "eager", "graphs-no-inflight-kernels"])
+def test_gpu_sixteen_threads_equal_solo(tiny, graphs, kernels):
+    """CUDA: in-flight batching (captured graphs or eager; the in-flight kernels, pooled rows and
+    one-launch joins, on or off), 16 threads, each result equal to the same request alone on the
+    direct path; then streams and asyncio."""
     reqs = mixed_requests(48, seed=1)
     with t5rt.load(tiny[1], backend="ort", device="cuda", inflight=False) as solo_rt:
         solo = [solo_rt.generate(**kw) for kw in reqs]
-    with t5rt.load(tiny[1], backend="ort", device="cuda", cuda_graphs=graphs) as r:
+    with t5rt.load(tiny[1], backend="ort", device="cuda", cuda_graphs=graphs, inflight_kernels=kernels) as r:
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
                                 range(len(reqs))))
@@ -370,7 +371,7 @@ def test_gpu_sixteen_threads_equal_solo(tiny, graphs):
         st = r.stats()
         assert st["requests_failed"] == 0 and st["slots_in_use"] == 0
         # the single-row greedy / sampling requests decoded as pooled rows (decoding/pooled.py)
-        assert st["requests_pooled"] >= 8, st
+        assert st["requests_pooled"] >= 8 if kernels else st["requests_pooled"] == 0, st
 
 
 def test_pooled_rows_through_the_scheduler_equal_solo(tiny, solo_rt, host_kernels, monkeypatch):

@@ -55,9 +55,13 @@ class RuntimeOptions:
     max_queue: int = 1024
     # concurrent requests share decoder steps (in-flight batching); False: one request at a time
     inflight: bool = True
-    # in-flight on CUDA: every single-row greedy / sampling request of a slot pool decodes in one
-    # launch a step (decoding/pooled.py) instead of a strategy and a graph replay each
-    pooled_decoding: bool = True
+    # in-flight on CUDA: t5rt's scheduler kernels. Every single-row greedy / sampling request of a
+    # slot pool decodes in one launch a step (decoding/pooled.py, kernels/sampling_pool.cu) instead
+    # of a strategy and a graph replay each, and a join's cross K/V land in one launch
+    # (t5rt.kernels.rows_copy). Off until their GPU tests have run (written after the last GPU
+    # call of 2026-12-07; CPU-tested through the host build of the kernels):
+    # tests/test_kernels.py -k "pool or rows_copy" and tests/test_service.py::test_gpu_sixteen_threads_equal_solo
+    inflight_kernels: bool = False
     # in-flight: a request may join an existing slot pool of a longer source bucket than its own
     # (its source padded; masked positions add exact zeros) instead of starting a pool of its own:
     # every pool is one more decoder-step launch per scheduler step

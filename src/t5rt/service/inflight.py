@@ -241,7 +241,7 @@ class InflightExecutor:
         strategy of its own)."""
         from ..decoding import ops
 
-        if not self.dev.is_cuda or self.runner.kernels is None or not self.opts.pooled_decoding:
+        if not self.dev.is_cuda or self.runner.kernels is None or not self.opts.inflight_kernels:
             return None
         return ops.kernel_launcher(self.dev.xp, None)
 

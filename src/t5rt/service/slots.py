@@ -78,13 +78,14 @@ class SlotPool:
 
     def load(self, enc: EncoderBuffers, src_rows: Any, dst_rows: Any) -> None:
         """Cross K/V and mask of encoder rows src_rows[i] -> pool rows dst_rows[i] (device index
-        arrays [R] int64; a beam request's input repeats once per beam). With the kernels: every
-        layer's cross K/V in one launch (t5rt.kernels.rows_copy) through pointer tables made once
-        per buffer set, else an indexed copy per tensor."""
+        arrays [R] int64; a beam request's input repeats once per beam). With
+        RuntimeOptions.inflight_kernels on CUDA: every layer's cross K/V in one launch
+        (t5rt.kernels.rows_copy) through pointer tables made once per buffer set, else an
+        indexed copy per tensor."""
         b = self.bufs
         s = enc.src_len  # == self.src_len (a pool's encoder runs at its bucket)
         k = self.runner.kernels
-        if k is not None and self.runner.dev.is_cuda:
+        if k is not None and self.runner.dev.is_cuda and self.runner.opts.inflight_kernels:
             if self._cross is None:
                 self._cross = k.PointerTable(b.cross_k + b.cross_v)
             if enc.cross_table is None:

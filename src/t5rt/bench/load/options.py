@@ -31,6 +31,7 @@ class LoadOptions:
     calibrate: int = 24         # requests run one at a time to fit the solo latency
     warmup: int = 6
     max_batch: int = 64         # rows per in-flight slot pool
+    inflight_kernels: bool = False  # RuntimeOptions.inflight_kernels for both t5rt systems
     seed: int = 0
     json: Path | None = None
     plot: Path | None = None
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests run alone to fit the solo latency (the slowdown column)")
     p.add_argument("--warmup", type=int, default=LoadOptions.warmup, help="untimed requests per system")
     p.add_argument("--max-batch", type=int, default=LoadOptions.max_batch, help="rows per in-flight slot pool")
+    p.add_argument("--inflight-kernels", action="store_true",
+                   help="RuntimeOptions(inflight_kernels=True): pooled rows and one-launch joins (CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png")
@@ -133,7 +136,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
                        rates=args.rates, duration=args.duration, drain=args.drain, src=args.src, new=args.new,
                        mix=args.mix, systems=args.systems or _default_systems(args), calibrate=args.calibrate,
                        warmup=args.warmup, url=args.url, serve=args.serve, api_key=args.api_key,
-                       max_batch=args.max_batch, seed=args.seed, json=args.json, plot=args.plot,
+                       max_batch=args.max_batch, inflight_kernels=args.inflight_kernels, seed=args.seed, json=args.json, plot=args.plot,
                        cache_dir=args.cache_dir or default_cache_dir())
     opts.validate()
     return opts
