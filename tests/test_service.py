@@ -418,6 +418,24 @@ def test_pooled_rows_through_the_scheduler_equal_solo(tiny, solo_rt, host_kernel
     assert st["requests_pooled"] >= 14 and st["requests_failed"] == 0 and st["slots_in_use"] == 0
 
 
+def test_short_requests_share_a_busy_pool_of_a_longer_bucket(tiny, solo_rt):
+    """share_pools: requests of the 16-token source bucket join the running pool of a 64-token
+    request instead of opening a pool of their own (one decoder-step launch a scheduler step),
+    and still decode exactly as alone (masked source positions add exact zeros)."""
+    rng = random.Random(9)
+    long = dict(input_ids=[[rng.randrange(2, 384) for _ in range(50)] + [1]], max_new_tokens=NEW, min_new_tokens=NEW)
+    short = [dict(input_ids=[[rng.randrange(2, 384) for _ in range(rng.randrange(3, 12))] + [1]],
+                  max_new_tokens=9, **({"num_beams": 2} if i % 3 == 0 else {})) for i in range(6)]
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1) as r:
+        first = r.submit(**long)
+        got = [f.result(60) for f in [r.submit(**kw) for kw in short]]
+        assert same(first.result(60), solo_rt.generate(**long))
+        pools = sorted(r._scheduler.executor.pools)
+    assert pools == [64], pools  # no pool of the short requests' own bucket was opened
+    for g, kw in zip(got, short):
+        assert same(g, solo_rt.generate(**kw))
+
+
 def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):
     reqs, solo = requests_and_solo
 
