@@ -27,6 +27,7 @@ import numpy as np
 
 from ..generation_config import GenerationConfig
 from . import rng
+from .sampling import _cut_at_eos, _to_host
 
 GREEDY, SAMPLE = 1, 2
 
@@ -42,8 +43,9 @@ def pooled_mode(cfg: GenerationConfig, inputs: int, rows_per_input: int) -> int 
 
 @dataclass
 class Snapshot:
-    """Host copy of rows 0..n-1: unfinished, position (= tokens generated), seq_logprob, history,
-    token_logprob (None unless asked for)."""
+    """Rows 0..n-1 on the host: unfinished, position (= tokens generated), seq_logprob, history,
+    token_logprob (None unless asked for). Read it before the pool's next step (on numpy the
+    arrays are views of the state)."""
 
     unfinished: np.ndarray
     position: np.ndarray
@@ -53,8 +55,7 @@ class Snapshot:
 
     def tokens(self, row: int, eos: int) -> list[int]:
         """The row's generated tokens so far, cut after the first eos (as SamplingStrategy.result)."""
-        seq = self.history[row, 1:int(self.position[row]) + 1].tolist()
-        return seq[: seq.index(eos) + 1] if eos in seq else seq
+        return _cut_at_eos(self.history[row, 1:int(self.position[row]) + 1].tolist(), eos)
 
 
 class PooledRows:
@@ -64,27 +65,26 @@ class PooledRows:
                  logits: Any, pad: int, eos: int, start: int, vocab_size: int, capture: Any = None):
         """input_ids [C, 1], position [C], logits [C, V] fp32: the pool's decoder-step buffers.
         capture: fn -> CapturedStep (None: launch eagerly every step)."""
-        self.k, self.launcher, self.xp = kernels, launcher, launcher.xp
+        self.k, self.xp = kernels, launcher.xp
         self.state = kernels.PoolState(capacity, width, input_ids.reshape(-1), position, launcher=launcher)
         self.logits = logits
         self.pad, self.eos, self.start, self.vocab = pad, eos, start, vocab_size
-        self.width = width
         self._capture = capture
         self._updates: dict[int, np.ndarray] = {}  # row -> its latest update (a join overrides a leave)
         self._graphs: dict[int, Any] = {}
         self._eager: set[int] = set()
 
     def accepts(self, cfg: GenerationConfig, inputs: int, rows_per_input: int, max_new: int) -> int | None:
-        return pooled_mode(cfg, inputs, rows_per_input) if max_new < self.width else None
+        return pooled_mode(cfg, inputs, rows_per_input) if max_new < self.state.width else None
 
-    def join(self, row: int, mode: int, cfg: GenerationConfig, max_new: int, rng_row: int) -> int:
-        """Row `row` starts a request (applied at the next flush) -> the seed it samples with."""
+    def join(self, row: int, mode: int, cfg: GenerationConfig, max_new: int, rng_row: int) -> None:
+        """Row `row` starts a request (applied at the next flush); seed None draws a fresh one, as
+        a new strategy would."""
         seed = cfg.seed if cfg.seed is not None else (rng.fresh_seed() if mode == SAMPLE else 0)
         self._updates[row] = self.k.pool_update_row(
             row, mode=mode, temperature=float(cfg.temperature), top_k=int(cfg.top_k or 0), top_p=float(cfg.top_p),
             seed=int(seed), rng_row=rng_row, max_new=max_new, min_new=int(cfg.min_new_tokens),
             vocab_size=self.vocab)
-        return int(seed)
 
     def leave(self, row: int) -> None:
         self._updates[row] = self.k.pool_update_row(row, mode=0)
@@ -117,9 +117,5 @@ class PooledRows:
     def snapshot(self, n: int, token_scores: bool = False) -> Snapshot:
         """Rows 0..n-1 on the host (the caller has synchronised the stream)."""
         s = self.state
-
-        def host(a: Any) -> np.ndarray:
-            return a[:n].get() if hasattr(a, "get") else np.array(a[:n])
-
-        return Snapshot(host(s.unfinished), host(s.position), host(s.seq_logprob), host(s.history),
-                        host(s.token_logprob) if token_scores else None)
+        return Snapshot(*(_to_host(a[:n]) for a in (s.unfinished, s.position, s.seq_logprob, s.history)),
+                        _to_host(s.token_logprob[:n]) if token_scores else None)

@@ -861,8 +861,6 @@ class PoolState:
     writes the next token and the row's step counter straight into them.
     """
 
-    MODES = {"idle": 0, "greedy": 1, "sample": 2}
-
     def __init__(self, capacity: int, width: int, input_ids: Any, position: Any,
                  launcher: Launcher | None = None):
         self.launcher = _launcher(launcher)

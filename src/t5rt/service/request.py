@@ -123,7 +123,7 @@ class Request:
         """Cancelled by the caller, or past its deadline (then failed with RequestTimeoutError)."""
         if self.cancelled:
             return True
-        if self.timeout is not None and self.expired(now):
+        if self.expired(now):
             self.fail(self.timed_out())
             return True
         return False
