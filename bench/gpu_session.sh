@@ -10,7 +10,7 @@
 # wheel; `profile` (bench/diag/scheduler_profile.py) and `soak` by name. LOAD_ARGS (e.g.
 # --inflight-kernels) and PROFILE_ARGS (default --set inflight_kernels=1) pass runtime switches. Their limits add up to more than one call: split them over two calls,
 # e.g. "native nbench diag service" then "bench load soak" (each call stages ORT again if the
-# machine went back).
+# machine went back). A 10-minute soak spans two commands: "soakbg" then "soakwait".
 set -o pipefail
 export PYTHONPATH=/tmp/site${EXTRA_SITE:+:$EXTRA_SITE} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -54,5 +54,24 @@ stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precisi
     --backend ${LOAD_BACKEND:-auto} ${LOAD_ARGS:-} --json "$LOGS/load.json" --plot "$OUT/load.png"
 stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
     --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json"
+# A soak longer than one device command: `soakbg` starts it detached (it outlives the command while
+# the machine stays warm), `soakwait` in the next command waits for it and brings its log and JSON.
+SOAKBG=/tmp/soak-bg
+if [[ " $STAGES " == *" soakbg "* ]]; then
+  rm -rf "$SOAKBG"; mkdir -p "$SOAKBG"
+  setsid nohup python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
+      --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-10} --cache-dir /tmp/t5rt-bench --json "$SOAKBG/soak.json" \
+      > "$SOAKBG/soak.log" 2>&1 < /dev/null & echo $! > "$SOAKBG/pid"; disown
+  echo "== soakbg: started pid $(cat $SOAKBG/pid) for ${SOAK_MIN:-10} min"
+fi
+if [[ " $STAGES " == *" soakwait "* ]]; then
+  pid=$(cat "$SOAKBG/pid" 2>/dev/null)
+  if [ -z "$pid" ]; then echo "== soakwait: no soak was started on this machine"
+  else
+    while kill -0 "$pid" 2>/dev/null && (( $(left) > 20 )); do sleep 5; done
+    kill -0 "$pid" 2>/dev/null && echo "== soakwait: still running at $(( $(date +%s) - t0 ))s" || echo "== soakwait: finished"
+    cp "$SOAKBG"/* "$LOGS"/ 2>/dev/null; grep -v "plugin EP device" "$SOAKBG/soak.log" | tail -${TAIL:-30}
+  fi
+fi
 stage wheel ${T_WHEEL:-90} env OUT="$LOGS" bash bench/h100_tables.sh wheel
 echo "== total $(( $(date +%s) - t0 ))s"
