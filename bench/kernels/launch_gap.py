@@ -1,0 +1,280 @@
+"""Where a native decoder phase's time goes when the phase itself moves little data (issue 13).
+
+The native step is 2 + 8 L phases; t5-small's phases each read 0.5-4 MB yet took 6.6-10 us each,
+far above their floors (0.2-1.2 us). This workbench separates the fixed cost of a phase boundary
+from the work, on a chain of PHASES dependent phases inside one CUDA graph:
+
+    empty (launches)        an empty kernel per phase: the launch gap of a graph
+    empty (PDL)             the same with programmatic dependent launch (griddepcontrol)
+    barrier (persistent)    one kernel, a grid barrier per phase: the barrier's cost
+    gemv (launches)         per phase a bf16 [R, 512] GEMV over fresh weights reading x written by
+                            the phase before (the shape of SELF_OUT / CROSS_Q)
+    gemv (PDL)              the same, each phase's weights loaded into registers *before*
+                            griddepcontrol.wait, so they stream in while the previous phase ends
+    gemv (persistent)       the same work, one kernel, grid barrier between phases
+    gemv (persistent, reg prefetch)  ... with the next phase's weights loaded before the barrier
+
+    python bench/kernels/launch_gap.py [--phases 54] [--rows 1024] [--json out.json]
+
+Prints us per phase (median over graph replays) and the floor of the bytes a phase reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import sys
+
+import numpy as np
+
+from _bench import cupy, peak_tbps, time_device
+
+K = 512  # inputs of every GEMV phase (t5-small's d_model)
+
+SOURCE = r"""
+typedef unsigned int u32;
+__device__ __forceinline__ uint4 ldw(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float ldcg(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ u32 ld_acquire(const u32* p) {
+  u32 v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// no-ops when the launch did not ask for programmatic serialization
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+__device__ __forceinline__ void grid_sync(u32* bar, u32& gen) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const u32 arrived = atomicAdd(bar, 1u);
+    if (arrived == gridDim.x - 1) {
+      bar[0] = 0u;
+      __threadfence();
+      atomicExch(bar + 1, gen + 1u);
+    } else {
+      while (ld_acquire(bar + 1) == gen) {
+      }
+    }
+    __threadfence();
+  }
+  gen += 1u;
+  __syncthreads();
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// one warp row = 512 bf16 = 64 x 16 B: two chunks a lane; at most MAXR rows a warp
+#define MAXR 4
+struct Rows { uint4 w[MAXR][2]; };
+
+__device__ __forceinline__ void load_rows(const unsigned short* W, int R, Rows& r) {
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int gw = blockIdx.x * nw + (threadIdx.x >> 5), gn = gridDim.x * nw;
+#pragma unroll
+  for (int i = 0; i < MAXR; ++i) {
+    const int j = gw + i * gn;
+    if (j < R) {
+      const uint4* row = (const uint4*)(W + (long long)j * 512);
+      r.w[i][0] = ldw(row + lane);
+      r.w[i][1] = ldw(row + lane + 32);
+    }
+  }
+}
+
+__device__ __forceinline__ void dot_rows(const Rows& r, const float* xs, float* y, int R) {
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int gw = blockIdx.x * nw + (threadIdx.x >> 5), gn = gridDim.x * nw;
+#pragma unroll
+  for (int i = 0; i < MAXR; ++i) {
+    const int j = gw + i * gn;
+    if (j < R) {  // warp-uniform
+      float acc = 0.f;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const uint4 v = r.w[i][c];
+        const u32 w4[4] = {v.x, v.y, v.z, v.w};
+        const float* xr = xs + (lane + 32 * c) * 8;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          acc += __uint_as_float(w4[e] << 16) * xr[2 * e];
+          acc += __uint_as_float(w4[e] & 0xffff0000u) * xr[2 * e + 1];
+        }
+      }
+      acc = warp_sum(acc);
+      if (lane == 0) y[j] = acc;
+    }
+  }
+}
+
+extern "C" __global__ void empty_phase(float* y) {
+  pdl_trigger();
+  pdl_wait();
+}
+
+extern "C" __global__ void gemv_phase(const unsigned short* W, const float* x, float* y, int R) {
+  __shared__ float xs[512];
+  Rows r;
+  load_rows(W, R, r);  // independent of the phase before: in flight while it ends (PDL)
+  pdl_trigger();
+  pdl_wait();
+  for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = ldcg(x + i);
+  __syncthreads();
+  dot_rows(r, xs, y, R);
+}
+
+extern "C" __global__ void barrier_persistent(u32* bar, int phases) {
+  u32 gen = ld_acquire(bar + 1);
+  for (int p = 0; p < phases; ++p) grid_sync(bar, gen);
+}
+
+// phase p: y_p = W_p x_p with x_{p+1} = y_p[:512]; xbuf [2, R]
+extern "C" __global__ void gemv_persistent(const unsigned short* W, float* xbuf, int R, int phases, u32* bar,
+                                           int prefetch) {
+  __shared__ float xs[512];
+  u32 gen = ld_acquire(bar + 1);
+  Rows r;
+  load_rows(W, R, r);
+  for (int p = 0; p < phases; ++p) {
+    const float* x = xbuf + (p & 1) * R;
+    float* y = xbuf + ((p + 1) & 1) * R;
+    if (!prefetch && p > 0) load_rows(W + (long long)p * R * 512, R, r);
+    for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = ldcg(x + i);
+    __syncthreads();
+    dot_rows(r, xs, y, R);
+    if (prefetch && p + 1 < phases) load_rows(W + (long long)(p + 1) * R * 512, R, r);
+    grid_sync(bar, gen);
+  }
+}
+"""
+
+
+class PdlLauncher:
+    """cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (cuda-python)."""
+
+    def __init__(self):
+        from cuda.bindings import driver as cu
+
+        self.cu = cu
+
+    def launch(self, fn, grid: int, block: int, stream, args: list[tuple[type, int]], pdl: bool) -> None:
+        cu = self.cu
+        cfg = cu.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid, 1, 1
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block, 1, 1
+        cfg.sharedMemBytes = 0
+        cfg.hStream = cu.CUstream(stream.ptr)
+        if pdl:
+            attr = cu.CUlaunchAttribute()
+            attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            attr.value.programmaticStreamSerializationAllowed = 1
+            cfg.attrs = [attr]
+            cfg.numAttrs = 1
+        else:
+            cfg.numAttrs = 0
+        vals = [t(v) for t, v in args]  # kept alive until the launch has copied them
+        ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(fn.ptr), ctypes.addressof(ptrs), 0)
+        if int(err) != 0:
+            raise RuntimeError(f"cuLaunchKernelEx: {err}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phases", type=int, default=54)
+    p.add_argument("--rows", type=int, default=1024, help="GEMV output rows a phase (bf16 [rows, 512])")
+    p.add_argument("--blocks", type=str, default="256,512", help="block sizes to try")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    cp = cupy()
+    name, tbps = peak_tbps()
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    mod = cp.RawModule(code=SOURCE, options=("-std=c++17",))
+    fns = {k: mod.get_function(k) for k in ("empty_phase", "gemv_phase", "barrier_persistent", "gemv_persistent")}
+    pdl = PdlLauncher()
+    P, R = a.phases, a.rows
+    # fresh weights every phase (P * R * 1 KB; > L2 for the defaults), x ping-pong [2, R]
+    W = cp.random.standard_normal((P, R, K), dtype=cp.float32) * np.float32(K ** -0.5)  # keeps |x| ~ 1
+    Wb = (W.view(cp.uint32) >> 16).astype(cp.uint16)  # bf16 bits (truncated: fine for timing)
+    xbuf = cp.zeros((2, max(R, K)), dtype=cp.float32)
+    x0 = cp.random.standard_normal(K, dtype=cp.float32)
+    if R > 4 * sms * (min(int(b) for b in a.blocks.split(",")) // 32) or R < K:
+        p.error(f"--rows must be in [{K}, 4 warps' rows of the grid]")
+    bar = cp.zeros(2, dtype=cp.uint32)
+    floor_us = R * K * 2 / (tbps * 1e12) * 1e6
+    rows = []
+
+    def report(kind: str, block: int, us_total: float, floor: float) -> None:
+        us = us_total / P
+        rows.append(dict(kind=kind, block=block, grid=sms, phases=P, rows=R, us_per_phase=us, floor_us=floor))
+        print(f"{kind:40s} block {block:4d}  {us:7.2f} us/phase  (floor {floor:.2f})", flush=True)
+
+    # correctness of the GEMV chain: launches vs persistent vs numpy, same final x
+    def ref_chain():
+        x = cp.asnumpy(x0).astype(np.float64)
+        Wf = cp.asnumpy((Wb.astype(cp.uint32) << 16).view(cp.float32)).astype(np.float64)
+        for q in range(P):
+            y = Wf[q] @ x
+            x = y[:K]
+        return y
+
+    for block in [int(b) for b in a.blocks.split(",")]:
+        stream = cp.cuda.get_current_stream()
+        st = lambda: cp.cuda.get_current_stream()  # noqa: E731 - the capture's stream
+
+        def empty(use_pdl: bool) -> None:
+            for _ in range(P):
+                pdl.launch(fns["empty_phase"], sms, block, st(), [(ctypes.c_void_p, xbuf.data.ptr)], use_pdl)
+
+        def gemv(use_pdl: bool) -> None:
+            for q in range(P):
+                x, y = xbuf[q & 1], xbuf[(q + 1) & 1]
+                pdl.launch(fns["gemv_phase"], sms, block, st(),
+                           [(ctypes.c_void_p, Wb[q].data.ptr), (ctypes.c_void_p, x.data.ptr),
+                            (ctypes.c_void_p, y.data.ptr), (ctypes.c_int, R)], use_pdl)
+
+        def persistent(prefetch: int) -> None:
+            fns["gemv_persistent"]((sms,), (block,), (Wb, xbuf, np.int32(R), np.int32(P), bar, np.int32(prefetch)))
+
+        want = ref_chain()
+        for label, fn in [("gemv (launches)", lambda: gemv(False)), ("gemv (PDL)", lambda: gemv(True)),
+                          ("gemv (persistent)", lambda: persistent(0)),
+                          ("gemv (persistent, reg prefetch)", lambda: persistent(1))]:
+            xbuf[:] = 0
+            xbuf[0, :K] = x0
+            fn()
+            stream.synchronize()
+            got = cp.asnumpy(xbuf[P & 1, :R])
+            err = float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
+            if err > 1e-3:
+                print(f"{label}: WRONG result (rel err {err:.2e})", flush=True)
+        report("empty (launches)", block, time_device(lambda: empty(False), reps=4, iters=30), 0.0)
+        report("empty (PDL)", block, time_device(lambda: empty(True), reps=4, iters=30), 0.0)
+        report("barrier (persistent)", block,
+               time_device(lambda: fns["barrier_persistent"]((sms,), (block,), (bar, np.int32(P))), reps=4, iters=30), 0.0)
+        report("gemv (launches)", block, time_device(lambda: gemv(False), reps=4, iters=30), floor_us)
+        report("gemv (PDL)", block, time_device(lambda: gemv(True), reps=4, iters=30), floor_us)
+        report("gemv (persistent)", block, time_device(lambda: persistent(0), reps=4, iters=30), floor_us)
+        report("gemv (persistent, reg prefetch)", block, time_device(lambda: persistent(1), reps=4, iters=30), floor_us)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": name, "peak_tbps": tbps, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
