@@ -59,10 +59,12 @@ stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16
 SOAKBG=/tmp/soak-bg
 if [[ " $STAGES " == *" soakbg "* ]]; then
   rm -rf "$SOAKBG"; mkdir -p "$SOAKBG"
+  # saturation: SATURATION, else the best t5rt throughput of this command's load stage, else 93
+  sat=${SATURATION:-$(python -c "import json; print(round(max(r['throughput_rps'] for r in json.load(open('${LOAD_JSON:-$LOGS/load.json}'))['rows'] if r['system'] == 't5rt'), 1))" 2>/dev/null)}
   setsid nohup python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
-      --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-10} --cache-dir /tmp/t5rt-bench --json "$SOAKBG/soak.json" \
+      --saturation ${sat:-93} --minutes ${SOAK_MIN:-10} --cache-dir /tmp/t5rt-bench --json "$SOAKBG/soak.json" ${SOAK_ARGS:-} \
       > "$SOAKBG/soak.log" 2>&1 < /dev/null & echo $! > "$SOAKBG/pid"; disown
-  echo "== soakbg: started pid $(cat $SOAKBG/pid) for ${SOAK_MIN:-10} min"
+  echo "== soakbg: started pid $(cat $SOAKBG/pid) for ${SOAK_MIN:-10} min at ${sat:-93} req/s saturation ${SOAK_ARGS:-}"
 fi
 if [[ " $STAGES " == *" soakwait "* ]]; then
   pid=$(cat "$SOAKBG/pid" 2>/dev/null)

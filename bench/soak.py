@@ -120,6 +120,8 @@ def main() -> int:
     p.add_argument("--mem-tolerance", type=float, default=0.05)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--inflight-kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="RuntimeOptions.inflight_kernels (default: the runtime's default)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     if (a.rate is None) == (a.saturation is None):
@@ -129,12 +131,14 @@ def main() -> int:
                        max_batch=a.max_batch, **({"cache_dir": a.cache_dir} if a.cache_dir else {}))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     prepared = prepare(opts, log)
+    switches = {} if a.inflight_kernels is None else {"inflight_kernels": a.inflight_kernels}
     target = RuntimeTarget(prepared.export_dir, inflight=True, backend=a.backend, device=prepared.device,
-                           max_batch=a.max_batch)
+                           max_batch=a.max_batch, **switches)
     asyncio.run(_warm(target, prepared))
     log(f"[soak] {rate:.2f} req/s for {a.minutes:g} min on {prepared.device}")
     counts, samples, checked = asyncio.run(soak(target, prepared, rate, a.minutes * 60, a.sample_s,
                                                 a.check_every, log))
+    stats = target.counters()
     target.close()
 
     import t5rt
@@ -158,7 +162,8 @@ def main() -> int:
            "rate_rps": rate, "minutes": a.minutes, "requests": counts["requests"], "errors": counts["errors"],
            "error_examples": counts["error_examples"], "rechecked": len(checked), "mismatches": mismatches,
            "memory": {k: {"flat": v[0], "first_min_mib": v[1], "last_min_mib": v[2]} for k, v in mem.items()},
-           "samples": samples, "ok": ok, "pid": os.getpid()}
+           "samples": samples, "ok": ok, "pid": os.getpid(),
+           "runtime_options": switches, "stats": stats}
     print(json.dumps({k: v for k, v in doc.items() if k != "samples"}, indent=1, default=str))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
