@@ -24,7 +24,9 @@
 //                                         blocks (<= one per SM, all co-resident) separated by a
 //                                         grid barrier between phases; weights of the next
 //                                         phases are prefetched into L2 while a phase runs.
-//   t5rt_native_phase_<A>(step, ph, l)    one phase per launch (tests, workbench, fallback).
+//   t5rt_native_phase_<A>(step, ph, l, pdl)  one phase per launch; pdl != 0 when launched with
+//                                         programmatic dependent launch: the phase prefetches its
+//                                         weights into L2 before waiting for the phase before.
 // Projections are memory-bound GEMVs for small N: a warp owns an output row and reads it once
 // with 128-bit non-allocating loads for all N rows (x staged in shared memory), rows spread over
 // every warp of the grid. Everything a launch reads is in the NativeStep table in device memory
@@ -655,6 +657,18 @@ __device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, 
   }
 }
 
+// Launched with programmatic dependent launch (StepTable.launch_phases(pdl=True)): this phase's
+// weight rows stream into L2 while the phase before still runs, then the next phase may start
+// (it too only prefetches before it waits), then wait for the phase before to finish and flush.
+template <int A>
+__device__ __forceinline__ void t5rt_pdl_start(const T5rtNativeStep& s, int ph, int l) {
+  if (ph != T5RT_NATIVE_EMBED)
+    t5rt_prefetch_phase<A>(s, ph, l, blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5),
+                           gridDim.x * (blockDim.x >> 5));
+  t5rt_pdl_trigger();
+  t5rt_pdl_wait();
+}
+
 // the NativeStep table into shared memory (read many times per phase)
 __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNativeStep* s) {
   const u64* src = (const u64*)g;
@@ -666,10 +680,11 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
 
 #define T5RT_NATIVE_INSTANTIATE(SUFFIX, A)                                                           \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
-      t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l) {                       \
+      t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l, int pdl) {              \
     __shared__ T5rtNativeStep s;                                                                    \
     extern __shared__ __align__(16) float t5rt_native_smem[];                                                     \
-    if (!t5rt_load_step(step, &s)) return;                                                          \
+    if (!t5rt_load_step(step, &s)) return;  /* the table and weights: never written by a step */   \
+    if (pdl) t5rt_pdl_start<A>(s, ph, l);                                                           \
     t5rt_native_phase<A>(s, ph, l, t5rt_native_smem);                                               \
   }                                                                                                 \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \

@@ -14,8 +14,8 @@ typedef unsigned int u32;
 
 // Bumped whenever a kernel's signature changes or a kernel is added or removed. The loader looks for the kernel
 // t5rt_abi_<N> (t5rt.kernels.ABI) and refuses a build that lacks it.
-#define T5RT_KERNELS_ABI 4
-extern "C" __global__ void t5rt_abi_4() {}
+#define T5RT_KERNELS_ABI 5
+extern "C" __global__ void t5rt_abi_5() {}
 
 // Launch geometry shared with the Python wrappers.
 enum T5rtGeometry {
@@ -28,6 +28,19 @@ enum T5rtGeometry {
   T5RT_DEC_THREADS = 256,      // decoding_step.cu: block size of every t5rt_dec_* kernel
   T5RT_DEC_MAX_K = 64,         // t5rt_dec_beam_update: largest K = 2 * num_beams
 };
+
+// ---- programmatic dependent launch (t5rt.kernels.pdl, sm_90+) ----
+// A kernel launched with the programmatic-serialization attribute may start while the kernel
+// before it on the stream still runs: it must call t5rt_pdl_wait() before touching anything that
+// kernel (or one before it) writes; t5rt_pdl_trigger() lets the next such kernel start. Both are
+// no-ops for an ordinary launch, on the host build and below sm_90.
+#if defined(T5RT_HOST_BUILD) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900)
+__device__ __forceinline__ void t5rt_pdl_wait() {}
+__device__ __forceinline__ void t5rt_pdl_trigger() {}
+#else
+__device__ __forceinline__ void t5rt_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void t5rt_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+#endif
 
 // Bytes copied per thread per iteration by the cache kernels (one instantiation each).
 enum T5rtCopyUnit {

@@ -856,9 +856,10 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
     ref = NR.decoder_step(m, st["ids"], st["pos"], st["mask"], st["ck"], st["cv"], [c.copy() for c in st["sk"]],
                           [c.copy() for c in st["sv"]])
     results = []
-    for run in ("launch_phases",) + (() if dev.host else ("launch",)):
+    # (pdl: the phases with programmatic dependent launch; on the host build a plain launch)
+    for run in ("launch_phases", "pdl") + (() if dev.host else ("launch",)):
         tab2 = native_step_table(dev, m, st)
-        getattr(tab2, run)()
+        tab2.launch_phases(pdl=True) if run == "pdl" else getattr(tab2, run)()
         results.append([dev.get(tab2.bufs.logits)] + [dev.get(c) for c in tab2.bufs.self_k + tab2.bufs.self_v])
     native_close(results[0][0], ref, act_dtype, "whole step")
     for got in results[1:]:

@@ -67,9 +67,11 @@ def load_model(m: Manifest) -> Any:
 class NativeSession:
     """The decoder step of one export on the GPU; makes one NativeEngine per bucket."""
 
-    def __init__(self, m: Manifest, device: Any, persistent: bool = True, launcher: Any = None):
+    def __init__(self, m: Manifest, device: Any, persistent: bool = True, launcher: Any = None,
+                 pdl: bool = False):
         """launcher: None (the CUDA kernels) or t5rt.kernels.host.HostKernels (CPU tests: the same
-        kernels built as host C++ over numpy buffers, one launch per phase)."""
+        kernels built as host C++ over numpy buffers, one launch per phase). pdl: the per-phase
+        launches (persistent False) use programmatic dependent launch."""
         from ..kernels import load as load_kernels
         from ..kernels.native import DeviceModel, unsupported_reason as kernel_reason
 
@@ -81,6 +83,7 @@ class NativeSession:
         self.spec = m.graphs["decoder_step"]
         self.device = device
         self.persistent = persistent and launcher is None  # the host build has no grid barrier
+        self.pdl = pdl
         model = load_model(m)
         if why := kernel_reason(model):
             raise BackendError(f"backend='native' cannot run this export: {why}")
@@ -158,7 +161,7 @@ class NativeEngine:
             if self._s.persistent and table.coresident:
                 table.launch()
             else:
-                table.launch_phases()
+                table.launch_phases(pdl=self._s.pdl)
 
 
 def _unbound(arrays: list[Any]) -> bool:

@@ -61,7 +61,7 @@ DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin
 NVRTC_OPTIONS = ("--std=c++17",)
 
 # Mirrors T5RT_KERNELS_ABI in kernels/t5rt_kernels.cuh (a build lacking t5rt_abi_<ABI> is refused).
-ABI = 4
+ABI = 5
 
 
 class Geometry(enum.IntEnum):
@@ -251,13 +251,14 @@ def get_function(name: str) -> Any:
 
 class Launcher(Protocol):
     """Runs kernel `name` over grid x block with the wrapper's arguments (arrays, numpy scalars,
-    None = null pointer) and `shared_mem` bytes of dynamic shared memory per block. `xp` is the
-    array module of its arrays (cupy / numpy)."""
+    None = null pointer) and `shared_mem` bytes of dynamic shared memory per block; `pdl`: with
+    programmatic dependent launch (t5rt.kernels.pdl; the kernel must call t5rt_pdl_wait()). `xp`
+    is the array module of its arrays (cupy / numpy)."""
 
     xp: Any
 
     def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
-               shared_mem: int = 0) -> None: ...
+               shared_mem: int = 0, pdl: bool = False) -> None: ...
 
 
 _NULL = np.uint64(0)
@@ -271,9 +272,14 @@ class CudaLauncher:
         self.loaded = load(how)
 
     def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
-               shared_mem: int = 0) -> None:
-        self.loaded.function(name)(grid, block, tuple(_NULL if a is None else a for a in args),
-                                   shared_mem=shared_mem)
+               shared_mem: int = 0, pdl: bool = False) -> None:
+        fn = self.loaded.function(name)
+        if pdl:
+            from . import pdl as _pdl
+
+            _pdl.launch(fn, grid, block, args, shared_mem, self.xp.cuda.get_current_stream().ptr)
+            return
+        fn(grid, block, tuple(_NULL if a is None else a for a in args), shared_mem=shared_mem)
 
 
 _cuda: dict[str, CudaLauncher] = {}

@@ -148,9 +148,10 @@ class HostKernels:
         return k
 
     def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
-               shared_mem: int = 0) -> None:
+               shared_mem: int = 0, pdl: bool = False) -> None:
         """Run kernel `name` over grid x block (1 to 3 dims each) with the wrapper's arguments and
-        `shared_mem` bytes of dynamic shared memory per block."""
+        `shared_mem` bytes of dynamic shared memory per block (`pdl`: nothing to overlap here; the
+        kernel's t5rt_pdl_wait() is a no-op on the host build)."""
         fn, sig = self._kernel(name)
         if "?" in sig:
             raise InvalidInputError(f"{name} takes a struct by value; the host build cannot pass it")

@@ -5,6 +5,7 @@
     step = StepTable(dev, rows, src_len, cache_len, buffers)            # one per bucket
     step.launch()              # the whole step: one persistent kernel (grid barrier between phases)
     step.launch_phases()       # the same step, one launch per phase (fallback, tests, workbench)
+    step.launch_phases(pdl=True)  # ... with programmatic dependent launch between the phases
     step.launch_phase(ph, l)   # one phase
 
 `NativeModel` (host arrays in the layout the kernels read: q/k/v concatenated, gated FFN as two
@@ -389,14 +390,17 @@ class StepTable:
                                "(its grid barrier would deadlock); use launch_phases()")
         self.launcher.launch(self._step, self.grid, self.block, (self.table,), shared_mem=self.smem_bytes)
 
-    def launch_phase(self, phase: int, layer: int = 0) -> None:
-        self.launcher.launch(self._phase, self.grid, self.block, (self.table, np.int32(int(phase)), np.int32(layer)),
-                             shared_mem=self.smem_bytes)
+    def launch_phase(self, phase: int, layer: int = 0, pdl: bool = False) -> None:
+        """One phase; pdl: with programmatic dependent launch (CUDA sm_90+: the phase prefetches its
+        weights into L2 while the kernel before it still runs, then waits for it)."""
+        self.launcher.launch(self._phase, self.grid, self.block,
+                             (self.table, np.int32(int(phase)), np.int32(layer), np.int32(bool(pdl))),
+                             shared_mem=self.smem_bytes, pdl=pdl)
 
-    def launch_phases(self) -> None:
-        """The whole step, one launch per phase (no grid barrier)."""
-        self.launch_phase(Phase.EMBED)
+    def launch_phases(self, pdl: bool = False) -> None:
+        """The whole step, one launch per phase (no grid barrier); pdl: see launch_phase."""
+        self.launch_phase(Phase.EMBED, 0, pdl)
         for l in range(len(self.dev.layers)):
             for ph in LAYER_PHASES:
-                self.launch_phase(ph, l)
-        self.launch_phase(Phase.LM_HEAD)
+                self.launch_phase(ph, l, pdl)
+        self.launch_phase(Phase.LM_HEAD, 0, pdl)

@@ -69,6 +69,11 @@ class RuntimeOptions:
     # backend="native": the whole decoder step as one persistent kernel (grid barrier between
     # phases); False launches one kernel per phase (same results, slower; a fallback)
     native_persistent: bool = True
+    # backend="native" with native_persistent=False: the phases' launches use programmatic
+    # dependent launch (each phase's weights stream into L2 while the phase before ends; CUDA
+    # graphs keep the overlap). Off until measured against the other two on a GPU:
+    # bench/kernels/native_step.py rows "step (per-phase, PDL)"
+    native_pdl: bool = False
     # CUDA: an engine that can be captured (backend="native") runs inside the decoding step's CUDA
     # graph, so a step is one graph launch. Off until its GPU test has run (written without a GPU:
     # tests/test_native.py::test_native_generate_matches_hf covers it)
