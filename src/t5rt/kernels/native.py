@@ -390,17 +390,21 @@ class StepTable:
                                "(its grid barrier would deadlock); use launch_phases()")
         self.launcher.launch(self._step, self.grid, self.block, (self.table,), shared_mem=self.smem_bytes)
 
-    def launch_phase(self, phase: int, layer: int = 0, pdl: bool = False) -> None:
+    def launch_phase(self, phase: int, layer: int = 0, pdl: bool = False, threads: int | None = None) -> None:
         """One phase; pdl: with programmatic dependent launch (CUDA sm_90+: the phase prefetches its
-        weights into L2 while the kernel before it still runs, then waits for it)."""
-        self.launcher.launch(self._phase, self.grid, self.block,
+        weights into L2 while the kernel before it still runs, then waits for it). threads: block
+        size (a multiple of 32 up to THREADS; fewer let two phases' blocks share an SM)."""
+        t = THREADS if threads is None else int(threads)
+        if t % 32 or not 32 <= t <= THREADS:
+            raise InvalidInputError(f"threads={t} must be a multiple of 32 in [32, {THREADS}]")
+        self.launcher.launch(self._phase, self.grid, (t,),
                              (self.table, np.int32(int(phase)), np.int32(layer), np.int32(bool(pdl))),
                              shared_mem=self.smem_bytes, pdl=pdl)
 
-    def launch_phases(self, pdl: bool = False) -> None:
-        """The whole step, one launch per phase (no grid barrier); pdl: see launch_phase."""
-        self.launch_phase(Phase.EMBED, 0, pdl)
+    def launch_phases(self, pdl: bool = False, threads: int | None = None) -> None:
+        """The whole step, one launch per phase (no grid barrier); pdl, threads: see launch_phase."""
+        self.launch_phase(Phase.EMBED, 0, pdl, threads)
         for l in range(len(self.dev.layers)):
             for ph in LAYER_PHASES:
-                self.launch_phase(ph, l, pdl)
-        self.launch_phase(Phase.LM_HEAD, 0, pdl)
+                self.launch_phase(ph, l, pdl, threads)
+        self.launch_phase(Phase.LM_HEAD, 0, pdl, threads)
