@@ -13,6 +13,7 @@ import pytest
 
 from t5rt.bench.load.driver import SoloModel, drive, saturated, summarize
 from t5rt.bench.load.options import build_parser, options_from_args
+from t5rt.bench.load.report import format_table
 from t5rt.bench.load.targets import Outcome
 from t5rt.bench.load.workload import DEFAULT_MIX, MODES, make_requests, poisson_arrivals
 
@@ -58,6 +59,9 @@ def test_solo_model_recovers_a_line_and_slowdown_uses_it():
     slow = [Outcome(o.req, 0.0, 0.001, 2 * o.end, o.tokens) for o in outs]
     row = summarize("t5rt", 10.0, slow, sent=40, elapsed=4.0, solo=solo, before=None, after=None)
     assert row["slowdown_p99"] == pytest.approx(2.0) and row["completed"] == 40 and row["throughput_rps"] == 10.0
+    assert row["slowdown_p99_by_mode"].keys() == {"greedy", "sample", "beam4"}
+    assert all(v == pytest.approx(2.0) for v in row["slowdown_p99_by_mode"].values())
+    assert "beam4 2.0" in format_table([row])
     assert not saturated(row) and saturated(dict(row, unfinished=1))
 
 

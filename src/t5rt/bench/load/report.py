@@ -13,7 +13,8 @@ COLUMNS = [  # (header, key, format)
     ("done", "completed", "{}"), ("req/s", "throughput_rps", "{:.2f}"), ("tok/s", "tokens_per_s", "{:.0f}"),
     ("p50 lat s", "latency_p50_s", "{:.3f}"), ("p99 lat s", "latency_p99_s", "{:.3f}"),
     ("p50 TTFT s", "ttft_p50_s", "{:.3f}"), ("p99 TTFT s", "ttft_p99_s", "{:.3f}"),
-    ("p99 slowdown", "slowdown_p99", "{:.2f}"), ("rows/step", "rows_per_step", "{:.1f}"),
+    ("p99 slowdown", "slowdown_p99", "{:.2f}"), ("p99 slowdown by mode", "slowdown_p99_by_mode", "{:.1f}"),
+    ("rows/step", "rows_per_step", "{:.1f}"),
     ("host ms/step", "host_s_per_step", "{:.3f}"), ("engine ms/step", "engine_s_per_step", "{:.3f}"),
     ("join ms/step", "join_s_per_step", "{:.3f}"),
     ("+HTTP p50 ms", "overhead_p50_s", "{:.2f}"), ("+HTTP p99 ms", "overhead_p99_s", "{:.2f}"),
@@ -24,6 +25,8 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
+    if isinstance(v, dict):  # per mode: "beam4 5.2 greedy 2.1 ..."
+        return " ".join(f"{k} {fmt.format(x)}" for k, x in v.items() if x is not None) or "-"
     return fmt.format(v * 1e3 if key.endswith("_s_per_step") or key.startswith("overhead_") else v)
 
 
