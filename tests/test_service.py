@@ -340,16 +340,19 @@ def differences(got: list, solo: list, reqs: list[dict], atol: float = 1e-5) -> 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("graphs,kernels", [(True, True), (False, True), (True, False)],
-                         ids=["graphs", "eager", "graphs-no-inflight-kernels"])
-def test_gpu_sixteen_threads_equal_solo(tiny, graphs, kernels):
+@pytest.mark.parametrize("graphs,kernels,reuse", [(True, True, False), (False, True, False), (True, False, False),
+                                                  (True, True, True)],
+                         ids=["graphs", "eager", "graphs-no-inflight-kernels", "graphs-reuse"])
+def test_gpu_sixteen_threads_equal_solo(tiny, graphs, kernels, reuse):
     """CUDA: in-flight batching (captured graphs or eager; the in-flight kernels, pooled rows and
-    one-launch joins, on or off), 16 threads, each result equal to the same request alone on the
-    direct path; then streams and asyncio."""
+    one-launch joins, on or off; members' strategies and graphs reused across requests or not),
+    16 threads, each result equal to the same request alone on the direct path; then streams and
+    asyncio."""
     reqs = mixed_requests(48, seed=1)
     with t5rt.load(tiny[1], backend="ort", device="cuda", inflight=False) as solo_rt:
         solo = [solo_rt.generate(**kw) for kw in reqs]
-    with t5rt.load(tiny[1], backend="ort", device="cuda", cuda_graphs=graphs, inflight_kernels=kernels) as r:
+    with t5rt.load(tiny[1], backend="ort", device="cuda", cuda_graphs=graphs, inflight_kernels=kernels,
+                   reuse_step_graphs=reuse) as r:
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
                                 range(len(reqs))))
