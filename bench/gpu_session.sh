@@ -53,7 +53,7 @@ stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precisi
     --duration ${LOAD_S:-5} --drain 20 --calibrate ${CALIBRATE:-24} --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
     --backend ${LOAD_BACKEND:-auto} ${LOAD_ARGS:-} --json "$LOGS/load.json" --plot "$OUT/load.png"
 stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
-    --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json"
+    --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json" ${SOAK_ARGS:-}
 # A soak longer than one device command: `soakbg` starts it detached (it outlives the command while
 # the machine stays warm), `soakwait` in the next command waits for it and brings its log and JSON.
 SOAKBG=/tmp/soak-bg

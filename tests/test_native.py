@@ -273,8 +273,9 @@ def test_native_generate_matches_hf(exports, shape, beams):
         np.testing.assert_allclose(out.scores, hf.sequences_scores.numpy(), rtol=1e-3, atol=1e-3)
     # the phase-per-launch fallback (plain and with programmatic dependent launch), and the engine
     # inside the decoding step's CUDA graph, decode the same tokens
-    for opts in (dict(native_persistent=False), dict(native_persistent=False, native_pdl=True),
-                 dict(graph_engine_step=True), dict(graph_engine_step=True, native_persistent=False, native_pdl=True)):
+    # (the default: per-phase launches with PDL; the others: persistent, per-phase without PDL)
+    for opts in (dict(native_persistent=True), dict(native_persistent=False, native_pdl=False),
+                 dict(graph_engine_step=True), dict(graph_engine_step=True, native_persistent=True)):
         rt2 = t5rt.load(d, backend="native", device="cuda", **opts)
         assert rt2.generate(input_ids=ids, attention_mask=mask, **kw).sequences == ref, opts
 

@@ -188,7 +188,7 @@ class PdlLauncher:
             cfg.numAttrs = 0
         vals = [t(v) for t, v in args]  # kept alive until the launch has copied them
         ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-        (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(fn.ptr), ctypes.addressof(ptrs), 0)
+        (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(int(getattr(fn, "kernel", fn).ptr)), ctypes.addressof(ptrs), 0)
         if int(err) != 0:
             raise RuntimeError(f"cuLaunchKernelEx: {err}")
 

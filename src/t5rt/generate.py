@@ -326,7 +326,7 @@ class Runtime:
             cached.reset()
             return cached
         strategy = self._new_strategy(cfg, batch, max_new, first_input)
-        # CUDA: only with reuse_step_graphs (the GPU half of reuse has not run on a GPU yet)
+        # CUDA: only with reuse_step_graphs (on by default; off: capture per request)
         if key is not None and (not self.device.is_cuda or self.options.reuse_step_graphs):
             self._strategies[key] = strategy
             while len(self._strategies) > self.options.max_cached_buckets:

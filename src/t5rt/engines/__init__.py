@@ -60,8 +60,8 @@ def open_sessions(m: Manifest, requested: str, device: Any, options: Any) -> tup
         from .native import NativeSession
 
         sessions = _ort_encoder_sessions(m, device, options)
-        sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", True),
-                                                 pdl=getattr(options, "native_pdl", False))
+        sessions["decoder_step"] = NativeSession(m, device, persistent=getattr(options, "native_persistent", False),
+                                                 pdl=getattr(options, "native_pdl", True))
     if backend == "ort":
         from .ort import OrtSession
 

@@ -1,6 +1,7 @@
 """backend="native": t5rt's own CUDA kernels run the decoder step (DESIGN.md §9, issue 13).
 
-The decoder step is one persistent kernel per step (kernels/native_decoder.cu through
+The decoder step is one kernel per phase, with programmatic dependent launch on sm_90+ (or, with
+RuntimeOptions.native_persistent, one persistent kernel; kernels/native_decoder.cu through
 t5rt.kernels.native) over the weights the exporter wrote to decoder_weights.safetensors (listed
 in the manifest with its sha256; read torch-free with numpy). The engine takes the same named
 buffers as the ONNX decoder_step graph (Engine protocol), so the runner, the CUDA graphs and the
@@ -67,8 +68,8 @@ def load_model(m: Manifest) -> Any:
 class NativeSession:
     """The decoder step of one export on the GPU; makes one NativeEngine per bucket."""
 
-    def __init__(self, m: Manifest, device: Any, persistent: bool = True, launcher: Any = None,
-                 pdl: bool = False):
+    def __init__(self, m: Manifest, device: Any, persistent: bool = False, launcher: Any = None,
+                 pdl: bool = True):
         """launcher: None (the CUDA kernels) or t5rt.kernels.host.HostKernels (CPU tests: the same
         kernels built as host C++ over numpy buffers, one launch per phase). pdl: the per-phase
         launches (persistent False) use programmatic dependent launch."""
@@ -83,7 +84,6 @@ class NativeSession:
         self.spec = m.graphs["decoder_step"]
         self.device = device
         self.persistent = persistent and launcher is None  # the host build has no grid barrier
-        self.pdl = pdl
         model = load_model(m)
         if why := kernel_reason(model):
             raise BackendError(f"backend='native' cannot run this export: {why}")
@@ -91,6 +91,7 @@ class NativeSession:
             load_kernels()  # compile / load now, not inside the first step
         with device.use():
             self.model = DeviceModel(model, launcher)
+        self.pdl = pdl and self.model.pdl_capable
         log.info("native: %d layers, %.1f MB of weights on the GPU", len(model.layers), self.model.nbytes() / 1e6)
 
     def engine(self) -> "NativeEngine":

@@ -236,10 +236,13 @@ class DeviceModel:
         self.layers = [{k: up(getattr(ly, k)) for k in LAYER_WEIGHTS} for ly in model.layers]
         if xp is np:
             self.sms, self.smem_optin = HOST_GRID, 227 * 1024
+            self.pdl_capable = True  # accepted and ignored by the host build
         else:
             dev = xp.cuda.Device()
             self.sms = int(dev.attributes["MultiProcessorCount"])
             self.smem_optin = int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+            # programmatic dependent launch needs sm_90+ (griddepcontrol)
+            self.pdl_capable = int(dev.compute_capability) >= 90
 
     def nbytes(self) -> int:
         arrays = [self.emb, self.rel_bias, self.final_norm, self.lm_head]

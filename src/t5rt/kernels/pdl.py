@@ -83,4 +83,4 @@ def launch(fn: Any, grid: Sequence[int], block: Sequence[int], args: Sequence[An
     cfg.numAttrs = 1
     values = [_param(i, a) for i, a in enumerate(args)]  # alive until the launch has copied them
     argv = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
-    check(cu.cuLaunchKernelEx(cfg, cu.CUfunction(int(fn.ptr)), ctypes.addressof(argv), 0), "cuLaunchKernelEx")
+    check(cu.cuLaunchKernelEx(cfg, cu.CUfunction(int(getattr(fn, "kernel", fn).ptr)), ctypes.addressof(argv), 0), "cuLaunchKernelEx")

@@ -47,10 +47,10 @@ class RuntimeOptions:
     ort_rewrite: bool | None = None
     # CUDA: reuse the strategy (reset in place) of an earlier request of the same shape and config
     # and replay the decoding step's graph captured for it, instead of allocating and capturing
-    # per request (the CPU always reuses strategies).
-    # Off until tests/test_gpu_runtime.py::test_strategy_and_graph_reused_across_requests has run
-    # on a GPU (written after the last GPU session; CPU-tested: strategy reuse itself).
-    reuse_step_graphs: bool = False
+    # per request (the CPU always reuses strategies). GPU-tested on the H100 2026-12-07:
+    # tests/test_gpu_runtime.py::test_strategy_and_graph_reused_across_requests and
+    # tests/test_service.py::test_gpu_sixteen_threads_equal_solo[graphs-reuse].
+    reuse_step_graphs: bool = True
     # the service core (DESIGN.md §5a): requests waiting beyond this many raise OverloadedError
     max_queue: int = 1024
     # concurrent requests share decoder steps (in-flight batching); False: one request at a time
@@ -58,22 +58,21 @@ class RuntimeOptions:
     # in-flight on CUDA: t5rt's scheduler kernels. Every single-row greedy / sampling request of a
     # slot pool decodes in one launch a step (decoding/pooled.py, kernels/sampling_pool.cu) instead
     # of a strategy and a graph replay each, and a join's cross K/V land in one launch
-    # (t5rt.kernels.rows_copy). Off until their GPU tests have run (written after the last GPU
-    # call of 2026-12-07; CPU-tested through the host build of the kernels):
-    # tests/test_kernels.py -k "pool or rows_copy" and tests/test_service.py::test_gpu_sixteen_threads_equal_solo
-    inflight_kernels: bool = False
+    # (t5rt.kernels.rows_copy). GPU-tested on the H100 2026-12-07 (tests/test_kernels.py pool /
+    # rows_copy, tests/test_service.py 16 threads; load saturation 93 -> 164 req/s).
+    inflight_kernels: bool = True
     # in-flight: a request may join an existing slot pool of a longer source bucket than its own
     # (its source padded; masked positions add exact zeros) instead of starting a pool of its own:
     # every pool is one more decoder-step launch per scheduler step
     share_pools: bool = True
-    # backend="native": the whole decoder step as one persistent kernel (grid barrier between
-    # phases); False launches one kernel per phase (same results, slower; a fallback)
-    native_persistent: bool = True
-    # backend="native" with native_persistent=False: the phases' launches use programmatic
-    # dependent launch (each phase's weights stream into L2 while the phase before ends; CUDA
-    # graphs keep the overlap). Off until measured against the other two on a GPU:
-    # bench/kernels/native_step.py rows "step (per-phase, PDL)"
-    native_pdl: bool = False
+    # backend="native": True runs the whole decoder step as one persistent kernel (a grid barrier
+    # between phases); False launches one kernel per phase, which measured faster on the H100
+    # (t5-small bf16 step 432 us against 466; bench/results/h100-native-pdl-2026-12-07.md)
+    native_persistent: bool = False
+    # backend="native", per-phase launches on sm_90+: programmatic dependent launch between the
+    # phases (each phase's weights stream into L2 while the phase before ends; CUDA graphs keep
+    # the overlap): t5-small bf16 step 381 us against 432 without
+    native_pdl: bool = True
     # CUDA: an engine that can be captured (backend="native") runs inside the decoding step's CUDA
     # graph, so a step is one graph launch. Off until its GPU test has run (written without a GPU:
     # tests/test_native.py::test_native_generate_matches_hf covers it)

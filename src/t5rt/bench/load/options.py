@@ -31,7 +31,7 @@ class LoadOptions:
     calibrate: int = 24         # requests run one at a time to fit the solo latency
     warmup: int = 6
     max_batch: int = 64         # rows per in-flight slot pool
-    inflight_kernels: bool = False  # RuntimeOptions.inflight_kernels for both t5rt systems
+    inflight_kernels: bool = True  # RuntimeOptions.inflight_kernels for both t5rt systems
     seed: int = 0
     json: Path | None = None
     plot: Path | None = None
@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests run alone to fit the solo latency (the slowdown column)")
     p.add_argument("--warmup", type=int, default=LoadOptions.warmup, help="untimed requests per system")
     p.add_argument("--max-batch", type=int, default=LoadOptions.max_batch, help="rows per in-flight slot pool")
-    p.add_argument("--inflight-kernels", action="store_true",
-                   help="RuntimeOptions(inflight_kernels=True): pooled rows and one-launch joins (CUDA)")
+    p.add_argument("--inflight-kernels", action=argparse.BooleanOptionalAction, default=LoadOptions.inflight_kernels,
+                   help="RuntimeOptions.inflight_kernels: pooled rows and one-launch joins (CUDA; on by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png")
