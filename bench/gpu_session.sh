@@ -10,7 +10,8 @@
 # wheel; `profile` (bench/diag/scheduler_profile.py) and `soak` by name. LOAD_ARGS (e.g.
 # --inflight-kernels) and PROFILE_ARGS (default --set inflight_kernels=1) pass runtime switches. Their limits add up to more than one call: split them over two calls,
 # e.g. "native nbench diag service" then "bench load soak" (each call stages ORT again if the
-# machine went back). A 10-minute soak spans two commands: "soakbg" then "soakwait".
+# machine went back). A 10-minute soak spans two commands: "soakbg" then "soakwait"; SOAK_ARGS pass
+# soak.py's switches, e.g. "--set share_pools=0" or "--check-every 40".
 set -o pipefail
 export PYTHONPATH=/tmp/site${EXTRA_SITE:+:$EXTRA_SITE} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -122,6 +122,8 @@ def main() -> int:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--inflight-kernels", action=argparse.BooleanOptionalAction, default=None,
                    help="RuntimeOptions.inflight_kernels (default: the runtime's default)")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=0|1",
+                   help="a boolean RuntimeOptions field for the soak, e.g. --set share_pools=0 (repeatable)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     if (a.rate is None) == (a.saturation is None):
@@ -132,6 +134,10 @@ def main() -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     prepared = prepare(opts, log)
     switches = {} if a.inflight_kernels is None else {"inflight_kernels": a.inflight_kernels}
+    try:
+        switches.update({k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in a.set)})
+    except ValueError:
+        p.error(f"--set takes OPTION=0|1, got {a.set}")
     target = RuntimeTarget(prepared.export_dir, inflight=True, backend=a.backend, device=prepared.device,
                            max_batch=a.max_batch, **switches)
     asyncio.run(_warm(target, prepared))
@@ -153,7 +159,9 @@ def main() -> int:
         if want != o.sequence:  # which request (its index in the soak) and what it asked for
             at = next((j for j, (x, y) in enumerate(zip(want, o.sequence)) if x != y), min(len(want), len(o.sequence)))
             mismatches.append(dict(request=k, options=options, first_difference_at=at,
-                                   tokens=len(o.sequence), solo_tokens=len(want)))
+                                   tokens=len(o.sequence), solo_tokens=len(want), source_tokens=len(o.req.input_ids),
+                                   inflight_token=o.sequence[at] if at < len(o.sequence) else None,
+                                   solo_token=want[at] if at < len(want) else None))
     solo.close()
     keys = [k for k in ("device_used_mib", "host_rss_mib") if k in samples[0]]
     mem = {k: flat(samples, k, a.mem_tolerance) for k in keys}
