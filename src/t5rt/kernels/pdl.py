@@ -6,7 +6,7 @@ before it touches anything that kernel writes, and t5rt_pdl_trigger() to let the
 Stream capture records such a launch as a programmatic edge, so a captured CUDA graph keeps the
 overlap. Every cuda-python call here goes through `check`.
 
-    launch(fn, grid, block, args, shared_mem, stream_ptr)   # fn: a cupy Function (has .ptr)
+    launch(fn, grid, block, args, shared_mem, stream_ptr)   # fn: a cupy RawKernel or Function
 """
 
 from __future__ import annotations
@@ -65,10 +65,26 @@ def _param(i: int, a: Any) -> Any:
     raise BackendError(f"kernel argument {i} ({type(a).__name__}) is not an array, None or a numpy scalar")
 
 
+_configs: dict[tuple, Any] = {}  # (function, grid, block, shared_mem, stream) -> CUlaunchConfig
+
+
 def launch(fn: Any, grid: Sequence[int], block: Sequence[int], args: Sequence[Any], shared_mem: int,
            stream_ptr: int) -> None:
     """Launch cupy Function `fn` with programmatic stream serialization allowed."""
     cu = driver()
+    f = int(getattr(fn, "kernel", fn).ptr)  # a RawKernel's cupy Function, or the Function itself
+    key = (f, tuple(grid), tuple(block), int(shared_mem), int(stream_ptr))
+    cfg = _configs.get(key)
+    if cfg is None:
+        if len(_configs) > 256:
+            _configs.clear()
+        cfg = _configs[key] = _config(cu, grid, block, shared_mem, stream_ptr)
+    values = [_param(i, a) for i, a in enumerate(args)]  # alive until the launch has copied them
+    argv = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
+    check(cu.cuLaunchKernelEx(cfg, cu.CUfunction(f), ctypes.addressof(argv), 0), "cuLaunchKernelEx")
+
+
+def _config(cu: Any, grid: Sequence[int], block: Sequence[int], shared_mem: int, stream_ptr: int) -> Any:
     g = tuple(int(v) for v in grid) + (1,) * (3 - len(grid))
     b = tuple(int(v) for v in block) + (1,) * (3 - len(block))
     cfg = cu.CUlaunchConfig()
@@ -81,6 +97,4 @@ def launch(fn: Any, grid: Sequence[int], block: Sequence[int], args: Sequence[An
     attr.value.programmaticStreamSerializationAllowed = 1
     cfg.attrs = [attr]
     cfg.numAttrs = 1
-    values = [_param(i, a) for i, a in enumerate(args)]  # alive until the launch has copied them
-    argv = (ctypes.c_void_p * max(1, len(values)))(*[ctypes.addressof(v) for v in values])
-    check(cu.cuLaunchKernelEx(cfg, cu.CUfunction(int(getattr(fn, "kernel", fn).ptr)), ctypes.addressof(argv), 0), "cuLaunchKernelEx")
+    return cfg
