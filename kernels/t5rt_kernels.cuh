@@ -1,5 +1,6 @@
-// t5rt_kernels.cuh - what every kernels/*.cu shares: integer types, launch geometry, the float
-// sort key, the counter-based RNG and deterministic block reductions.
+// t5rt_kernels.cuh - what every kernels/*.cu shares: integer types, launch geometry, programmatic
+// dependent launch, cache-hinted loads, the grid barrier, the float sort key, the counter-based
+// RNG and deterministic warp / block reductions (bench/kernels/launch_gap.py includes it too).
 //
 // NVRTC-safe: no standard headers (the NVRTC fallback in src/t5rt/kernels/__init__.py inlines
 // this file). Host-safe too: kernels/host_prelude.h compiles every kernels/*.cu as C++ for the
@@ -41,6 +42,72 @@ __device__ __forceinline__ void t5rt_pdl_trigger() {}
 __device__ __forceinline__ void t5rt_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void t5rt_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 #endif
+
+// ---- loads: activations written inside this launch bypass L1 (.cg); weights do not allocate ----
+#ifndef T5RT_HOST_BUILD
+__device__ __forceinline__ float t5rt_ldcg(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ unsigned short t5rt_ldcg(const unsigned short* p) {
+  unsigned short v;
+  asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 t5rt_ld_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void t5rt_prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+}
+__device__ __forceinline__ i64 t5rt_ld_i64(const i64* p) {
+  long long v;
+  asm volatile("ld.global.cg.s64 %0, [%1];" : "=l"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ u32 t5rt_ld_acquire(const u32* p) {
+  u32 v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+#else
+inline float t5rt_ldcg(const float* p) { return *p; }
+inline unsigned short t5rt_ldcg(const unsigned short* p) { return *p; }
+inline uint4 t5rt_ld_stream(const void* p) { return *(const uint4*)p; }
+inline void t5rt_prefetch_l2(const void*) {}
+inline i64 t5rt_ld_i64(const i64* p) { return *p; }
+inline u32 t5rt_ld_acquire(const u32* p) { return std::atomic_ref<const u32>(*p).load(std::memory_order_acquire); }
+#endif
+
+// ---- grid barrier (persistent kernels): all blocks are co-resident (grid <= SMs) ----
+__device__ __forceinline__ void t5rt_grid_sync(u32* bar, u32& gen) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const u32 arrived = atomicAdd(bar, 1u);
+    if (arrived == gridDim.x - 1) {
+      bar[0] = 0u;  // nobody touches the counter until released
+      __threadfence();
+      atomicExch(bar + 1, gen + 1u);
+    } else {
+      while (t5rt_ld_acquire(bar + 1) == gen) {
+      }
+    }
+    __threadfence();
+  }
+  gen += 1u;
+  __syncthreads();
+}
+
+// the sum over a warp, in every lane
+__device__ __forceinline__ float t5rt_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 
 // Bytes copied per thread per iteration by the cache kernels (one instantiation each).
 enum T5rtCopyUnit {

@@ -22,61 +22,18 @@ Prints us per phase (median over graph replays) and the floor of the bytes a pha
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import sys
 
 import numpy as np
 
 from _bench import cupy, peak_tbps, time_device
+from t5rt.kernels import KERNELS_DIR, pdl
 
 K = 512  # inputs of every GEMV phase (t5-small's d_model)
 
 SOURCE = r"""
-typedef unsigned int u32;
-__device__ __forceinline__ uint4 ldw(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ float ldcg(const float* p) {
-  float v;
-  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ u32 ld_acquire(const u32* p) {
-  u32 v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-// no-ops when the launch did not ask for programmatic serialization
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-
-__device__ __forceinline__ void grid_sync(u32* bar, u32& gen) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    const u32 arrived = atomicAdd(bar, 1u);
-    if (arrived == gridDim.x - 1) {
-      bar[0] = 0u;
-      __threadfence();
-      atomicExch(bar + 1, gen + 1u);
-    } else {
-      while (ld_acquire(bar + 1) == gen) {
-      }
-    }
-    __threadfence();
-  }
-  gen += 1u;
-  __syncthreads();
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+#include "t5rt_kernels.cuh"  // the engine's loads, grid barrier, warp sum and PDL calls
 
 // one warp row = 512 bf16 = 64 x 16 B: two chunks a lane; at most MAXR rows a warp
 #define MAXR 4
@@ -90,8 +47,8 @@ __device__ __forceinline__ void load_rows(const unsigned short* W, int R, Rows& 
     const int j = gw + i * gn;
     if (j < R) {
       const uint4* row = (const uint4*)(W + (long long)j * 512);
-      r.w[i][0] = ldw(row + lane);
-      r.w[i][1] = ldw(row + lane + 32);
+      r.w[i][0] = t5rt_ld_stream(row + lane);
+      r.w[i][1] = t5rt_ld_stream(row + lane + 32);
     }
   }
 }
@@ -115,82 +72,52 @@ __device__ __forceinline__ void dot_rows(const Rows& r, const float* xs, float* 
           acc += __uint_as_float(w4[e] & 0xffff0000u) * xr[2 * e + 1];
         }
       }
-      acc = warp_sum(acc);
+      acc = t5rt_warp_sum(acc);
       if (lane == 0) y[j] = acc;
     }
   }
 }
 
 extern "C" __global__ void empty_phase(float* y) {
-  pdl_trigger();
-  pdl_wait();
+  t5rt_pdl_trigger();
+  t5rt_pdl_wait();
 }
 
 extern "C" __global__ void gemv_phase(const unsigned short* W, const float* x, float* y, int R) {
   __shared__ float xs[512];
   Rows r;
   load_rows(W, R, r);  // independent of the phase before: in flight while it ends (PDL)
-  pdl_trigger();
-  pdl_wait();
-  for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = ldcg(x + i);
+  t5rt_pdl_trigger();
+  t5rt_pdl_wait();
+  for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = t5rt_ldcg(x + i);
   __syncthreads();
   dot_rows(r, xs, y, R);
 }
 
 extern "C" __global__ void barrier_persistent(u32* bar, int phases) {
-  u32 gen = ld_acquire(bar + 1);
-  for (int p = 0; p < phases; ++p) grid_sync(bar, gen);
+  u32 gen = t5rt_ld_acquire(bar + 1);
+  for (int p = 0; p < phases; ++p) t5rt_grid_sync(bar, gen);
 }
 
 // phase p: y_p = W_p x_p with x_{p+1} = y_p[:512]; xbuf [2, R]
 extern "C" __global__ void gemv_persistent(const unsigned short* W, float* xbuf, int R, int phases, u32* bar,
                                            int prefetch) {
   __shared__ float xs[512];
-  u32 gen = ld_acquire(bar + 1);
+  u32 gen = t5rt_ld_acquire(bar + 1);
   Rows r;
   load_rows(W, R, r);
   for (int p = 0; p < phases; ++p) {
     const float* x = xbuf + (p & 1) * R;
     float* y = xbuf + ((p + 1) & 1) * R;
     if (!prefetch && p > 0) load_rows(W + (long long)p * R * 512, R, r);
-    for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = ldcg(x + i);
+    for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = t5rt_ldcg(x + i);
     __syncthreads();
     dot_rows(r, xs, y, R);
     if (prefetch && p + 1 < phases) load_rows(W + (long long)(p + 1) * R * 512, R, r);
-    grid_sync(bar, gen);
+    t5rt_grid_sync(bar, gen);
   }
 }
 """
-
-
-class PdlLauncher:
-    """cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (cuda-python)."""
-
-    def __init__(self):
-        from cuda.bindings import driver as cu
-
-        self.cu = cu
-
-    def launch(self, fn, grid: int, block: int, stream, args: list[tuple[type, int]], pdl: bool) -> None:
-        cu = self.cu
-        cfg = cu.CUlaunchConfig()
-        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = grid, 1, 1
-        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = block, 1, 1
-        cfg.sharedMemBytes = 0
-        cfg.hStream = cu.CUstream(stream.ptr)
-        if pdl:
-            attr = cu.CUlaunchAttribute()
-            attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-            attr.value.programmaticStreamSerializationAllowed = 1
-            cfg.attrs = [attr]
-            cfg.numAttrs = 1
-        else:
-            cfg.numAttrs = 0
-        vals = [t(v) for t, v in args]  # kept alive until the launch has copied them
-        ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-        (err,) = cu.cuLaunchKernelEx(cfg, cu.CUfunction(int(getattr(fn, "kernel", fn).ptr)), ctypes.addressof(ptrs), 0)
-        if int(err) != 0:
-            raise RuntimeError(f"cuLaunchKernelEx: {err}")
 
 
 def main() -> int:
@@ -203,9 +130,8 @@ def main() -> int:
     cp = cupy()
     name, tbps = peak_tbps()
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
-    mod = cp.RawModule(code=SOURCE, options=("-std=c++17",))
+    mod = cp.RawModule(code=SOURCE, options=("-std=c++17", f"-I{KERNELS_DIR}"))
     fns = {k: mod.get_function(k) for k in ("empty_phase", "gemv_phase", "barrier_persistent", "gemv_persistent")}
-    pdl = PdlLauncher()
     P, R = a.phases, a.rows
     # fresh weights every phase (P * R * 1 KB; > L2 for the defaults), x ping-pong [2, R]
     W = cp.random.standard_normal((P, R, K), dtype=cp.float32) * np.float32(K ** -0.5)  # keeps |x| ~ 1
@@ -234,18 +160,20 @@ def main() -> int:
 
     for block in [int(b) for b in a.blocks.split(",")]:
         stream = cp.cuda.get_current_stream()
-        st = lambda: cp.cuda.get_current_stream()  # noqa: E731 - the capture's stream
+
+        def launch(fn, args: tuple, use_pdl: bool) -> None:  # on the current (capturing) stream
+            if use_pdl:
+                pdl.launch(fn, (sms,), (block,), args, 0, cp.cuda.get_current_stream().ptr)
+            else:
+                fn((sms,), (block,), args)
 
         def empty(use_pdl: bool) -> None:
             for _ in range(P):
-                pdl.launch(fns["empty_phase"], sms, block, st(), [(ctypes.c_void_p, xbuf.data.ptr)], use_pdl)
+                launch(fns["empty_phase"], (xbuf,), use_pdl)
 
         def gemv(use_pdl: bool) -> None:
             for q in range(P):
-                x, y = xbuf[q & 1], xbuf[(q + 1) & 1]
-                pdl.launch(fns["gemv_phase"], sms, block, st(),
-                           [(ctypes.c_void_p, Wb[q].data.ptr), (ctypes.c_void_p, x.data.ptr),
-                            (ctypes.c_void_p, y.data.ptr), (ctypes.c_int, R)], use_pdl)
+                launch(fns["gemv_phase"], (Wb[q], xbuf[q & 1], xbuf[(q + 1) & 1], np.int32(R)), use_pdl)
 
         def persistent(prefetch: int) -> None:
             fns["gemv_persistent"]((sms,), (block,), (Wb, xbuf, np.int32(R), np.int32(P), bar, np.int32(prefetch)))
