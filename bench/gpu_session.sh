@@ -53,8 +53,9 @@ stage profile ${T_PROFILE:-150} python bench/diag/scheduler_profile.py --rates $
 stage load ${T_LOAD:-150} python -m t5rt.bench --load --model t5-small --precision bf16 --rates ${RATES:-25,50,100,200,400} \
     --duration ${LOAD_S:-5} --drain 20 --calibrate ${CALIBRATE:-24} --systems ${LOAD_SYSTEMS:-t5rt,t5rt-serial} --cache-dir /tmp/t5rt-bench \
     --backend ${LOAD_BACKEND:-auto} ${LOAD_ARGS:-} --json "$LOGS/load.json" --plot "$OUT/load.png"
-stage soak ${T_SOAK:-300} python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
-    --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --cache-dir /tmp/t5rt-bench --json "$LOGS/soak.json" ${SOAK_ARGS:-}
+SOAK=(python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto}
+      --cache-dir /tmp/t5rt-bench ${SOAK_ARGS:-})
+stage soak ${T_SOAK:-300} "${SOAK[@]}" --saturation ${SATURATION:-93} --minutes ${SOAK_MIN:-4} --json "$LOGS/soak.json"
 # A soak longer than one device command: `soakbg` starts it detached (it outlives the command while
 # the machine stays warm), `soakwait` in the next command waits for it and brings its log and JSON.
 SOAKBG=/tmp/soak-bg
@@ -62,8 +63,7 @@ if [[ " $STAGES " == *" soakbg "* ]]; then
   rm -rf "$SOAKBG"; mkdir -p "$SOAKBG"
   # saturation: SATURATION, else the best t5rt throughput of this command's load stage, else 93
   sat=${SATURATION:-$(python -c "import json; print(round(max(r['throughput_rps'] for r in json.load(open('${LOAD_JSON:-$LOGS/load.json}'))['rows'] if r['system'] == 't5rt'), 1))" 2>/dev/null)}
-  setsid nohup python bench/soak.py --model t5-small --precision bf16 --device cuda --backend ${LOAD_BACKEND:-auto} \
-      --saturation ${sat:-93} --minutes ${SOAK_MIN:-10} --cache-dir /tmp/t5rt-bench --json "$SOAKBG/soak.json" ${SOAK_ARGS:-} \
+  setsid nohup "${SOAK[@]}" --saturation ${sat:-93} --minutes ${SOAK_MIN:-10} --json "$SOAKBG/soak.json" \
       > "$SOAKBG/soak.log" 2>&1 < /dev/null & echo $! > "$SOAKBG/pid"; disown
   echo "== soakbg: started pid $(cat $SOAKBG/pid) for ${SOAK_MIN:-10} min at ${sat:-93} req/s saturation ${SOAK_ARGS:-}"
 fi

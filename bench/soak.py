@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from t5rt.bench.load.options import LoadOptions
+from t5rt.bench.load.options import LoadOptions, runtime_switches
 from t5rt.bench.load.run import prepare
 from t5rt.bench.load.targets import RuntimeTarget
 from t5rt.bench.results import describe_machine
@@ -129,15 +129,15 @@ def main() -> int:
     if (a.rate is None) == (a.saturation is None):
         p.error("give --rate or --saturation")
     rate = a.rate if a.rate is not None else a.fraction * a.saturation
+    switches = {} if a.inflight_kernels is None else {"inflight_kernels": a.inflight_kernels}
+    try:
+        switches.update(runtime_switches(a.set))
+    except ValueError as e:
+        p.error(str(e))
     opts = LoadOptions(model=a.model, device=a.device, precision=a.precision, backend=a.backend,
                        max_batch=a.max_batch, **({"cache_dir": a.cache_dir} if a.cache_dir else {}))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     prepared = prepare(opts, log)
-    switches = {} if a.inflight_kernels is None else {"inflight_kernels": a.inflight_kernels}
-    try:
-        switches.update({k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in a.set)})
-    except ValueError:
-        p.error(f"--set takes OPTION=0|1, got {a.set}")
     target = RuntimeTarget(prepared.export_dir, inflight=True, backend=a.backend, device=prepared.device,
                            max_batch=a.max_batch, **switches)
     asyncio.run(_warm(target, prepared))

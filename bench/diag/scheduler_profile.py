@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from t5rt.bench.load.driver import closed_loop, drive, summarize
-from t5rt.bench.load.options import LoadOptions
+from t5rt.bench.load.options import LoadOptions, runtime_switches
 from t5rt.bench.load.run import prepare
 from t5rt.bench.load.targets import RuntimeTarget
 from t5rt.bench.load.workload import poisson_arrivals
@@ -105,12 +105,15 @@ def main() -> int:
                     help="a boolean RuntimeOptions field for the run, e.g. --set share_pools=0")
     ap.add_argument("--profile", action="store_true", help="cProfile the highest rate (Python 3.12: every thread, and slower)")
     a = ap.parse_args()
+    try:
+        extra = runtime_switches(a.set)
+    except ValueError as e:
+        ap.error(str(e))
     if a.switch:
         sys.setswitchinterval(a.switch)
     opts = LoadOptions(model=a.model, precision=a.precision, device=a.device, backend=a.backend,
                        cache_dir=Path(a.cache_dir), systems=("t5rt",))
     p = prepare(opts, log=lambda s: print(s, flush=True))
-    extra = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in a.set)}
     target = RuntimeTarget(p.export_dir, inflight=True, backend=a.backend, device=p.device, max_batch=opts.max_batch,
                            **extra)
     print(f"runtime options: {extra or 'defaults'}", flush=True)

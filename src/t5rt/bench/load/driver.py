@@ -88,11 +88,14 @@ def summarize(system: str, rate: float, outs: list[Outcome], sent: int, elapsed:
         latency_p50_s=_pct(lat, 50), latency_p99_s=_pct(lat, 99),
         ttft_p50_s=_pct(ttft, 50), ttft_p99_s=_pct(ttft, 99))
     if solo is not None:
-        ratios = [(o.req.mode, o.latency / p) for o in ok if (p := solo.predict(o.req))]
-        row["slowdown_p50"], row["slowdown_p99"] = _pct([r for _, r in ratios], 50), _pct([r for _, r in ratios], 99)
+        by_mode: dict[str, list[float]] = {}
+        for o in ok:
+            if p := solo.predict(o.req):
+                by_mode.setdefault(o.req.mode, []).append(o.latency / p)
+        ratios = [r for rs in by_mode.values() for r in rs]
+        row["slowdown_p50"], row["slowdown_p99"] = _pct(ratios, 50), _pct(ratios, 99)
         # which requests make the tail: the p99 slowdown of each mode on its own
-        row["slowdown_p99_by_mode"] = {m: _pct([r for k, r in ratios if k == m], 99)
-                                       for m in sorted({k for k, _ in ratios})}
+        row["slowdown_p99_by_mode"] = {m: _pct(by_mode[m], 99) for m in sorted(by_mode)}
     if before is not None and after is not None and after.get("steps", 0) > before.get("steps", 0):
         steps = after["steps"] - before["steps"]
 

@@ -15,6 +15,18 @@ SYSTEMS = ("t5rt", "t5rt-serial", "hf")
 HTTP = "http"  # `t5rt serve` driven over HTTP (--url or --serve): compared with "t5rt" in-process
 
 
+def runtime_switches(pairs: list[str]) -> dict[str, bool]:
+    """`--set OPTION=0|1` pairs of the bench scripts (soak, scheduler profile) -> boolean
+    RuntimeOptions fields; ValueError names the pair that is not OPTION=0|1."""
+    out = {}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        if not key or value not in ("0", "1"):
+            raise ValueError(f"--set takes OPTION=0|1, got {kv!r}")
+        out[key] = value == "1"
+    return out
+
+
 @dataclass
 class LoadOptions:
     model: str | None = None
