@@ -20,17 +20,23 @@
 // Norm statistics, softmax, and the final norm + lm_head are fp32 as in the export.
 //
 // Two drivers share the phase code:
+//   t5rt_native_phase_<A>(step, ph, l, pdl)  one phase per launch, normally with programmatic
+//                                         dependent launch (StepTable.launch_phases(pdl=True)).
 //   t5rt_native_step_<A>(step)            one persistent launch per decoder step: gridDim.x
 //                                         blocks (<= one per SM, all co-resident) separated by a
-//                                         grid barrier between phases; weights of the next
-//                                         phases are prefetched into L2 while a phase runs.
-//   t5rt_native_phase_<A>(step, ph, l, pdl)  one phase per launch; pdl != 0 when launched with
-//                                         programmatic dependent launch: the phase prefetches its
-//                                         weights into L2 before waiting for the phase before.
-// Projections are memory-bound GEMVs for small N: a warp owns an output row and reads it once
-// with 128-bit non-allocating loads for all N rows (x staged in shared memory), rows spread over
-// every warp of the grid. Everything a launch reads is in the NativeStep table in device memory
-// (built once per bucket by t5rt/kernels/native.py), so a step is capturable in a CUDA graph.
+//                                         grid barrier between phases (slower: the barrier costs
+//                                         more than a PDL launch boundary).
+// Every phase does first what does not depend on the phase before (the step table, the layer
+// record, its first weight chunks into registers, the norm's gain, the attention bias and mask,
+// K/V rows into L2), then griddepcontrol.launch_dependents + .wait, then the rest: with PDL the
+// first part overlaps the end of the phase before (bench/kernels/launch_gap.py: a phase boundary
+// costs ~0.7 us that way).
+// Projections are memory-bound GEMVs for small N (T5rtGemv): a block owns a range of output rows,
+// split over its warps by row and, for few rows, by slices of K; each weight chunk is read once
+// with 128-bit non-allocating loads for all N rows (x staged in shared memory). The split never
+// depends on N, so a row's results are bit-identical whatever it is batched with. Everything a
+// launch reads is in the NativeStep table in device memory (built once per bucket by
+// t5rt/kernels/native.py), so a step is capturable in a CUDA graph.
 #include "t5rt_kernels.cuh"
 
 enum T5rtNativePhase {
@@ -47,8 +53,10 @@ enum T5rtNativePhase {
 };
 
 enum T5rtNativeGeometry {
-  T5RT_NATIVE_THREADS = 512,  // block size of both drivers
+  T5RT_NATIVE_THREADS = 256,  // largest block of both drivers (the default; fewer: StepTable threads=)
   T5RT_NATIVE_NB = 8,         // rows (N) accumulated per pass over a weight row
+  T5RT_NATIVE_WIN = 8,        // weight loads (16 B) a lane keeps in flight; the first WIN before the wait
+  T5RT_NATIVE_PART = 4096,    // floats of dynamic shared memory for the split-K partial sums
 };
 
 enum T5rtNativeAct { T5RT_ACT_RELU = 0, T5RT_ACT_GELU_NEW = 1, T5RT_ACT_GELU = 2, T5RT_ACT_SILU = 3 };
@@ -159,8 +167,27 @@ template <int A> struct T5rtChunk16 {
 template <int A> struct T5rtChunkOf { typedef T5rtChunk16<A> type; };
 template <> struct T5rtChunkOf<0> { typedef T5rtChunk<float> type; };
 
+// Shared memory every projection uses, declared once (one copy per kernel, not per template):
+// the item sums a warp's window completed, and the norm's 1 / rms per row of a pass.
+__shared__ float t5rt_native_ys[T5RT_NATIVE_THREADS / 32][T5RT_NATIVE_WIN][2][T5RT_NATIVE_NB];
+__shared__ int t5rt_native_yq[T5RT_NATIVE_THREADS / 32][T5RT_NATIVE_WIN];
+__shared__ float t5rt_native_inv[64];
+
+// raw weights as loaded: one 16-byte chunk (VEC) or one element
+template <typename W, bool VEC> struct T5rtRaw;
+template <typename W> struct T5rtRaw<W, true> {
+  typedef uint4 T;
+  static __device__ __forceinline__ T load(const W* row, int c) {
+    return t5rt_ld_stream(row + (i64)c * (i64)(16 / sizeof(W)));
+  }
+};
+template <typename W> struct T5rtRaw<W, false> {
+  typedef W T;
+  static __device__ __forceinline__ T load(const W* row, int c) { return __ldg(row + c); }
+};
+
 // ---- block helpers ----
-// dst[i] = src[i] for i < n: fp32 activations written earlier in this launch, through L2. U loads
+// dst[i] = src[i] for i < n: fp32 activations written by the phase before, through L2. U loads
 // per thread are in flight at once (a strided loop would wait for each load before the next).
 template <int U>
 __device__ __forceinline__ void t5rt_copy_f32(const float* src, float* dst, int n) {
@@ -179,135 +206,184 @@ __device__ __forceinline__ void t5rt_copy_f32(const float* src, float* dst, int 
   }
 }
 
-// xs[i][k] = rmsnorm(x[n0 + i])[k] * g[k] for i < nc <= 64, with A rounding (final_norm: the fp32
-// final norm times logit_scale, no rounding). x: fp32 [N, K] scratch written by earlier phases,
-// staged into xs first (one round trip to L2), then normalised in place.
-template <int A, typename G>
-__device__ void t5rt_stage_norm(const T5rtNativeStep& s, const float* x, const G* g, int n0, int nc, int K,
-                                float* xs, bool final_norm, float scale) {
-  __shared__ float inv[64];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  t5rt_copy_f32<8>(x + (i64)n0 * K, xs, nc * K);
-  __syncthreads();
-  for (int n = warp; n < nc; n += nw) {
-    float ss = 0.f;
-    const float* xr = xs + (i64)n * K;
-    for (int k = lane; k < K; k += 32) {
-      const float v = xr[k];
-      ss += v * v;
+// ---- the GEMV of a projection phase, split over the grid ----
+// y[n, j] = sum_k W0[j, k] * xs[n, k] (and W1 when TWO) for the rows j of this block, every n < nc.
+// Block b owns rows [b RB, b RB + RB), RB = ceil(R / blocks). With few rows a block (RB < 2 x its
+// warps) each row is cut into KS slices of its K inputs (an item = one slice of one row), so that
+// every warp has work and a slice fits the register window; the slices' sums meet in shared memory
+// and are added in slice order. With many (lm_head) KS = 1 and an item is a whole row.
+// Warp w's items are q = w, w + warps, ...; lane l reads the chunks s cs + l + 32 u (unit u < U) of
+// an item. The first WIN units of a warp are loaded by prologue(), which the phase calls *before*
+// griddepcontrol.wait: the weights stream in while the phase before still runs. run() loads the
+// rest WIN units at a time, all in flight together.
+// The split depends on R, K and the grid only, never on the row count N: a row's sums are added in
+// the same order whatever the batch, so a request's logits do not depend on what shares its step.
+template <typename W, typename Ch, bool VEC, bool TWO>
+struct T5rtGemv {
+  enum { E = VEC ? (int)Ch::E : 1, WIN = TWO ? T5RT_NATIVE_WIN / 2 : T5RT_NATIVE_WIN };
+  typedef typename T5rtRaw<W, VEC>::T Raw;
+  const W* W0;
+  const W* W1;
+  int K, chunks, RB, KS, cs, U, r0, nrows, items, lane, warp, nw, total;
+  bool held;  // the window holds this warp's units [0, WIN)
+  Raw w0[WIN], w1[WIN];
+
+  __device__ __forceinline__ void init(const W* a, const W* b, int R, int K_) {
+    W0 = a;
+    W1 = b;
+    K = K_;
+    chunks = K / E;
+    lane = threadIdx.x & 31;
+    warp = threadIdx.x >> 5;
+    nw = blockDim.x >> 5;
+    RB = (R + (int)gridDim.x - 1) / (int)gridDim.x;
+    KS = 1;
+    if (RB < 2 * nw) {
+      const int by_warps = (nw + RB - 1) / RB, by_window = (chunks + 32 * WIN - 1) / (32 * WIN);
+      KS = by_warps > by_window ? by_warps : by_window;
+      const int most = chunks / 32 < 1 ? 1 : (chunks / 32 > 16 ? 16 : chunks / 32);
+      KS = KS > most ? most : KS;
     }
-    ss = t5rt_warp_sum(ss);
-    if (lane == 0) inv[n] = 1.0f / sqrtf(ss / (float)K + (float)s.eps);
+    cs = (chunks + KS - 1) / KS;
+    U = (cs + 31) / 32;
+    r0 = (int)blockIdx.x * RB;
+    nrows = R - r0 < RB ? R - r0 : RB;
+    nrows = nrows < 0 ? 0 : nrows;
+    items = nrows * KS;
+    const int mine = items > warp ? (items - warp + nw - 1) / nw : 0;
+    total = mine * U;
+    held = false;
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < nc * K; i += blockDim.x) {
-    const int n = i / K, k = i - n * K;
-    const float v = xs[i] * inv[n];
-    if (final_norm) {
-      xs[i] = v * ((const float*)g)[k] * scale;
-    } else {
-      const float gv = t5rt_to_f<A>(((const typename T5rtAct<A>::T*)g)[k]);
-      xs[i] = t5rt_round<A>(gv * t5rt_round<A>(v));
-    }
+  // flat unit f of this warp -> its item q and the chunk c of this lane (c >= end: none)
+  __device__ __forceinline__ void locate(int f, int& q, int& u, int& c, int& end) const {
+    const int it = f / U;
+    u = f - it * U;
+    q = warp + nw * it;
+    const int sl = q % KS;
+    c = sl * cs + lane + 32 * u;
+    end = (sl + 1) * cs < chunks ? (sl + 1) * cs : chunks;
   }
-  __syncthreads();
-}
+  __device__ __forceinline__ void load(int f, Raw& a, Raw& b) const {
+    if (f >= total) return;
+    int q, u, c, end;
+    locate(f, q, u, c, end);
+    if (c >= end) return;
+    const i64 row = (i64)(r0 + q / KS) * K;
+    a = T5rtRaw<W, VEC>::load(W0 + row, c);
+    if (TWO) b = T5rtRaw<W, VEC>::load(W1 + row, c);
+  }
+  __device__ __forceinline__ void prologue() {
+#pragma unroll
+    for (int w = 0; w < WIN; ++w) load(w, w0[w], w1[w]);
+    held = true;
+  }
+  __device__ __forceinline__ static void widen(const Raw& r, float* f) {
+    if constexpr (VEC) Ch::widen(r, f);
+    else f[0] = Ch::one(&r);
+  }
 
-// xs[i][k] = src[n0 + i][k] for i < nc (fp32 scratch through L2)
-__device__ void t5rt_stage_copy(const float* src, int n0, int nc, int K, float* xs) {
-  t5rt_copy_f32<8>(src + (i64)n0 * K, xs, nc * K);
-  __syncthreads();
-}
-
-// rows per shared-memory pass of a GEMV over K inputs (the norm's inv[] holds 64)
-__device__ __forceinline__ int t5rt_rows_per_pass(const T5rtNativeStep& s, int K) {
-  i64 r = s.smem_floats / K;
-  r = r < 1 ? 1 : (r > 64 ? 64 : r);
-  return (int)(r < s.N ? r : s.N);
-}
-
-// The GEMV: for every output row j owned by this warp (j = global warp, step = all warps) and
-// every n < N: y = sum_k W0[j, k] * xs[n, k] (and W1 when TWO), then epi(nbase + n, j, y0, y1).
-// xs: [N, K] fp32 in shared memory. W: [R, K] row-major, element type W.
-template <typename W, typename Ch, bool TWO, typename Epi>
-__device__ void t5rt_gemv(const W* W0, const W* W1, int R, int K, const float* xs, int N, int nbase, Epi& epi,
-                          int gwarp, int nwarps) {
-  const int lane = threadIdx.x & 31;
-  const bool vec = (K % Ch::E) == 0 && ((u64)W0 % 16) == 0 && (!TWO || ((u64)W1 % 16) == 0);
-  const int chunks = K / Ch::E;
-  for (int j = gwarp; j < R; j += nwarps) {
-    const W* w0 = W0 + (i64)j * K;
-    const W* w1 = TWO ? W1 + (i64)j * K : w0;
-    for (int n0 = 0; n0 < N; n0 += T5RT_NATIVE_NB) {
+  // every n < nc rows of xs ([nc, K] fp32, shared); item sums go to epi(nbase + n, row, y0, y1)
+  // (KS == 1) or to part0/part1[q nc + n] (KS > 1: the caller adds the slices after a barrier).
+  // The items a window completes leave their sums in shared memory (ys); the warp's lanes then run
+  // their epilogues side by side (one copy of the epilogue's code, not one per window slot).
+  template <typename Epi>
+  __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
+    const bool keep = total <= WIN;  // the window holds every unit: reused by every row group
+    for (int g0 = 0; g0 < nc; g0 += T5RT_NATIVE_NB) {
       float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
 #pragma unroll
       for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
-      if (vec) {
-        constexpr int U = 4;  // 16-byte weight loads in flight per lane (8 spilled registers: 128 a thread at 512 threads)
-        for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
-          uint4 r0[U], r1[U];
+      for (int f0 = 0; f0 < total; f0 += WIN) {
+        if (!(f0 == 0 && held)) {
 #pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const int c = c0 + 32 * u;
-            if (c < chunks) {
-              r0[u] = t5rt_ld_stream(w0 + (i64)c * Ch::E);
-              if (TWO) r1[u] = t5rt_ld_stream(w1 + (i64)c * Ch::E);
-            }
-          }
+          for (int w = 0; w < WIN; ++w) load(f0 + w, w0[w], w1[w]);
+        }
+        int done = 0;  // items this window completed
 #pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const int c = c0 + 32 * u;
-            if (c < chunks) {
-              float f0[Ch::E], f1[Ch::E];
-              Ch::widen(r0[u], f0);
-              if (TWO) Ch::widen(r1[u], f1);
+        for (int w = 0; w < WIN; ++w) {
+          const int f = f0 + w;
+          if (f < total) {  // warp-uniform
+            int q, u, c, end;
+            locate(f, q, u, c, end);
+            if (c < end) {
+              float a[E], b[E];
+              widen(w0[w], a);
+              if constexpr (TWO) widen(w1[w], b);
 #pragma unroll
               for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-                if (n0 + n < N) {
-                  // 16-byte shared loads (K % E == 0 here, so the row offset is 16-byte aligned)
-                  const float4* xr = (const float4*)(xs + (i64)(n0 + n) * K + (i64)c * Ch::E);
+                if (g0 + n < nc) {
+                  const float* xr = xs + (i64)(g0 + n) * K + (i64)c * E;
+                  if constexpr (VEC) {  // 16-byte shared loads: K % E == 0, so the offset is 16-byte aligned
 #pragma unroll
-                  for (int e4 = 0; e4 < Ch::E / 4; ++e4) {
-                    const float4 xv = xr[e4];
-                    const float xe[4] = {xv.x, xv.y, xv.z, xv.w};
+                    for (int e4 = 0; e4 < E / 4; ++e4) {
+                      const float4 xv = ((const float4*)xr)[e4];
+                      const float xe[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                      acc0[n] += f0[4 * e4 + e] * xe[e];
-                      if (TWO) acc1[n] += f1[4 * e4 + e] * xe[e];
+                      for (int e = 0; e < 4; ++e) {
+                        acc0[n] += a[4 * e4 + e] * xe[e];
+                        if constexpr (TWO) acc1[n] += b[4 * e4 + e] * xe[e];
+                      }
                     }
+                  } else {
+                    acc0[n] += a[0] * xr[0];
+                    if constexpr (TWO) acc1[n] += b[0] * xr[0];
                   }
                 }
               }
             }
-          }
-        }
-      } else {
-        for (int k = lane; k < K; k += 32) {
-          const float a0 = Ch::one(w0 + k);
-          const float a1 = TWO ? Ch::one(w1 + k) : 0.f;
+            if (u == U - 1) {  // the item's last unit: its sums are complete
 #pragma unroll
-          for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-            if (n0 + n < N) {
-              const float xv = xs[(i64)(n0 + n) * K + k];
-              acc0[n] += a0 * xv;
-              if (TWO) acc1[n] += a1 * xv;
+              for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
+                const float y0 = t5rt_warp_sum(acc0[n]);
+                const float y1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
+                if (lane == 0) {
+                  t5rt_native_ys[warp][done][0][n] = y0;
+                  t5rt_native_ys[warp][done][1][n] = y1;
+                }
+                acc0[n] = 0.f;
+                acc1[n] = 0.f;
+              }
+              if (lane == 0) t5rt_native_yq[warp][done] = q;
+              ++done;
             }
           }
         }
-      }
-#pragma unroll
-      for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-        if (n0 + n < N) {  // warp-uniform
-          const float y0 = t5rt_warp_sum(acc0[n]);
-          const float y1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
-          if (lane == 0) epi(nbase + n0 + n, j, y0, y1);
+        __syncwarp();
+        for (int i = lane; i < done * T5RT_NATIVE_NB; i += 32) {
+          const int slot = i / T5RT_NATIVE_NB, n = i - slot * T5RT_NATIVE_NB;
+          if (g0 + n < nc) {
+            const int q = t5rt_native_yq[warp][slot];
+            const float y0 = t5rt_native_ys[warp][slot][0][n], y1 = t5rt_native_ys[warp][slot][1][n];
+            if (KS == 1) {
+              epi(nbase + g0 + n, r0 + q, y0, y1);
+            } else {
+              part0[(i64)q * nc + g0 + n] = y0;
+              if constexpr (TWO) part1[(i64)q * nc + g0 + n] = y1;
+            }
+          }
         }
+        __syncwarp();
       }
+      held = keep;
     }
   }
-}
 
-// ---- epilogues ----
+  // KS > 1, after a barrier: the slices of each (row, n) added in slice order
+  template <typename Epi>
+  __device__ void combine(int nc, int nbase, Epi& epi, const float* part0, const float* part1) const {
+    for (int i = threadIdx.x; i < nrows * nc; i += blockDim.x) {
+      const int r = i / nc, n = i - r * nc;
+      float y0 = 0.f, y1 = 0.f;
+      for (int sl = 0; sl < KS; ++sl) {
+        y0 += part0[(i64)(r * KS + sl) * nc + n];
+        if (TWO) y1 += part1[(i64)(r * KS + sl) * nc + n];
+      }
+      epi(nbase + n, r0 + r, y0, y1);
+    }
+  }
+};
+
+// ---- epilogues: epi(n, j, y0, y1) for row n of the batch and output j ----
 template <int A> struct T5rtEpiQKV {  // [q | k | v]: q -> scratch, k/v -> cache row pos (+ new rows)
   float* q; typename T5rtAct<A>::T *ck, *cv, *nk, *nv; const i64* pos; int I, H, Dk, T;
   __device__ void operator()(int n, int j, float y, float) {
@@ -315,14 +391,14 @@ template <int A> struct T5rtEpiQKV {  // [q | k | v]: q -> scratch, k/v -> cache
     if (j < I) { q[(i64)n * I + j] = r; return; }
     const int jj = j - I, which = jj / I, c = jj - which * I, h = c / Dk, e = c - h * Dk;
     const typename T5rtAct<A>::T v = t5rt_from_f<A>(r);
-    const i64 p = t5rt_ld_i64(pos + n);
+    const i64 p = __ldg(pos + n);  // written before the step, never during it (warm in L1)
     typename T5rtAct<A>::T* cache = which ? cv : ck;
     if (p >= 0 && p < T) cache[(((i64)n * H + h) * T + p) * Dk + e] = v;
     typename T5rtAct<A>::T* nr = which ? nv : nk;
     if (nr) nr[((i64)n * H + h) * Dk + e] = v;
   }
 };
-template <int A> struct T5rtEpiStore {  // out[n, j] = round_A(y), optionally through an activation
+template <int A> struct T5rtEpiStore {  // out[n, j] = round_A(y)
   float* out; int R;
   __device__ void operator()(int n, int j, float y, float) { out[(i64)n * R + j] = t5rt_round<A>(y); }
 };
@@ -343,10 +419,11 @@ template <int A> struct T5rtEpiFFN {  // h = act(y0) (* y1 when gated), with A r
     out[(i64)n * R + j] = v;
   }
 };
-template <int A> struct T5rtEpiResidual {  // x[n, j] = clip(round_A(x + round_A(y)))
-  float* x; int R; float clamp;
+// x[n, j] = clip(round_A(x + round_A(y))); the old x of this block's rows was staged in xr
+template <int A> struct T5rtEpiResidual {
+  float* x; const float* xr; int R, n0, r0, stride; float clamp;
   __device__ void operator()(int n, int j, float y, float) {
-    float v = t5rt_round<A>(t5rt_ldcg(x + (i64)n * R + j) + t5rt_round<A>(y));
+    float v = t5rt_round<A>(xr[(n - n0) * stride + (j - r0)] + t5rt_round<A>(y));
     if (clamp > 0.f) v = fminf(fmaxf(v, -clamp), clamp);
     x[(i64)n * R + j] = v;
   }
@@ -356,34 +433,196 @@ struct T5rtEpiLogits {
   __device__ void operator()(int n, int j, float y, float) { out[(i64)n * V + j] = y; }
 };
 
-// ---- attention over keys [0, nkeys) of one (row n, head h): out = softmax(q K^T + bias) V ----
-// self: bias from the bucket table, keys = cache rows <= pos; cross: mask adds fp32 min.
-template <int A, bool SELF>
-__device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNativeLayer& ly, const float* q, float* out,
-                            float* smem) {
+// ---- projection phases: norm (or not), GEMV, epilogue ----
+template <int A, int PH> struct T5rtProjW {  // element type of the phase's weights
+  typedef typename T5rtAct<A>::T W;
+  typedef typename T5rtChunkOf<A>::type Ch;
+};
+template <int A> struct T5rtProjW<A, T5RT_NATIVE_LM_HEAD> {
+  typedef float W;
+  typedef T5rtChunk<float> Ch;
+};
+
+// Dynamic shared memory of a projection phase (floats; the host sizes it, StepTable.smem_floats):
+//   [0, PART)            split-K partial sums (part0 | part1)
+//   [PART, PART + dpad)  the norm's gain as fp32 (norm phases)
+//   then per pass of nc rows: xr [nc, rbpad] (residual phases), xs [nc, K]
+template <int A, int PH, typename W, typename Ch, bool VEC, bool TWO>
+__device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer* ly, const W* w0, const W* w1,
+                                 int R, int K, const void* gain, float* smem) {
   typedef typename T5rtAct<A>::T AT;
+  constexpr bool NORM = PH == T5RT_NATIVE_SELF_QKV || PH == T5RT_NATIVE_CROSS_Q || PH == T5RT_NATIVE_FFN_IN ||
+                        PH == T5RT_NATIVE_LM_HEAD;
+  constexpr bool RES = PH == T5RT_NATIVE_SELF_OUT || PH == T5RT_NATIVE_CROSS_OUT || PH == T5RT_NATIVE_FFN_OUT;
+  const int N = (int)s.N, d = (int)s.d;
+  T5rtGemv<W, Ch, VEC, TWO> g;
+  g.init(w0, w1, R, K);
+  // before the wait: nothing the phase before writes (weights, gain, positions)
+  g.prologue();
+  float* part0 = smem;
+  float* part1 = smem + T5RT_NATIVE_PART / 2;
+  float* gs = smem + T5RT_NATIVE_PART;
+  const int dpad = (d + 3) & ~3;
+  float* xr = gs + dpad;
+  if constexpr (NORM) {
+    for (int k = threadIdx.x; k < d; k += blockDim.x) {
+      if constexpr (PH == T5RT_NATIVE_LM_HEAD) gs[k] = ((const float*)gain)[k];
+      else gs[k] = t5rt_to_f<A>(((const AT*)gain)[k]);
+    }
+  }
+  if constexpr (PH == T5RT_NATIVE_SELF_QKV)
+    for (int n = threadIdx.x; n < N; n += blockDim.x) t5rt_touch_l1((const i64*)s.position + n);
+  t5rt_pdl_trigger();
+  t5rt_pdl_wait();
+
+  const int rbpad = RES ? ((g.RB + 3) & ~3) : 0;
+  int rows = ((int)s.smem_floats - T5RT_NATIVE_PART - dpad) / (K + rbpad);
+  rows = rows > 64 ? 64 : rows;  // inv[] below
+  if (g.KS > 1 && g.items > 0) {
+    const int most = (T5RT_NATIVE_PART / 2) / g.items;
+    rows = rows > most ? most : rows;
+  }
+  rows = rows < 1 ? 1 : (rows > N ? N : rows);
+  const float* src = (const float*)(PH == T5RT_NATIVE_SELF_OUT || PH == T5RT_NATIVE_CROSS_OUT ? s.a
+                                    : PH == T5RT_NATIVE_FFN_OUT ? s.h : s.x);
+  float* x = (float*)s.x;
+  float* inv = t5rt_native_inv;
+  for (int n0 = 0; n0 < N; n0 += rows) {
+    const int nc = N - n0 < rows ? N - n0 : rows;
+    float* xs = xr + (RES ? nc * rbpad : 0);
+    // stage the inputs, and (residual phases) the old x of this block's rows: loads in flight together
+    const int nres = RES ? nc * g.nrows : 0;  // (x is read only here and in the epilogue's rows)
+    const bool one = nres <= (int)blockDim.x;
+    float rv = 0.f;
+    if (RES && one && (int)threadIdx.x < nres) {
+      const int n = threadIdx.x / g.nrows, r = threadIdx.x - n * g.nrows;
+      rv = t5rt_ldcg(x + (i64)(n0 + n) * d + g.r0 + r);
+    }
+    t5rt_copy_f32<8>(src + (i64)n0 * K, xs, nc * K);
+    if (RES) {
+      if (one) {
+        if ((int)threadIdx.x < nres) {
+          const int n = threadIdx.x / g.nrows, r = threadIdx.x - n * g.nrows;
+          xr[n * rbpad + r] = rv;
+        }
+      } else {
+        for (int i = threadIdx.x; i < nres; i += blockDim.x) {
+          const int n = i / g.nrows, r = i - n * g.nrows;
+          xr[n * rbpad + r] = t5rt_ldcg(x + (i64)(n0 + n) * d + g.r0 + r);
+        }
+      }
+    }
+    __syncthreads();
+    if constexpr (NORM) {  // xs = rmsnorm(x) * gain, A-rounded (final norm: fp32, times logit_scale)
+      const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+      for (int n = warp; n < nc; n += nw) {
+        float ss = 0.f;
+        const float* xrow = xs + (i64)n * K;
+        for (int k = lane; k < K; k += 32) ss += xrow[k] * xrow[k];
+        ss = t5rt_warp_sum(ss);
+        if (lane == 0) inv[n] = 1.0f / sqrtf(ss / (float)K + (float)s.eps);
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < nc * K; i += blockDim.x) {
+        const int n = i / K, k = i - n * K;
+        const float v = xs[i] * inv[n];
+        if constexpr (PH == T5RT_NATIVE_LM_HEAD) xs[i] = v * gs[k] * (float)s.logit_scale;
+        else xs[i] = t5rt_round<A>(gs[k] * t5rt_round<A>(v));
+      }
+      __syncthreads();
+    }
+    if constexpr (PH == T5RT_NATIVE_SELF_QKV) {
+      T5rtEpiQKV<A> epi{(float*)s.q, (AT*)ly->self_k, (AT*)ly->self_v, (AT*)ly->new_k, (AT*)ly->new_v,
+                        (const i64*)s.position, (int)(s.H * s.Dk), (int)s.H, (int)s.Dk, (int)s.T};
+      g.run(xs, nc, n0, epi, part0, part1);
+      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
+    } else if constexpr (PH == T5RT_NATIVE_CROSS_Q) {
+      T5rtEpiStore<A> epi{(float*)s.q, (int)(s.H * s.Dk)};
+      g.run(xs, nc, n0, epi, part0, part1);
+      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
+    } else if constexpr (PH == T5RT_NATIVE_FFN_IN) {
+      T5rtEpiFFN<A> epi{(float*)s.h, (int)s.F, (int)s.act, (int)s.gated};
+      g.run(xs, nc, n0, epi, part0, part1);
+      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
+    } else if constexpr (PH == T5RT_NATIVE_LM_HEAD) {
+      T5rtEpiLogits epi{(float*)s.logits, (int)s.V};
+      g.run(xs, nc, n0, epi, part0, part1);
+      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
+    } else {
+      T5rtEpiResidual<A> epi{x, xr, d, n0, g.r0, rbpad, (float)s.clamp};
+      g.run(xs, nc, n0, epi, part0, part1);
+      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
+    }
+    __syncthreads();  // every warp is done with xs / xr / part before the next pass restages them
+  }
+}
+
+// (not inlined, nor is t5rt_attend: ptxas compiles one phase at a time, minutes faster than one function)
+template <int A, int PH>
+__device__ __noinline__ void t5rt_project(const T5rtNativeStep& s, int l) {
+  typedef typename T5rtProjW<A, PH>::W W;
+  typedef typename T5rtProjW<A, PH>::Ch Ch;
+  extern __shared__ __align__(16) float t5rt_native_smem[];
+  const int d = (int)s.d, I = (int)(s.H * s.Dk), F = (int)s.F;
+  const T5rtNativeLayer* ly = PH == T5RT_NATIVE_LM_HEAD ? (const T5rtNativeLayer*)0
+                                                         : (const T5rtNativeLayer*)s.layers + l;
+  const W *w0 = 0, *w1 = 0;
+  const void* gain = 0;
+  int R = d, K = d;
+  switch (PH) {
+    case T5RT_NATIVE_SELF_QKV: w0 = (const W*)ly->qkv; R = 3 * I; gain = (const void*)ly->sa_norm; break;
+    case T5RT_NATIVE_SELF_OUT: w0 = (const W*)ly->sa_o; K = I; break;
+    case T5RT_NATIVE_CROSS_Q: w0 = (const W*)ly->ca_q; R = I; gain = (const void*)ly->ca_norm; break;
+    case T5RT_NATIVE_CROSS_OUT: w0 = (const W*)ly->ca_o; K = I; break;
+    case T5RT_NATIVE_FFN_IN:
+      w0 = (const W*)ly->wi0; w1 = s.gated ? (const W*)ly->wi1 : (const W*)0; R = F; gain = (const void*)ly->ff_norm;
+      break;
+    case T5RT_NATIVE_FFN_OUT: w0 = (const W*)ly->wo; K = F; break;
+    default: w0 = (const W*)s.lm_head; R = (int)s.V; gain = (const void*)s.final_norm; break;
+  }
+  const bool vec = K % Ch::E == 0 && ((u64)w0 % 16) == 0 && (!w1 || ((u64)w1 % 16) == 0);
+  float* smem = t5rt_native_smem;
+  if (PH == T5RT_NATIVE_FFN_IN && w1) {
+    if (vec) t5rt_project_run<A, PH, W, Ch, true, true>(s, ly, w0, w1, R, K, gain, smem);
+    else t5rt_project_run<A, PH, W, Ch, false, true>(s, ly, w0, w1, R, K, gain, smem);
+  } else {
+    if (vec) t5rt_project_run<A, PH, W, Ch, true, false>(s, ly, w0, w1, R, K, gain, smem);
+    else t5rt_project_run<A, PH, W, Ch, false, false>(s, ly, w0, w1, R, K, gain, smem);
+  }
+}
+
+// ---- attention over keys [0, nkeys) of one (row n, head h): out = softmax(q K^T + bias) V ----
+// self: bias from the bucket table, keys = cache rows <= pos; cross: the mask adds fp32 min.
+// Before the wait (the block's first item): each key's additive term (positions, buckets, bias and
+// mask never change during a step) and the K / V rows into L2; after it: q, scores, softmax, PV.
+// The self cache row `pos` is written by the phase before: read after the wait, through L2.
+template <int A, bool SELF>
+__device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, int l, const float* q, float* out) {
+  typedef typename T5rtAct<A>::T AT;
+  extern __shared__ __align__(16) float t5rt_native_smem[];
+  float* smem = t5rt_native_smem;
+  const T5rtNativeLayer* ly = (const T5rtNativeLayer*)s.layers + l;
   const int H = (int)s.H, Dk = (int)s.Dk, I = H * Dk, N = (int)s.N;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int kmax = SELF ? (int)s.T : (int)s.S;
-  float* qs = smem;              // [Dk]
-  float* sc = smem + Dk;         // [kmax] scores -> weights
-  float* part = sc + kmax;       // [groups, Dk] partial outputs
-  float* red = part + blockDim.x;  // [32] reduction scratch
+  float* qs = smem;                         // [Dk]
+  float* sc = smem + ((Dk + 3) & ~3);       // [kmax] scores -> weights
+  float* part = sc + ((kmax + 3) & ~3);     // [groups, Dk] partial outputs
+  float* red = part + blockDim.x;           // [32] reduction scratch
+  bool waited = false;
   for (int item = blockIdx.x; item < N * H; item += gridDim.x) {
     const int n = item / H, h = item - n * H;
     int nkeys;
     i64 pos = 0;
     if (SELF) {
-      pos = t5rt_ld_i64((const i64*)s.position + n);
+      pos = __ldg((const i64*)s.position + n);
       nkeys = pos < 0 ? 0 : (pos >= kmax ? kmax : (int)pos + 1);
     } else {
       nkeys = kmax;
     }
-    const AT* K = (const AT*)(SELF ? ly.self_k : ly.cross_k) + ((i64)n * H + h) * kmax * Dk;
-    const AT* Vv = (const AT*)(SELF ? ly.self_v : ly.cross_v) + ((i64)n * H + h) * kmax * Dk;
-    for (int e = threadIdx.x; e < Dk; e += blockDim.x) qs[e] = t5rt_ldcg(q + (i64)n * I + h * Dk + e);
-    // each key's additive term first, all keys at once: self = the relative-position bias
-    // (position -> bucket -> bias, dependent loads), cross = 0 or fp32 min from the mask
+    const AT* K = (const AT*)(SELF ? ly->self_k : ly->cross_k) + ((i64)n * H + h) * kmax * Dk;
+    const AT* Vv = (const AT*)(SELF ? ly->self_v : ly->cross_v) + ((i64)n * H + h) * kmax * Dk;
+    const int row_bytes = Dk * (int)sizeof(AT);
     for (int t = threadIdx.x; t < nkeys; t += blockDim.x) {
       if (SELF) {
         i64 dist = pos - t;
@@ -393,7 +632,17 @@ __device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNati
       } else {
         sc[t] = ((const i64*)s.enc_mask)[(i64)n * kmax + t] != 0 ? 0.f : -3.4028234663852886e38f;
       }
+      for (int b = 0; b < row_bytes; b += 128) {
+        t5rt_prefetch_l2((const char*)(K + (i64)t * Dk) + b);
+        t5rt_prefetch_l2((const char*)(Vv + (i64)t * Dk) + b);
+      }
     }
+    if (!waited) {
+      t5rt_pdl_trigger();
+      t5rt_pdl_wait();
+      waited = true;
+    }
+    for (int e = threadIdx.x; e < Dk; e += blockDim.x) qs[e] = t5rt_ldcg(q + (i64)n * I + h * Dk + e);
     __syncthreads();
     // scores: a warp per key, KU keys per warp with their loads in flight together
     constexpr int KU = 4;
@@ -462,6 +711,22 @@ __device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, const T5rtNati
   }
 }
 
+template <int A>
+__device__ __forceinline__ void t5rt_embed(const T5rtNativeStep& s) {
+  typedef typename T5rtAct<A>::T AT;
+  const int N = (int)s.N, d = (int)s.d;
+  float* x = (float*)s.x;
+  t5rt_pdl_trigger();
+  t5rt_pdl_wait();  // x may still be read by a kernel before this one (the last step's lm_head)
+  const i64* ids = (const i64*)s.ids;
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)N * d; i += (i64)gridDim.x * blockDim.x) {
+    const int n = (int)(i / d), k = (int)(i - (i64)n * d);
+    i64 id = t5rt_ld_i64(ids + n);
+    id = id < 0 ? 0 : (id >= s.V ? s.V - 1 : id);
+    x[i] = t5rt_to_f<A>(((const AT*)s.emb)[id * d + k]);
+  }
+}
+
 // ---- L2 prefetch of the weight rows this warp will read in phase `ph` of layer `l` ----
 template <typename W>
 __device__ void t5rt_prefetch_rows(const W* w, int R, int K, int gwarp, int nwarps, int max_rows) {
@@ -501,110 +766,32 @@ __device__ void t5rt_prefetch_phase(const T5rtNativeStep& s, int ph, int l, int 
 // ---- one phase, executed by every block of the launch ----
 // (not inlined: both drivers call one copy, which halves the compile time of the fatbin)
 template <int A>
-__device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l, float* xs) {
-  typedef typename T5rtAct<A>::T AT;
-  typedef typename T5rtChunkOf<A>::type Ch;
-  const int N = (int)s.N, d = (int)s.d, I = (int)(s.H * s.Dk), F = (int)s.F;
-  const int gwarp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int nwarps = gridDim.x * (blockDim.x >> 5);
-  float* x = (float*)s.x;
-  if (s.prefetch) {  // the next two phases' weights stream into L2 while this one runs
+__device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l) {
+  if (s.prefetch && ph != T5RT_NATIVE_LM_HEAD) {  // the next two phases' weights into L2 (off by default)
+    const int gwarp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nwarps = gridDim.x * (blockDim.x >> 5);
     for (int k = 1; k <= 2; ++k) {
       int p2 = ph + k, l2 = l;
       if (ph != T5RT_NATIVE_EMBED && p2 > T5RT_NATIVE_FFN_OUT) { p2 -= 8; l2 += 1; }
-      if (l2 >= s.L && ph != T5RT_NATIVE_LM_HEAD) p2 = T5RT_NATIVE_LM_HEAD;
-      if (ph != T5RT_NATIVE_LM_HEAD) t5rt_prefetch_phase<A>(s, p2, l2, gwarp, nwarps);
+      if (l2 >= s.L) p2 = T5RT_NATIVE_LM_HEAD;
+      t5rt_prefetch_phase<A>(s, p2, l2, gwarp, nwarps);
     }
   }
-  if (ph == T5RT_NATIVE_EMBED) {
-    const i64* ids = (const i64*)s.ids;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)N * d; i += (i64)gridDim.x * blockDim.x) {
-      const int n = (int)(i / d), k = (int)(i - (i64)n * d);
-      i64 id = t5rt_ld_i64(ids + n);
-      id = id < 0 ? 0 : (id >= s.V ? s.V - 1 : id);
-      x[i] = t5rt_to_f<A>(((const AT*)s.emb)[id * d + k]);
-    }
-    return;
-  }
-  if (ph == T5RT_NATIVE_LM_HEAD) {
-    const int rows = t5rt_rows_per_pass(s, d);
-    T5rtEpiLogits epi{(float*)s.logits, (int)s.V};
-    for (int n0 = 0; n0 < N; n0 += rows) {
-      const int nc = N - n0 < rows ? N - n0 : rows;
-      t5rt_stage_norm<A>(s, x, (const float*)s.final_norm, n0, nc, d, xs, true, (float)s.logit_scale);
-      t5rt_gemv<float, T5rtChunk<float>, false>((const float*)s.lm_head, (const float*)0, (int)s.V, d, xs, nc, n0,
-                                                epi, gwarp, nwarps);
-      __syncthreads();
-    }
-    return;
-  }
-  const T5rtNativeLayer ly = ((const T5rtNativeLayer*)s.layers)[l];
-  const float clamp = (float)s.clamp;
-  if (ph == T5RT_NATIVE_SELF_ATTN) { t5rt_attend<A, true>(s, ly, (const float*)s.q, (float*)s.a, xs); return; }
-  if (ph == T5RT_NATIVE_CROSS_ATTN) { t5rt_attend<A, false>(s, ly, (const float*)s.q, (float*)s.a, xs); return; }
-  // the projections: input width K, output rows R, in passes of `rows` rows of x
-  int K = d;
-  if (ph == T5RT_NATIVE_SELF_OUT || ph == T5RT_NATIVE_CROSS_OUT) K = I;
-  if (ph == T5RT_NATIVE_FFN_OUT) K = F;
-  const int rows = t5rt_rows_per_pass(s, K);
-  for (int n0 = 0; n0 < N; n0 += rows) {
-    const int nc = N - n0 < rows ? N - n0 : rows;
-    switch (ph) {
-      case T5RT_NATIVE_SELF_QKV: {
-        t5rt_stage_norm<A>(s, x, (const AT*)ly.sa_norm, n0, nc, d, xs, false, 1.f);
-        T5rtEpiQKV<A> epi{(float*)s.q, (AT*)ly.self_k, (AT*)ly.self_v, (AT*)ly.new_k, (AT*)ly.new_v,
-                          (const i64*)s.position, I, (int)s.H, (int)s.Dk, (int)s.T};
-        t5rt_gemv<AT, Ch, false>((const AT*)ly.qkv, (const AT*)0, 3 * I, d, xs, nc, n0, epi, gwarp, nwarps);
-        break;
-      }
-      case T5RT_NATIVE_SELF_OUT:
-      case T5RT_NATIVE_CROSS_OUT: {
-        t5rt_stage_copy((const float*)s.a, n0, nc, I, xs);
-        T5rtEpiResidual<A> epi{x, d, clamp};
-        const AT* w = (const AT*)(ph == T5RT_NATIVE_SELF_OUT ? ly.sa_o : ly.ca_o);
-        t5rt_gemv<AT, Ch, false>(w, (const AT*)0, d, I, xs, nc, n0, epi, gwarp, nwarps);
-        break;
-      }
-      case T5RT_NATIVE_CROSS_Q: {
-        t5rt_stage_norm<A>(s, x, (const AT*)ly.ca_norm, n0, nc, d, xs, false, 1.f);
-        T5rtEpiStore<A> epi{(float*)s.q, I};
-        t5rt_gemv<AT, Ch, false>((const AT*)ly.ca_q, (const AT*)0, I, d, xs, nc, n0, epi, gwarp, nwarps);
-        break;
-      }
-      case T5RT_NATIVE_FFN_IN: {
-        t5rt_stage_norm<A>(s, x, (const AT*)ly.ff_norm, n0, nc, d, xs, false, 1.f);
-        T5rtEpiFFN<A> epi{(float*)s.h, F, (int)s.act, (int)s.gated};
-        if (s.gated)
-          t5rt_gemv<AT, Ch, true>((const AT*)ly.wi0, (const AT*)ly.wi1, F, d, xs, nc, n0, epi, gwarp, nwarps);
-        else
-          t5rt_gemv<AT, Ch, false>((const AT*)ly.wi0, (const AT*)0, F, d, xs, nc, n0, epi, gwarp, nwarps);
-        break;
-      }
-      case T5RT_NATIVE_FFN_OUT: {
-        t5rt_stage_copy((const float*)s.h, n0, nc, F, xs);
-        T5rtEpiResidual<A> epi{x, d, clamp};
-        t5rt_gemv<AT, Ch, false>((const AT*)ly.wo, (const AT*)0, d, F, xs, nc, n0, epi, gwarp, nwarps);
-        break;
-      }
-      default: break;
-    }
-    __syncthreads();  // every warp is done with xs before the next pass restages it
+  switch (ph) {
+    case T5RT_NATIVE_EMBED: t5rt_embed<A>(s); break;
+    case T5RT_NATIVE_SELF_QKV: t5rt_project<A, T5RT_NATIVE_SELF_QKV>(s, l); break;
+    case T5RT_NATIVE_SELF_ATTN: t5rt_attend<A, true>(s, l, (const float*)s.q, (float*)s.a); break;
+    case T5RT_NATIVE_SELF_OUT: t5rt_project<A, T5RT_NATIVE_SELF_OUT>(s, l); break;
+    case T5RT_NATIVE_CROSS_Q: t5rt_project<A, T5RT_NATIVE_CROSS_Q>(s, l); break;
+    case T5RT_NATIVE_CROSS_ATTN: t5rt_attend<A, false>(s, l, (const float*)s.q, (float*)s.a); break;
+    case T5RT_NATIVE_CROSS_OUT: t5rt_project<A, T5RT_NATIVE_CROSS_OUT>(s, l); break;
+    case T5RT_NATIVE_FFN_IN: t5rt_project<A, T5RT_NATIVE_FFN_IN>(s, l); break;
+    case T5RT_NATIVE_FFN_OUT: t5rt_project<A, T5RT_NATIVE_FFN_OUT>(s, l); break;
+    case T5RT_NATIVE_LM_HEAD: t5rt_project<A, T5RT_NATIVE_LM_HEAD>(s, l); break;
+    default: break;
   }
 }
 
-// Launched with programmatic dependent launch (StepTable.launch_phases(pdl=True)): this phase's
-// weight rows stream into L2 while the phase before still runs, then the next phase may start
-// (it too only prefetches before it waits), then wait for the phase before to finish and flush.
-template <int A>
-__device__ __forceinline__ void t5rt_pdl_start(const T5rtNativeStep& s, int ph, int l) {
-  if (ph != T5RT_NATIVE_EMBED)
-    t5rt_prefetch_phase<A>(s, ph, l, blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5),
-                           gridDim.x * (blockDim.x >> 5));
-  t5rt_pdl_trigger();
-  t5rt_pdl_wait();
-}
-
-// the NativeStep table into shared memory (read many times per phase)
+// the NativeStep table into shared memory (read many times per phase; never written by a step)
 __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNativeStep* s) {
   const u64* src = (const u64*)g;
   u64* dst = (u64*)s;
@@ -613,31 +800,31 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
   return s->words == (i64)(sizeof(T5rtNativeStep) / 8) && s->N <= 1 << 20;
 }
 
+// t5rt_native_phase_<A>: `pdl` is kept for the launch ABI; every phase calls griddepcontrol.launch_
+// dependents and .wait (no-ops when not launched with programmatic dependent launch).
 #define T5RT_NATIVE_INSTANTIATE(SUFFIX, A)                                                           \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
       t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l, int pdl) {              \
     __shared__ T5rtNativeStep s;                                                                    \
-    extern __shared__ __align__(16) float t5rt_native_smem[];                                                     \
-    if (!t5rt_load_step(step, &s)) return;  /* the table and weights: never written by a step */   \
-    if (pdl) t5rt_pdl_start<A>(s, ph, l);                                                           \
-    t5rt_native_phase<A>(s, ph, l, t5rt_native_smem);                                               \
+    (void)pdl;                                                                                      \
+    if (!t5rt_load_step(step, &s)) return;                                                          \
+    t5rt_native_phase<A>(s, ph, l);                                                                 \
   }                                                                                                 \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
       t5rt_native_step_##SUFFIX(const T5rtNativeStep* step) {                                       \
     __shared__ T5rtNativeStep s;                                                                    \
-    extern __shared__ __align__(16) float t5rt_native_smem[];                                                     \
     if (!t5rt_load_step(step, &s)) return;                                                          \
     u32* bar = (u32*)s.barrier;                                                                     \
     u32 gen = t5rt_ld_acquire(bar + 1);                                                             \
-    t5rt_native_phase<A>(s, T5RT_NATIVE_EMBED, 0, t5rt_native_smem);                                \
+    t5rt_native_phase<A>(s, T5RT_NATIVE_EMBED, 0);                                                  \
     t5rt_grid_sync(bar, gen);                                                                       \
     for (int l = 0; l < (int)s.L; ++l) {                                                            \
       for (int ph = T5RT_NATIVE_SELF_QKV; ph <= T5RT_NATIVE_FFN_OUT; ++ph) {                        \
-        t5rt_native_phase<A>(s, ph, l, t5rt_native_smem);                                           \
+        t5rt_native_phase<A>(s, ph, l);                                                             \
         t5rt_grid_sync(bar, gen);                                                                   \
       }                                                                                             \
     }                                                                                               \
-    t5rt_native_phase<A>(s, T5RT_NATIVE_LM_HEAD, 0, t5rt_native_smem);                              \
+    t5rt_native_phase<A>(s, T5RT_NATIVE_LM_HEAD, 0);                                                \
   }
 
 T5RT_NATIVE_INSTANTIATE(f32, 0)

@@ -99,8 +99,7 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                     "step (persistent, L2 prefetch)": with_prefetch.launch,
                     "step (per-phase launches)": tab.launch_phases,
                     "step (per-phase, PDL)": lambda: tab.launch_phases(pdl=True),
-                    "step (per-phase, PDL, 256 threads)": lambda: tab.launch_phases(pdl=True, threads=256),
-                    "step (per-phase, 256 threads)": lambda: tab.launch_phases(threads=256),
+                    "step (per-phase, PDL, 128 threads)": lambda: tab.launch_phases(pdl=True, threads=128),
                     "step (per-phase, PDL, L2 prefetch)": lambda: with_prefetch.launch_phases(pdl=True),
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }

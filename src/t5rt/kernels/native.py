@@ -50,7 +50,8 @@ class Act(enum.IntEnum):
     SILU = 3
 
 
-THREADS = 512  # T5RT_NATIVE_THREADS
+THREADS = 256  # T5RT_NATIVE_THREADS: the largest (and default) block
+PART = 4096  # T5RT_NATIVE_PART: floats of shared memory for the projections' split-K partial sums
 ACT_NAMES = {"relu": Act.RELU, "gelu_new": Act.GELU_NEW, "gelu_pytorch_tanh": Act.GELU_NEW, "gelu": Act.GELU,
              "silu": Act.SILU, "swish": Act.SILU}
 SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
@@ -283,13 +284,22 @@ class StepTable:
         self.a = cp.zeros((n, I), cp.float32)
         self.h = cp.zeros((n, m.d_ff), cp.float32)
         self.barrier = cp.zeros((2,), cp.uint32)
+        # dynamic shared memory, as the kernels lay it out (native_decoder.cu, t5rt_project_run and
+        # t5rt_attend): a projection holds the split-K partials, the norm's gain, then per pass of up
+        # to 64 rows its input rows and (residual phases) the block's slice of the old x
+        pad = lambda v: (v + 3) & ~3  # noqa: E731
         kmax = max(m.d, I, m.d_ff)
-        attn = m.d_kv + max(t, s) + THREADS + 32
+        row = kmax + pad(-(-m.d // dev.sms))
+        proj_one, proj_all = PART + pad(m.d) + row, PART + pad(m.d) + min(n, 64) * row
+        attn = pad(m.d_kv) + pad(max(t, s)) + THREADS + 32
         cap = (dev.smem_optin - 8 * 1024) // 4  # leave room for the static shared memory
         if attn > cap:
             raise InvalidInputError(f"attention over {max(t, s)} keys needs {attn * 4} bytes of shared memory, "
                                     f"more than the GPU's {cap * 4}; use a shorter max length")
-        self.smem_floats = int(min(max(n * kmax, attn, kmax), cap))
+        if proj_one > cap:
+            raise InvalidInputError(f"a projection over {kmax} inputs needs {proj_one * 4} bytes of shared memory, "
+                                    f"more than the GPU's {cap * 4}")
+        self.smem_floats = int(min(max(proj_all, attn), cap))
         layer_rows = []
         for l, w in enumerate(dev.layers):
             vals = [_ptr(w[k]) for k in LAYER_WEIGHTS]
