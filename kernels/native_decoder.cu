@@ -272,9 +272,13 @@ struct T5rtGemv {
     a = T5rtRaw<W, VEC>::load(W0 + row, c);
     if (TWO) b = T5rtRaw<W, VEC>::load(W1 + row, c);
   }
+  // units of a window: whole items when an item fits (U <= WIN), so that every item a window
+  // starts ends in it and the window serves every row group before the next is loaded
+  __device__ __forceinline__ int step() const { return U <= WIN ? (WIN / U) * U : WIN; }
   __device__ __forceinline__ void prologue() {
+    const int st = step();
 #pragma unroll
-    for (int w = 0; w < WIN; ++w) load(w, w0[w], w1[w]);
+    for (int w = 0; w < WIN; ++w) load(w < st ? w : total, w0[w], w1[w]);
     held = true;
   }
   __device__ __forceinline__ static void widen(const Raw& r, float* f) {
@@ -284,25 +288,28 @@ struct T5rtGemv {
 
   // every n < nc rows of xs ([nc, K] fp32, shared); item sums go to epi(nbase + n, row, y0, y1)
   // (KS == 1) or to part0/part1[q nc + n] (KS > 1: the caller adds the slices after a barrier).
-  // The items a window completes leave their sums in shared memory (ys); the warp's lanes then run
-  // their epilogues side by side (one copy of the epilogue's code, not one per window slot).
+  // Windows outside, row groups of NB inside: each weight chunk is loaded once per pass for all
+  // nc rows. An item longer than a window (U > WIN) carries its sums across windows: the caller
+  // then passes nc <= NB. The items a window completes leave their sums in shared memory; the
+  // warp's lanes then run their epilogues side by side (one copy of the epilogue's code).
   template <typename Epi>
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
-    const bool keep = total <= WIN;  // the window holds every unit: reused by every row group
-    for (int g0 = 0; g0 < nc; g0 += T5RT_NATIVE_NB) {
-      float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
+    const int st = step();
+    const bool keep = total <= st;  // one window holds every unit: kept for the next pass
+    float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
 #pragma unroll
-      for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
-      for (int f0 = 0; f0 < total; f0 += WIN) {
-        if (!(f0 == 0 && held)) {
+    for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
+    for (int f0 = 0; f0 < total; f0 += st) {
+      if (!(f0 == 0 && held)) {
 #pragma unroll
-          for (int w = 0; w < WIN; ++w) load(f0 + w, w0[w], w1[w]);
-        }
-        int done = 0;  // items this window completed
+        for (int w = 0; w < WIN; ++w) load(w < st ? f0 + w : total, w0[w], w1[w]);
+      }
+      for (int g0 = 0; g0 < nc; g0 += T5RT_NATIVE_NB) {
+        int done = 0;  // items completed in this window
 #pragma unroll
         for (int w = 0; w < WIN; ++w) {
           const int f = f0 + w;
-          if (f < total) {  // warp-uniform
+          if (w < st && f < total) {  // warp-uniform
             int q, u, c, end;
             locate(f, q, u, c, end);
             if (c < end) {
@@ -364,8 +371,8 @@ struct T5rtGemv {
         }
         __syncwarp();
       }
-      held = keep;
     }
+    held = keep;
   }
 
   // KS > 1, after a barrier: the slices of each (row, n) added in slice order
@@ -478,6 +485,7 @@ __device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer*
   const int rbpad = RES ? ((g.RB + 3) & ~3) : 0;
   int rows = ((int)s.smem_floats - T5RT_NATIVE_PART - dpad) / (K + rbpad);
   rows = rows > 64 ? 64 : rows;  // inv[] below
+  if (g.U > T5rtGemv<W, Ch, VEC, TWO>::WIN && rows > T5RT_NATIVE_NB) rows = T5RT_NATIVE_NB;  // see run()
   if (g.KS > 1 && g.items > 0) {
     const int most = (T5RT_NATIVE_PART / 2) / g.items;
     rows = rows > most ? most : rows;
