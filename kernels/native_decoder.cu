@@ -55,7 +55,7 @@ enum T5rtNativePhase {
 enum T5rtNativeGeometry {
   T5RT_NATIVE_THREADS = 256,  // largest block of both drivers (the default; fewer: StepTable threads=)
   T5RT_NATIVE_NB = 8,         // rows (N) accumulated per pass over a weight row
-  T5RT_NATIVE_WIN = 8,        // weight loads (16 B) a lane keeps in flight; the first WIN before the wait
+  T5RT_NATIVE_WIN = 4,        // weight loads (16 B) a lane keeps in flight; the first WIN before the wait
   T5RT_NATIVE_PART = 4096,    // floats of dynamic shared memory for the split-K partial sums
 };
 
@@ -167,10 +167,7 @@ template <int A> struct T5rtChunk16 {
 template <int A> struct T5rtChunkOf { typedef T5rtChunk16<A> type; };
 template <> struct T5rtChunkOf<0> { typedef T5rtChunk<float> type; };
 
-// Shared memory every projection uses, declared once (one copy per kernel, not per template):
-// the item sums a warp's window completed, and the norm's 1 / rms per row of a pass.
-__shared__ float t5rt_native_ys[T5RT_NATIVE_THREADS / 32][T5RT_NATIVE_WIN][2][T5RT_NATIVE_NB];
-__shared__ int t5rt_native_yq[T5RT_NATIVE_THREADS / 32][T5RT_NATIVE_WIN];
+// the norm's 1 / rms per row of a pass, declared once (one copy per kernel, not per template)
 __shared__ float t5rt_native_inv[64];
 
 // raw weights as loaded: one 16-byte chunk (VEC) or one element
@@ -272,14 +269,27 @@ struct T5rtGemv {
     a = T5rtRaw<W, VEC>::load(W0 + row, c);
     if (TWO) b = T5rtRaw<W, VEC>::load(W1 + row, c);
   }
-  // units of a window: whole items when an item fits (U <= WIN), so that every item a window
-  // starts ends in it and the window serves every row group before the next is loaded
-  __device__ __forceinline__ int step() const { return U <= WIN ? (WIN / U) * U : WIN; }
-  __device__ __forceinline__ void prologue() {
-    const int st = step();
+  // this warp's item count
+  __device__ __forceinline__ int mine() const { return U > 0 ? total / U : 0; }
+  // units [u0, u0 + WIN) of the warp's item `it` into the window (absent units: not loaded)
+  __device__ __forceinline__ void load_window(int it, int u0) {
 #pragma unroll
-    for (int w = 0; w < WIN; ++w) load(w < st ? w : total, w0[w], w1[w]);
+    for (int w = 0; w < WIN; ++w) load(u0 + w < U ? it * U + u0 + w : total, w0[w], w1[w]);
+  }
+  // before the wait: the first window of the first item into registers, the rows of the next few
+  // items into L2 (so that their loads after the wait are L2 hits)
+  __device__ __forceinline__ void prologue() {
+    load_window(0, 0);
     held = true;
+    const int m = mine() < 5 ? mine() : 5;
+    for (int it = 1; it < m; ++it) {
+      for (int u = 0; u < U; ++u) {
+        int q, uu, c, end;
+        locate(it * U + u, q, uu, c, end);
+        if (c < end) t5rt_prefetch_l2(W0 + (i64)(r0 + q / KS) * K + (i64)c * E);
+        if (TWO && c < end) t5rt_prefetch_l2(W1 + (i64)(r0 + q / KS) * K + (i64)c * E);
+      }
+    }
   }
   __device__ __forceinline__ static void widen(const Raw& r, float* f) {
     if constexpr (VEC) Ch::widen(r, f);
@@ -288,31 +298,28 @@ struct T5rtGemv {
 
   // every n < nc rows of xs ([nc, K] fp32, shared); item sums go to epi(nbase + n, row, y0, y1)
   // (KS == 1) or to part0/part1[q nc + n] (KS > 1: the caller adds the slices after a barrier).
-  // Windows outside, row groups of NB inside: each weight chunk is loaded once per pass for all
-  // nc rows. An item longer than a window (U > WIN) carries its sums across windows: the caller
-  // then passes nc <= NB. The items a window completes leave their sums in shared memory; the
-  // warp's lanes then run their epilogues side by side (one copy of the epilogue's code).
+  // Items one after another; an item's units WIN at a time with the row groups of NB inside, so
+  // each weight chunk is loaded once per pass for every row. An item longer than a window
+  // (U > WIN) carries its sums across windows: the caller then passes nc <= NB. After an item's
+  // last window lane n < NB runs the epilogue of row n of the group (lanes side by side).
   template <typename Epi>
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
-    const int st = step();
-    const bool keep = total <= st;  // one window holds every unit: kept for the next pass
-    float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
+    const int m = mine();
+    for (int it = 0; it < m; ++it) {
+      const int q = warp + nw * it, sl = q % KS, row = r0 + q / KS;
+      const int end = (sl + 1) * cs < chunks ? (sl + 1) * cs : chunks;
+      float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
+      for (int u0 = 0; u0 < U; u0 += WIN) {
+        if (!(it == 0 && u0 == 0 && held)) load_window(it, u0);
+        for (int g0 = 0; g0 < nc; g0 += T5RT_NATIVE_NB) {
+          if (u0 == 0) {
 #pragma unroll
-    for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
-    for (int f0 = 0; f0 < total; f0 += st) {
-      if (!(f0 == 0 && held)) {
+            for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
+          }
 #pragma unroll
-        for (int w = 0; w < WIN; ++w) load(w < st ? f0 + w : total, w0[w], w1[w]);
-      }
-      for (int g0 = 0; g0 < nc; g0 += T5RT_NATIVE_NB) {
-        int done = 0;  // items completed in this window
-#pragma unroll
-        for (int w = 0; w < WIN; ++w) {
-          const int f = f0 + w;
-          if (w < st && f < total) {  // warp-uniform
-            int q, u, c, end;
-            locate(f, q, u, c, end);
-            if (c < end) {
+          for (int w = 0; w < WIN; ++w) {
+            const int c = sl * cs + lane + 32 * (u0 + w);
+            if (u0 + w < U && c < end) {
               float a[E], b[E];
               widen(w0[w], a);
               if constexpr (TWO) widen(w1[w], b);
@@ -338,41 +345,28 @@ struct T5rtGemv {
                 }
               }
             }
-            if (u == U - 1) {  // the item's last unit: its sums are complete
+          }
+          if (u0 + WIN >= U) {  // the item's last window: its sums are complete
+            float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-              for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-                const float y0 = t5rt_warp_sum(acc0[n]);
-                const float y1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
-                if (lane == 0) {
-                  t5rt_native_ys[warp][done][0][n] = y0;
-                  t5rt_native_ys[warp][done][1][n] = y1;
-                }
-                acc0[n] = 0.f;
-                acc1[n] = 0.f;
+            for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
+              const float s0 = t5rt_warp_sum(acc0[n]);
+              const float s1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
+              if (lane == n) { y0 = s0; y1 = s1; }
+            }
+            if (lane < T5RT_NATIVE_NB && g0 + lane < nc) {
+              if (KS == 1) {
+                epi(nbase + g0 + lane, row, y0, y1);
+              } else {
+                part0[(i64)q * nc + g0 + lane] = y0;
+                if constexpr (TWO) part1[(i64)q * nc + g0 + lane] = y1;
               }
-              if (lane == 0) t5rt_native_yq[warp][done] = q;
-              ++done;
             }
           }
         }
-        __syncwarp();
-        for (int i = lane; i < done * T5RT_NATIVE_NB; i += 32) {
-          const int slot = i / T5RT_NATIVE_NB, n = i - slot * T5RT_NATIVE_NB;
-          if (g0 + n < nc) {
-            const int q = t5rt_native_yq[warp][slot];
-            const float y0 = t5rt_native_ys[warp][slot][0][n], y1 = t5rt_native_ys[warp][slot][1][n];
-            if (KS == 1) {
-              epi(nbase + g0 + n, r0 + q, y0, y1);
-            } else {
-              part0[(i64)q * nc + g0 + n] = y0;
-              if constexpr (TWO) part1[(i64)q * nc + g0 + n] = y1;
-            }
-          }
-        }
-        __syncwarp();
       }
     }
-    held = keep;
+    held = m == 1 && U <= WIN;  // the window still holds the only item: kept for the next pass
   }
 
   // KS > 1, after a barrier: the slices of each (row, n) added in slice order
@@ -811,14 +805,14 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
 // t5rt_native_phase_<A>: `pdl` is kept for the launch ABI; every phase calls griddepcontrol.launch_
 // dependents and .wait (no-ops when not launched with programmatic dependent launch).
 #define T5RT_NATIVE_INSTANTIATE(SUFFIX, A)                                                           \
-  extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
+  extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS, 2)                               \
       t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l, int pdl) {              \
     __shared__ T5rtNativeStep s;                                                                    \
     (void)pdl;                                                                                      \
     if (!t5rt_load_step(step, &s)) return;                                                          \
     t5rt_native_phase<A>(s, ph, l);                                                                 \
   }                                                                                                 \
-  extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS)                                 \
+  extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS, 2)                               \
       t5rt_native_step_##SUFFIX(const T5rtNativeStep* step) {                                       \
     __shared__ T5rtNativeStep s;                                                                    \
     if (!t5rt_load_step(step, &s)) return;                                                          \
