@@ -221,8 +221,8 @@ struct T5rtGemv {
   typedef typename T5rtRaw<W, VEC>::T Raw;
   const W* W0;
   const W* W1;
-  int K, chunks, RB, KS, cs, U, r0, nrows, items, lane, warp, nw, total;
-  bool held;  // the window holds this warp's units [0, WIN)
+  int K, chunks, RB, KS, cs, U, r0, nrows, items, lane, warp, nw, mine;  // mine: this warp's items
+  bool held;  // the window holds the first window of this warp's first item
   Raw w0[WIN], w1[WIN];
 
   __device__ __forceinline__ void init(const W* a, const W* b, int R, int K_) {
@@ -247,47 +247,42 @@ struct T5rtGemv {
     nrows = R - r0 < RB ? R - r0 : RB;
     nrows = nrows < 0 ? 0 : nrows;
     items = nrows * KS;
-    const int mine = items > warp ? (items - warp + nw - 1) / nw : 0;
-    total = mine * U;
+    mine = items > warp ? (items - warp + nw - 1) / nw : 0;
     held = false;
   }
-  // flat unit f of this warp -> its item q and the chunk c of this lane (c >= end: none)
-  __device__ __forceinline__ void locate(int f, int& q, int& u, int& c, int& end) const {
-    const int it = f / U;
-    u = f - it * U;
+  // this warp's item `it`: its index q, its output row, and this lane's first chunk c0 (unit u is
+  // chunk c0 + 32 u) and the slice's end
+  __device__ __forceinline__ void item(int it, int& q, int& row, int& c0, int& end) const {
     q = warp + nw * it;
     const int sl = q % KS;
-    c = sl * cs + lane + 32 * u;
+    row = r0 + q / KS;
+    c0 = sl * cs + lane;
     end = (sl + 1) * cs < chunks ? (sl + 1) * cs : chunks;
   }
-  __device__ __forceinline__ void load(int f, Raw& a, Raw& b) const {
-    if (f >= total) return;
-    int q, u, c, end;
-    locate(f, q, u, c, end);
-    if (c >= end) return;
-    const i64 row = (i64)(r0 + q / KS) * K;
-    a = T5rtRaw<W, VEC>::load(W0 + row, c);
-    if (TWO) b = T5rtRaw<W, VEC>::load(W1 + row, c);
-  }
-  // this warp's item count
-  __device__ __forceinline__ int mine() const { return U > 0 ? total / U : 0; }
   // units [u0, u0 + WIN) of the warp's item `it` into the window (absent units: not loaded)
   __device__ __forceinline__ void load_window(int it, int u0) {
+    int q, row, c0, end;
+    item(it, q, row, c0, end);
 #pragma unroll
-    for (int w = 0; w < WIN; ++w) load(u0 + w < U ? it * U + u0 + w : total, w0[w], w1[w]);
+    for (int w = 0; w < WIN; ++w) {
+      const int c = c0 + 32 * (u0 + w);
+      if (u0 + w < U && c < end) {
+        w0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
+        if constexpr (TWO) w1[w] = T5rtRaw<W, VEC>::load(W1 + (i64)row * K, c);
+      }
+    }
   }
   // before the wait: the first window of the first item into registers, the rows of the next few
   // items into L2 (so that their loads after the wait are L2 hits)
   __device__ __forceinline__ void prologue() {
-    load_window(0, 0);
+    if (mine > 0) load_window(0, 0);
     held = true;
-    const int m = mine() < 5 ? mine() : 5;
-    for (int it = 1; it < m; ++it) {
-      for (int u = 0; u < U; ++u) {
-        int q, uu, c, end;
-        locate(it * U + u, q, uu, c, end);
-        if (c < end) t5rt_prefetch_l2(W0 + (i64)(r0 + q / KS) * K + (i64)c * E);
-        if (TWO && c < end) t5rt_prefetch_l2(W1 + (i64)(r0 + q / KS) * K + (i64)c * E);
+    for (int it = 1; it < (mine < 5 ? mine : 5); ++it) {
+      int q, row, c0, end;
+      item(it, q, row, c0, end);
+      for (int c = c0; c < end; c += 32) {
+        t5rt_prefetch_l2(W0 + (i64)row * K + (i64)c * E);
+        if constexpr (TWO) t5rt_prefetch_l2(W1 + (i64)row * K + (i64)c * E);
       }
     }
   }
@@ -304,10 +299,9 @@ struct T5rtGemv {
   // last window lane n < NB runs the epilogue of row n of the group (lanes side by side).
   template <typename Epi>
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
-    const int m = mine();
-    for (int it = 0; it < m; ++it) {
-      const int q = warp + nw * it, sl = q % KS, row = r0 + q / KS;
-      const int end = (sl + 1) * cs < chunks ? (sl + 1) * cs : chunks;
+    for (int it = 0; it < mine; ++it) {
+      int q, row, c0, end;
+      item(it, q, row, c0, end);
       float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
       for (int u0 = 0; u0 < U; u0 += WIN) {
         if (!(it == 0 && u0 == 0 && held)) load_window(it, u0);
@@ -318,7 +312,7 @@ struct T5rtGemv {
           }
 #pragma unroll
           for (int w = 0; w < WIN; ++w) {
-            const int c = sl * cs + lane + 32 * (u0 + w);
+            const int c = c0 + 32 * (u0 + w);
             if (u0 + w < U && c < end) {
               float a[E], b[E];
               widen(w0[w], a);
@@ -366,7 +360,7 @@ struct T5rtGemv {
         }
       }
     }
-    held = m == 1 && U <= WIN;  // the window still holds the only item: kept for the next pass
+    held = mine == 1 && U <= WIN;  // the window still holds the only item: kept for the next pass
   }
 
   // KS > 1, after a barrier: the slices of each (row, n) added in slice order
