@@ -292,7 +292,7 @@ struct T5rtGemv {
   }
 
   // every n < nc rows of xs ([nc, K] fp32, shared); item sums go to epi(nbase + n, row, y0, y1)
-  // (KS == 1) or to part0/part1[q nc + n] (KS > 1: the caller adds the slices after a barrier).
+  // (KS == 1) or to part0/part1[q nc + n], whose slices combine() adds after a barrier (KS > 1).
   // Items one after another; an item's units WIN at a time with the row groups of NB inside, so
   // each weight chunk is loaded once per pass for every row. An item longer than a window
   // (U > WIN) carries its sums across windows: the caller then passes nc <= NB. After an item's
@@ -361,6 +361,10 @@ struct T5rtGemv {
       }
     }
     held = mine == 1 && U <= WIN;  // the window still holds the only item: kept for the next pass
+    if (KS > 1) {  // (KS is the block's: every thread gets here)
+      __syncthreads();
+      combine(nc, nbase, epi, part0, part1);
+    }
   }
 
   // KS > 1, after a barrier: the slices of each (row, n) added in slice order
@@ -531,23 +535,18 @@ __device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer*
       T5rtEpiQKV<A> epi{(float*)s.q, (AT*)ly->self_k, (AT*)ly->self_v, (AT*)ly->new_k, (AT*)ly->new_v,
                         (const i64*)s.position, (int)(s.H * s.Dk), (int)s.H, (int)s.Dk, (int)s.T};
       g.run(xs, nc, n0, epi, part0, part1);
-      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
     } else if constexpr (PH == T5RT_NATIVE_CROSS_Q) {
       T5rtEpiStore<A> epi{(float*)s.q, (int)(s.H * s.Dk)};
       g.run(xs, nc, n0, epi, part0, part1);
-      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
     } else if constexpr (PH == T5RT_NATIVE_FFN_IN) {
       T5rtEpiFFN<A> epi{(float*)s.h, (int)s.F, (int)s.act, (int)s.gated};
       g.run(xs, nc, n0, epi, part0, part1);
-      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
     } else if constexpr (PH == T5RT_NATIVE_LM_HEAD) {
       T5rtEpiLogits epi{(float*)s.logits, (int)s.V};
       g.run(xs, nc, n0, epi, part0, part1);
-      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
     } else {
       T5rtEpiResidual<A> epi{x, xr, d, n0, g.r0, rbpad, (float)s.clamp};
       g.run(xs, nc, n0, epi, part0, part1);
-      if (g.KS > 1) { __syncthreads(); g.combine(nc, n0, epi, part0, part1); }
     }
     __syncthreads();  // every warp is done with xs / xr / part before the next pass restages them
   }
