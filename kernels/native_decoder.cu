@@ -56,6 +56,7 @@ enum T5rtNativeGeometry {
   T5RT_NATIVE_THREADS = 256,  // largest block of both drivers (the default; fewer: StepTable threads=)
   T5RT_NATIVE_NB = 8,         // rows (N) accumulated per pass over a weight row
   T5RT_NATIVE_WIN = 4,        // weight loads (16 B) a lane keeps in flight; the first WIN before the wait
+  T5RT_NATIVE_PF = 4,         // items a warp keeps ahead of its loads in L2 (prefetch)
   T5RT_NATIVE_PART = 4096,    // floats of dynamic shared memory for the split-K partial sums
 };
 
@@ -212,12 +213,13 @@ __device__ __forceinline__ void t5rt_copy_f32(const float* src, float* dst, int 
 // Warp w's items are q = w, w + warps, ...; lane l reads the chunks s cs + l + 32 u (unit u < U) of
 // an item. The first WIN units of a warp are loaded by prologue(), which the phase calls *before*
 // griddepcontrol.wait: the weights stream in while the phase before still runs. run() loads the
-// rest WIN units at a time, all in flight together.
+// rest WIN units at a time, all in flight together, and keeps the warp's next PF items on their
+// way into L2, so that a warp with many items (lm_head) is not one memory round trip per item.
 // The split depends on R, K and the grid only, never on the row count N: a row's sums are added in
 // the same order whatever the batch, so a request's logits do not depend on what shares its step.
 template <typename W, typename Ch, bool VEC, bool TWO>
 struct T5rtGemv {
-  enum { E = VEC ? (int)Ch::E : 1, WIN = TWO ? T5RT_NATIVE_WIN / 2 : T5RT_NATIVE_WIN };
+  enum { E = VEC ? (int)Ch::E : 1, WIN = TWO ? T5RT_NATIVE_WIN / 2 : T5RT_NATIVE_WIN, PF = T5RT_NATIVE_PF };
   typedef typename T5rtRaw<W, VEC>::T Raw;
   const W* W0;
   const W* W1;
@@ -272,19 +274,25 @@ struct T5rtGemv {
       }
     }
   }
-  // before the wait: the first window of the first item into registers, the rows of the next few
-  // items into L2 (so that their loads after the wait are L2 hits)
-  __device__ __forceinline__ void prologue() {
-    if (mine > 0) load_window(0, 0);
-    held = true;
-    for (int it = 1; it < (mine < 5 ? mine : 5); ++it) {
-      int q, row, c0, end;
-      item(it, q, row, c0, end);
-      for (int c = c0; c < end; c += 32) {
-        t5rt_prefetch_l2(W0 + (i64)row * K + (i64)c * E);
-        if constexpr (TWO) t5rt_prefetch_l2(W1 + (i64)row * K + (i64)c * E);
-      }
+  // this lane's chunks of the warp's item `it` from unit u0 on, into L2 (no registers held)
+  __device__ __forceinline__ void prefetch(int it, int u0) const {
+    int q, row, c0, end;
+    item(it, q, row, c0, end);
+    for (int c = c0 + 32 * u0; c < end; c += 32) {
+      t5rt_prefetch_l2(W0 + (i64)row * K + (i64)c * E);
+      if constexpr (TWO) t5rt_prefetch_l2(W1 + (i64)row * K + (i64)c * E);
     }
+  }
+  // before the wait: the first window of the first item into registers, the rest of that item and
+  // the next PF items into L2 (so that their loads after the wait are L2 hits); run() keeps PF
+  // items ahead in L2 from there on (lm_head: ~30 items a warp, each a round trip otherwise)
+  __device__ __forceinline__ void prologue() {
+    if (mine > 0) {
+      load_window(0, 0);
+      if (U > WIN) prefetch(0, WIN);
+    }
+    held = true;
+    for (int it = 1; it <= PF && it < mine; ++it) prefetch(it, 0);
   }
   __device__ __forceinline__ static void widen(const Raw& r, float* f) {
     if constexpr (VEC) Ch::widen(r, f);
@@ -300,6 +308,7 @@ struct T5rtGemv {
   template <typename Epi>
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
     for (int it = 0; it < mine; ++it) {
+      if (it + PF + 1 < mine) prefetch(it + PF + 1, 0);
       int q, row, c0, end;
       item(it, q, row, c0, end);
       float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
@@ -344,9 +353,11 @@ struct T5rtGemv {
             float y0 = 0.f, y1 = 0.f;
 #pragma unroll
             for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-              const float s0 = t5rt_warp_sum(acc0[n]);
-              const float s1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
-              if (lane == n) { y0 = s0; y1 = s1; }
+              if (g0 + n < nc) {  // warp-uniform: no shuffles for the group's absent rows (N = 1: 1 of 8)
+                const float s0 = t5rt_warp_sum(acc0[n]);
+                const float s1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
+                if (lane == n) { y0 = s0; y1 = s1; }
+              }
             }
             if (lane < T5RT_NATIVE_NB && g0 + lane < nc) {
               if (KS == 1) {

@@ -759,6 +759,10 @@ def test_abi_kernel_launches(dev):
 NATIVE_SHAPES = {  # (d, heads, d_kv, d_ff, layers, vocab, gated): vector and scalar load paths
     "vec": (64, 4, 16, 128, 2, 500, True),
     "odd": (32, 3, 12, 64, 1, 384, False),  # H * Dk = 36 != d; 16-bit rows of 36 are not 16-byte multiples
+    # few output rows a block over a long K: FFN_OUT's 16 rows of 2048 inputs are split into
+    # slices of K whose partial sums meet in shared memory (T5rtGemv's KS > 1 and combine(), on
+    # the host build's 3 blocks and on a GPU's grid alike)
+    "split": (16, 2, 8, 2048, 1, 64, False),
 }
 NATIVE_TOL = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 2e-2}  # of the max |value|: a few ulps of A
 
@@ -875,15 +879,16 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
             assert np.array_equal(u, v)
 
 
+@pytest.mark.parametrize("shape", ["vec", "split"])
 @pytest.mark.parametrize("act_dtype", ["float32", "bfloat16"])
-def test_native_step_is_batch_invariant(dev, act_dtype):
+def test_native_step_is_batch_invariant(dev, act_dtype, shape):
     """A row's logits and cache writes do not depend on the rows it shares a step with: the step
     over 11 rows equals, bit for bit, each row's step alone (the projections split their sums by
     the weight shape and the grid, never by the row count). This is what lets the service batch
     requests on the native engine and still return each one's solo tokens."""
     from t5rt.kernels import native_reference as NR
 
-    d, H, Dk, F, L, V, gated = NATIVE_SHAPES["vec"]
+    d, H, Dk, F, L, V, gated = NATIVE_SHAPES[shape]
     m = NR.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=3)
     st = native_state(m, 11, 37, 45, seed=4)  # 11 rows: two groups of 8 accumulators
     tab = native_step_table(dev, m, st)
