@@ -484,3 +484,87 @@ def test_requests_using_the_whole_cache_leave_no_stale_positions(tiny, solo_rt):
         again = r.generate(**reqs[0])  # the pool still serves
     for g, kw in zip(got + [again], reqs + [reqs[0]]):
         assert same(g, solo_rt.generate(**kw))
+
+
+def warm_state(r) -> dict:
+    """What the in-flight executor has made: pools, their launch sizes, encoder buffer shapes,
+    and the pooled rows' captured launch sizes."""
+    ex = r._scheduler.executor
+    return {"pools": sorted(ex.pools), "heads": {s: sorted(p._heads) for s, p in ex.pools.items()},
+            "encoders": sorted(ex._enc),
+            "pooled": {s: sorted(p.decoder._graphs) for s, p in ex.pools.items() if p.decoder is not None}}
+
+
+def test_warmup_makes_every_bucket_ahead_and_changes_no_result(tiny, solo_rt, requests_and_solo, host_kernels,
+                                                              monkeypatch):
+    """Runtime.warmup(): every source bucket's slot pool and the encoder at every (batch bucket,
+    source bucket) exist before the first request (pooled rows on, through the host build of
+    their kernels, so their warm steps run too), requests then make no new encoder buffers or
+    pools, and every result still equals solo: also those running while a second warmup() runs
+    beside them (a pool holding requests is left alone). Bad src_lens raise and change nothing;
+    with inflight=False warmup() runs one greedy request per bucket."""
+    from t5rt.service.inflight import InflightExecutor
+
+    monkeypatch.setattr(InflightExecutor, "_pooled_launcher", lambda self: host_kernels)
+    reqs, solo = requests_and_solo
+    reqs, solo = reqs[:24], solo[:24]
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1) as r:
+        info = r.warmup()
+        assert info["source_buckets"] == [16, 32, 64] and info["pools"] == 3 and info["encoders"] == 3 * 7, info
+        made = warm_state(r)
+        assert made["pools"] == [16, 32, 64] and made["heads"] == {s: [64] for s in (16, 32, 64)}, made
+        assert made["encoders"] == [(k, s) for k in (1, 2, 4, 8, 16, 32, 64) for s in (16, 32, 64)]
+        for bad in ([0], [65], "16", [16.0], [], [True]):
+            with pytest.raises(t5rt.InvalidOptionError, match="src_lens"):
+                r.warmup(bad)
+        assert r.warmup([3, 20])["source_buckets"] == [16, 32]
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
+                                range(len(reqs))))
+        bad = differences(got, solo, reqs)
+        assert not bad, f"{len(bad)} of {len(reqs)} differ from solo:\n" + "\n".join(bad)
+        # a warm-up while a pooled row and a beam search are decoding in the pools it visits
+        rng = random.Random(5)
+        long = [dict(input_ids=[[rng.randrange(2, 384) for _ in range(n)] + [1]], min_new_tokens=40,
+                     max_new_tokens=44, **extra)
+                for n, extra in ((10, {"do_sample": True, "seed": 7}), (40, {"num_beams": 2}))]
+        beam = r.submit(**long[1])
+        stream = r.stream(**long[0])
+        first = next(stream)  # both are running now (a chunk comes at a done check)
+        assert r.warmup()["source_buckets"] == [16, 32, 64]
+        assert first.tokens + [t for c in stream for t in c.tokens] == solo_rt.generate(**long[0]).sequences[0]
+        assert same(beam.result(60), solo_rt.generate(**long[1]))
+        after = warm_state(r)
+        assert after["pools"] == made["pools"] and after["encoders"] == made["encoders"]
+        st = r.stats()
+        assert st["requests_failed"] == 0 and st["slots_in_use"] == 0 and st["requests_pooled"] > 0
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1, warmup=True) as w:  # load() warms
+        assert warm_state(w)["encoders"] == made["encoders"] and w.stats()["requests_done"] == 0
+    with pytest.raises(t5rt.InvalidOptionError, match="warmup"):
+        t5rt.load(tiny[1], backend="ort", device="cpu", warmup="yes")
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1, inflight=False) as s:
+        info = s.warmup([10, 64])
+        assert info["requests"] == 2 and info["source_buckets"] == [16, 64]
+        assert same(s.generate(**reqs[0]), solo[0])
+
+
+@pytest.mark.gpu
+def test_gpu_warmup_makes_every_shape_ahead(tiny):
+    """CUDA: after warmup() no request makes an engine, a slot-count launch, an encoder shape or a
+    pooled-rows graph (each a CUDA graph captured on first use otherwise), and 16 threads of mixed
+    requests still equal solo."""
+    reqs = mixed_requests(48, seed=2)
+    with t5rt.load(tiny[1], backend="ort", device="cuda", inflight=False) as solo_rt:
+        solo = [solo_rt.generate(**kw) for kw in reqs]
+    with t5rt.load(tiny[1], backend="ort", device="cuda") as r:
+        info = r.warmup()
+        made = warm_state(r)
+        assert made["heads"] == {s: [1, 2, 4, 8, 16, 32, 64] for s in (16, 32, 64)}, made
+        assert all(v == [1, 2, 4, 8, 16, 32, 64] for v in made["pooled"].values()) and made["pooled"], made
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda i: r.generate(**reqs[i]) if i % 2 else r.submit(**reqs[i]).result(120),
+                                range(len(reqs))))
+        bad = differences(got, solo, reqs, GPU_SCORE_ATOL)
+        assert not bad, f"{len(bad)} of {len(reqs)} differ from solo:\n" + "\n".join(bad)
+        assert warm_state(r) == made, (info, made, warm_state(r))

@@ -42,6 +42,7 @@ from .export_check import verify_export
 from .generation_config import GenerationConfig
 from .inputs import chunks, parse_inputs
 from .manifest import Manifest, load_manifest
+from .runtime.buckets import src_bucket
 from .runtime.device import Device, resolve_device
 from .runtime.memory import available_bytes, check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
@@ -175,6 +176,33 @@ class Runtime:
                 "slots_in_use": svc.executor.slots_in_use() if svc else 0,
                 "max_queue": self.options.max_queue}
         return self._stats.snapshot(**live)
+
+    def warmup(self, src_lens: Sequence[int] | None = None) -> dict[str, Any]:
+        """Make now what requests would otherwise make on first use, so that none pays for it:
+        in-flight (the default), per source bucket of `src_lens` (None: every bucket up to the
+        export's max_input_len) its slot pool, the decoder step at every slot-count bucket, the
+        pooled-rows kernels and the encoder at every batch bucket, each run as a request runs it
+        (on CUDA each of those shapes is a CUDA graph captured on its first runs: tens of ms that
+        would otherwise land on some request's latency); with inflight=False one greedy request
+        per bucket. Runs on the scheduler thread between steps (requests in flight pause, a pool
+        holding requests is left as it is); safe from any thread. Costs device memory: every
+        bucket's pool and encoder buffers stay allocated, as under a load that reaches them all.
+        -> what it made: {"seconds", "source_buckets", ...}."""
+        m = self.manifest
+        if src_lens is None:
+            lens = list(range(1, m.max_input_len + 1))
+        else:
+            lens = list(src_lens) if isinstance(src_lens, Sequence) and not isinstance(src_lens, str) else []
+            if not lens or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                   and 1 <= n <= m.max_input_len for n in lens):
+                raise InvalidOptionError(f"src_lens={src_lens!r} is invalid: give source lengths (integers in "
+                                         f"[1, {m.max_input_len}], the export's max_input_len), or None for all")
+        buckets = sorted({src_bucket(n, m.max_input_len) for n in lens})
+        svc = self._service()
+        if svc.is_worker():
+            raise InvalidInputError("warmup() called from inside this runtime's own decoding step would wait "
+                                    "for itself; call it before serving, from another thread")
+        return svc.call(lambda: svc.executor.warm(buckets)).result()
 
     def close(self) -> None:
         """Stop the scheduler thread; unfinished requests fail with RuntimeClosedError."""
@@ -436,4 +464,11 @@ def load(directory: str | Path, backend: str | None = None, device: str | None =
     if device is not None:
         kwargs["device"] = device
     opts = dataclasses.replace(options or RuntimeOptions(), **kwargs)
-    return Runtime(load_manifest(directory), opts)
+    rt = Runtime(load_manifest(directory), opts)
+    if opts.warmup:
+        try:
+            rt.warmup()
+        except BaseException:
+            rt.close()
+            raise
+    return rt

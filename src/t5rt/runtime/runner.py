@@ -83,6 +83,10 @@ class RuntimeOptions:
     # refuse a request whose estimated memory (runtime/memory.py) exceeds this many bytes;
     # None: what the device has (CUDA: free memory; CPU: available host memory)
     max_request_bytes: int | None = None
+    # load(): run Runtime.warmup() before returning (every source bucket's pool, slot-count launch
+    # and encoder shape made and, on CUDA, captured; device memory held for all of them), so that
+    # no request pays a first-use capture. `t5rt serve` turns it on for its replicas.
+    warmup: bool = False
 
     def validate(self) -> None:
         if self.backend not in ("auto", "ort", "trt", "native"):
@@ -95,8 +99,9 @@ class RuntimeOptions:
         if t is not None and (not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 4096):
             raise InvalidOptionError(f"threads={t!r} is invalid: an integer in [1, 4096], or None for the "
                                      "cores this process may use")
-        if not isinstance(self.verify, bool):
-            raise InvalidOptionError(f"verify={self.verify!r} is invalid: must be True or False")
+        for name in ("verify", "warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOptionError(f"{name}={getattr(self, name)!r} is invalid: must be True or False")
         v = self.max_request_bytes
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise InvalidOptionError(f"max_request_bytes={v!r} is invalid: must be an integer >= 1 or None")

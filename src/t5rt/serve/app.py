@@ -32,6 +32,7 @@ class ServeOptions:
     target_ongoing_requests: float | None = None  # autoscaling target per replica (Ray's default: 2)
     device: str = "auto"                     # "auto" | "cpu" | "cuda" (auto: cuda where the cluster has GPUs)
     backend: str = "auto"                    # the runtime's backend
+    warmup: bool = True                      # each replica runs Runtime.warmup() before it takes traffic
     threads: int | None = None               # CPU: intra-op threads per replica (None: from placement)
     replica_cpus: float | None = None        # CPU reservation per replica (None: equal share, placement.py)
     max_ongoing_requests: int = 64           # per replica, before Ray queues at the handle
@@ -103,7 +104,7 @@ def deployment(directory: str | Path, options: ServeOptions | None = None, *,
     load_manifest(directory)  # not an export: fail here, not in every replica
     place = placement or plan_replicas(opts)
     runtime = dict(opts.runtime_options)
-    runtime.update(device=place.device, backend=opts.backend)
+    runtime.update(device=place.device, backend=opts.backend, warmup=opts.warmup)
     if place.threads is not None:
         runtime["threads"] = place.threads
     if opts.max_queue is not None:

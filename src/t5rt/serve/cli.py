@@ -43,7 +43,10 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     cl.add_argument("--target-ongoing-requests", type=float, metavar="R", default=None,
                     help="autoscaling: requests in flight per replica to aim for")
     rt = p.add_argument_group("runtime (each replica)")
-    rt.add_argument("--backend", choices=("auto", "ort", "trt"), default="auto", help="inference backend")
+    rt.add_argument("--backend", choices=("auto", "ort", "trt", "native"), default="auto", help="inference backend")
+    rt.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                    help="make every shape a request can need before the replica takes traffic "
+                         "(Runtime.warmup; on by default)")
     rt.add_argument("--threads", type=int, metavar="N", default=None, help="CPU: intra-op threads per replica")
     rt.add_argument("--max-queue", type=int, metavar="N", default=None,
                     help="requests a replica's runtime queues before refusing (429)")
@@ -60,7 +63,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
 
     opts = ServeOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                         target_ongoing_requests=args.target_ongoing_requests, device=args.device,
-                        backend=args.backend, threads=args.threads, replica_cpus=args.replica_cpus,
+                        backend=args.backend, warmup=args.warmup, threads=args.threads,
+                        replica_cpus=args.replica_cpus,
                         max_ongoing_requests=args.max_ongoing_requests,
                         max_queued_requests=args.max_queued_requests, max_queue=args.max_queue,
                         api_key=args.api_key or os.environ.get("T5RT_API_KEY") or None)

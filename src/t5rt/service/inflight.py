@@ -41,6 +41,9 @@ from .solo import finish, refresh_available
 from .stats import ServiceStats
 
 KEEP_STRATEGIES = 64  # idle strategies kept for reuse (reset in place), least recently used dropped
+# warm(): runs of each engine on CUDA (ORT captures a graph id's CUDA graph after two plain runs;
+# the third is that capture, so the first request of the shape replays it)
+WARM_RUNS_CUDA = 3
 
 
 @dataclass(eq=False)
@@ -156,6 +159,43 @@ class InflightExecutor:
             m.pool.used[m.lo:m.lo + m.rows] = False
         for m in list(self.active):
             self._leave(m)
+
+    def warm(self, src_lens: list[int]) -> dict[str, Any]:
+        """Runtime.warmup on the worker: per source bucket its slot pool, the decoder step at every
+        slot-count bucket (CUDA: powers of two up to max_batch, each an engine with its own CUDA
+        graph; the CPU, which binds any count on first use at no cost: all rows once), the pool's
+        pooled-rows launches,
+        and the encoder + cross K/V at every batch bucket, each run as a request would run it.
+        A pool that already holds requests is left alone (its steps are theirs)."""
+        t0 = time.perf_counter()
+        cuda = self.dev.is_cuda
+        runs = WARM_RUNS_CUDA if cuda else 1
+        sizes = _pow2_upto(self.capacity) if cuda else [self.capacity]  # CPU: the whole pool once
+        made = {"pools": 0, "decoder_steps": 0, "encoders": 0}
+        with self.dev.use():
+            for s in src_lens:
+                fresh = s not in self.pools
+                pool = self._pool(s)
+                made["pools"] += fresh
+                if pool.used.any():
+                    continue
+                for n in sizes:
+                    for _ in range(runs):
+                        pool.step(n)  # free rows: position 0, outputs nobody reads
+                    if pool.decoder is not None:
+                        pool.decoder.flush()
+                        for _ in range(2):  # its graph for n is captured at the second use
+                            pool.decoder.step(n)
+                    made["decoder_steps"] += 1
+                for k in _pow2_upto(self.opts.max_batch):
+                    enc = self._encoder(k, s)
+                    ids, mask = np.zeros((k, s), np.int64), np.ones((k, s), np.int64)
+                    for _ in range(runs):
+                        self.runner.run_encoder(enc, ids, mask)
+                    made["encoders"] += 1
+            self.dev.synchronize()
+        refresh_available(self.rt)
+        return {"seconds": time.perf_counter() - t0, "source_buckets": list(src_lens), "launch_sizes": sizes, **made}
 
     # -- members ---------------------------------------------------------------------------
     def _members(self, req: Request) -> list[_Member]:
@@ -465,3 +505,12 @@ class InflightExecutor:
                    "ttft_s": (req.first_token_at or now) - req.submitted,
                    "latency_s": now - req.submitted, "steps": job.steps}
         finish(req, self.rt._output(sequences, scores_all, token_scores, cfg, timings), self.stats)
+
+
+def _pow2_upto(most: int) -> list[int]:
+    """1, 2, 4, ... below `most`, then `most`: the buckets pow2_at_least(n) capped at most yields."""
+    out, b = [], 1
+    while b < most:
+        out.append(b)
+        b *= 2
+    return out + [most]

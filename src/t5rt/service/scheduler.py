@@ -11,6 +11,11 @@ device work and one slow request never blocks the queue.
     executor.step()             one step boundary: drop cancelled/expired, join, step, finish
     executor.waiting()          admitted but not yet running (counts toward the queue bound)
     executor.fail_all(exc)      give every owned request `exc` (closing, or a device failure)
+    executor.warm(src_lens)     make ahead what requests of these source buckets would make on
+                                first use (Runtime.warmup); -> what it made
+
+Device work that is not a request (warm-up) goes through `call(fn)`: fn runs on the worker at
+a step boundary, before the arrivals of that boundary are admitted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Protocol
+from concurrent.futures import Future
+from typing import Any, Callable, Protocol
 
 from ..errors import BackendError, OverloadedError, RuntimeClosedError, T5rtError
 from .request import Request
@@ -39,6 +45,8 @@ class Executor(Protocol):
     def slots_in_use(self) -> int: ...
 
     def fail_all(self, exc: BaseException) -> None: ...
+
+    def warm(self, src_lens: list[int]) -> dict[str, Any]: ...
 
 
 def as_request_error(e: BaseException) -> T5rtError:
@@ -61,6 +69,7 @@ class Scheduler:
         self.stats = stats
         self.max_queue = max_queue
         self._queue: deque[Request] = deque()
+        self._tasks: deque[tuple[Callable[[], Any], Future]] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -79,6 +88,17 @@ class Scheduler:
                     f"{self.max_queue}); retry later, or load with a larger max_queue")
             self._queue.append(request)
             self._cv.notify()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run fn() on the worker at the next step boundary (requests in flight pause for it);
+        -> a future of its result (an exception it raises arrives as a T5rtError)."""
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeClosedError("this runtime was closed; load a new one to generate again")
+            self._tasks.append((fn, fut))
+            self._cv.notify()
+        return fut
 
     def queue_depth(self) -> int:
         return len(self._queue) + self.executor.waiting()
@@ -103,14 +123,21 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closed and not self.executor.busy():
+                while not self._queue and not self._tasks and not self._closed and not self.executor.busy():
                     self._cv.wait()
                 if self._closed:
                     left = list(self._queue)
                     self._queue.clear()
+                    tasks = list(self._tasks)
+                    self._tasks.clear()
                     break
                 arrivals = list(self._queue)
                 self._queue.clear()
+                tasks = list(self._tasks)
+                self._tasks.clear()
+            for fn, fut in tasks:
+                _run_task(fn, fut)
+            del tasks
             try:
                 if arrivals:
                     self.executor.admit(arrivals)
@@ -130,4 +157,21 @@ class Scheduler:
         closed = RuntimeClosedError("the runtime was closed before this request finished")
         for r in left:
             r.fail(closed)
+        for _, fut in tasks:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(closed)
         self.executor.fail_all(closed)
+
+
+def _run_task(fn: Callable[[], Any], fut: Future) -> None:
+    """One call() on the worker: its result or its error (as a T5rtError) into its future. A
+    task that fails leaves the worker as it was: the requests in flight go on."""
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - the caller gets it; the worker lives on
+        log.exception("t5rt: a scheduler task failed")
+        fut.set_exception(as_request_error(e))
+    else:
+        fut.set_result(result)

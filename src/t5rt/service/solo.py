@@ -8,6 +8,8 @@ import time
 from collections import deque
 from typing import Any
 
+import numpy as np
+
 from .request import Request
 from .scheduler import as_request_error
 from .stats import ServiceStats
@@ -57,6 +59,19 @@ class SoloExecutor:
 
     def _count_drop(self, req: Request) -> None:
         self.stats.count("cancelled" if req.future.cancelled() else "timed_out")
+
+    def warm(self, src_lens: list[int]) -> dict[str, Any]:
+        """Runtime.warmup on the worker: one greedy single-input request per source bucket (the
+        direct path's encoder, decoder buffers and, on CUDA, graphs for that shape; the runtime
+        keeps the max_cached_buckets most recently used)."""
+        t0 = time.perf_counter()
+        rt = self.runtime
+        for s in src_lens:
+            ids = np.zeros((1, s), np.int64)
+            req = rt._request(None, ids, np.ones_like(ids), None, {"do_sample": False, "num_beams": 1})
+            rt._run_whole(req)
+        refresh_available(rt)
+        return {"seconds": time.perf_counter() - t0, "source_buckets": list(src_lens), "requests": len(src_lens)}
 
     def fail_all(self, exc: BaseException) -> None:
         while self._pending:

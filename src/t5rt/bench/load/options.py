@@ -44,6 +44,7 @@ class LoadOptions:
     warmup: int = 6
     max_batch: int = 64         # rows per in-flight slot pool
     inflight_kernels: bool = True  # RuntimeOptions.inflight_kernels for both t5rt systems
+    warm_shapes: bool = True    # Runtime.warmup() after loading each t5rt system (every bucket's shapes)
     seed: int = 0
     json: Path | None = None
     plot: Path | None = None
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=LoadOptions.max_batch, help="rows per in-flight slot pool")
     p.add_argument("--inflight-kernels", action=argparse.BooleanOptionalAction, default=LoadOptions.inflight_kernels,
                    help="RuntimeOptions.inflight_kernels: pooled rows and one-launch joins (CUDA; on by default)")
+    p.add_argument("--warm-shapes", action=argparse.BooleanOptionalAction, default=LoadOptions.warm_shapes,
+                   help="Runtime.warmup() after loading each t5rt system, so that no timed request pays a "
+                        "first-use capture (on by default; --no-warm-shapes measures that cost)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png")
@@ -148,7 +152,8 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
                        rates=args.rates, duration=args.duration, drain=args.drain, src=args.src, new=args.new,
                        mix=args.mix, systems=args.systems or _default_systems(args), calibrate=args.calibrate,
                        warmup=args.warmup, url=args.url, serve=args.serve, api_key=args.api_key,
-                       max_batch=args.max_batch, inflight_kernels=args.inflight_kernels, seed=args.seed, json=args.json, plot=args.plot,
+                       max_batch=args.max_batch, inflight_kernels=args.inflight_kernels,
+                       warm_shapes=args.warm_shapes, seed=args.seed, json=args.json, plot=args.plot,
                        cache_dir=args.cache_dir or default_cache_dir())
     opts.validate()
     return opts

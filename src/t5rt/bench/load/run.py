@@ -59,15 +59,21 @@ def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
         if system == "hf":
             return HFSerialTarget(hf_dir, device=device, precision=precision)
         return RuntimeTarget(export_dir, inflight=system == "t5rt", backend=opts.backend, device=device,
-                             max_batch=opts.max_batch, inflight_kernels=opts.inflight_kernels)
+                             max_batch=opts.max_batch, inflight_kernels=opts.inflight_kernels,
+                             warm_shapes=opts.warm_shapes)
 
     rows: list[dict[str, Any]] = []
     outcomes: dict[tuple[str, float], list] = {}  # (system, rate) -> outcomes, to pair t5rt and http
     solo: SoloModel | None = None
+    warm_s: dict[str, float] = {}  # Runtime.warmup() seconds per t5rt system
     order = sorted(opts.systems, key=lambda s: s != "t5rt-serial")  # the solo fit comes first
     for system in order:
         log(f"[load] {system}: loading")
         target = make(system)
+        warmed = getattr(target, "warmed", None)
+        if warmed:
+            warm_s[system] = warmed["seconds"]
+            log(f"[load] {system}: warmup() made every bucket's shapes in {warmed['seconds']:.1f} s: {warmed}")
         try:
             asyncio.run(closed_loop(target, requests(opts.warmup, opts.seed + 7, every_mode=True)))
             if system == "t5rt-serial":
@@ -95,4 +101,4 @@ def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
             row.update(overhead(outcomes[("t5rt", row["offered_rps"])], outcomes[(HTTP, row["offered_rps"])]))
     return {"machine": describe_machine(device), "model": p.label, "precision": precision,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
-            "solo_model": solo and solo.coef, "rows": rows, "summary": summary(rows)}
+            "solo_model": solo and solo.coef, "warmup_s": warm_s, "rows": rows, "summary": summary(rows)}
