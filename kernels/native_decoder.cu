@@ -74,7 +74,7 @@ struct T5rtNativeLayer {
 struct T5rtNativeStep {
   i64 words;
   i64 N, d, H, Dk, F, V, T, S, L, R;  // R: largest distance of the bucket table
-  i64 act, gated, smem_floats, prefetch;
+  i64 act, gated, smem_floats, prefetch, pack;  // pack: T5rtGemv may pack short items (0: never)
   double eps, clamp, logit_scale;     // clamp <= 0: off
   u64 ids, position, enc_mask;        // [N] i64, [N] i64, [N, S] i64
   u64 emb, rel_bias, buckets;         // [V, d] A, [NB, H] A, [R + 1] i32
@@ -211,23 +211,39 @@ __device__ __forceinline__ void t5rt_copy_f32(const float* src, float* dst, int 
 // every warp has work and a slice fits the register window; the slices' sums meet in shared memory
 // and are added in slice order. With many (lm_head) KS = 1 and an item is a whole row.
 // Warp w's items are q = w, w + warps, ...; lane l reads the chunks s cs + l + 32 u (unit u < U) of
-// an item. The first WIN units of a warp are loaded by prologue(), which the phase calls *before*
-// griddepcontrol.wait: the weights stream in while the phase before still runs. run() loads the
-// rest WIN units at a time, all in flight together, and keeps the warp's next PF items on their
-// way into L2, so that a warp with many items (lm_head) is not one memory round trip per item.
-// The split depends on R, K and the grid only, never on the row count N: a row's sums are added in
-// the same order whatever the batch, so a request's logits do not depend on what shares its step.
+// an item. A window is WIN units a lane in flight at once: one item's (U > WIN: an item takes
+// several windows), or, when an item is short (U <= WIN / 2) and the pass has few rows, the units
+// of P = min(WIN / U, NB / nc) consecutive items side by side (unit u of the i-th at slot i U + u,
+// its rows in accumulators i NB / P ...), so that a warp with two or three short items (QKV and
+// FFN-in of t5-small in bf16) waits for one round trip, not one per item. The first window is
+// loaded by prologue(), which the phase calls *before* griddepcontrol.wait: the weights stream
+// in while the phase before still runs. run() loads the rest a window at a time and keeps the
+// warp's next PF items on their way into L2, so that a warp with many items (lm_head) is not one
+// memory round trip per item.
+// The split depends on R, K and the grid only, never on the row count N, and an item's sum is
+// added in the same order however it is packed: a row's sums are the same whatever the batch, so
+// a request's logits do not depend on what shares its step.
 template <typename W, typename Ch, bool VEC, bool TWO>
 struct T5rtGemv {
-  enum { E = VEC ? (int)Ch::E : 1, WIN = TWO ? T5RT_NATIVE_WIN / 2 : T5RT_NATIVE_WIN, PF = T5RT_NATIVE_PF };
+  enum {
+    E = VEC ? (int)Ch::E : 1,
+    WIN = TWO ? T5RT_NATIVE_WIN / 2 : T5RT_NATIVE_WIN,
+    PF = T5RT_NATIVE_PF,
+    NB = T5RT_NATIVE_NB
+  };
+  // a window packs p <= WIN items, and p > 1 only for U <= WIN / 2: slot() and slot_of() count on
+  // p <= 4 and, when packing, U <= 2
+  static_assert(T5RT_NATIVE_WIN <= 4, "a window of more than 4 units: generalise slot() and slot_of()");
   typedef typename T5rtRaw<W, VEC>::T Raw;
   const W* W0;
   const W* W1;
   int K, chunks, RB, KS, cs, U, r0, nrows, items, lane, warp, nw, mine;  // mine: this warp's items
-  bool held;  // the window holds the first window of this warp's first item
+  int held;  // items of the warp's first window in registers (prologue, or a pass that held them all)
+  bool packs;  // the step table's `pack`
   Raw w0[WIN], w1[WIN];
 
-  __device__ __forceinline__ void init(const W* a, const W* b, int R, int K_) {
+  __device__ __forceinline__ void init(const W* a, const W* b, int R, int K_, bool packs_) {
+    packs = packs_;
     W0 = a;
     W1 = b;
     K = K_;
@@ -250,25 +266,46 @@ struct T5rtGemv {
     nrows = nrows < 0 ? 0 : nrows;
     items = nrows * KS;
     mine = items > warp ? (items - warp + nw - 1) / nw : 0;
-    held = false;
+    held = 0;
+  }
+  // items a window packs in a pass of nc rows (1 unless an item is at most half a window)
+  __device__ __forceinline__ int pack(int nc) const {
+    if (!packs || U > WIN) return 1;
+    const int by_units = WIN / U, by_rows = NB / (nc < 1 ? 1 : nc);
+    const int p = by_units < by_rows ? by_units : by_rows;
+    return p < 1 ? 1 : p;
   }
   // this warp's item `it`: its index q, its output row, and this lane's first chunk c0 (unit u is
   // chunk c0 + 32 u) and the slice's end
   __device__ __forceinline__ void item(int it, int& q, int& row, int& c0, int& end) const {
     q = warp + nw * it;
+    if (KS == 1) {  // (block-uniform) no division where a warp has many items: lm_head, QKV, FFN-in
+      row = r0 + q;
+      c0 = lane;
+      end = chunks;
+      return;
+    }
     const int sl = q % KS;
     row = r0 + q / KS;
     c0 = sl * cs + lane;
     end = (sl + 1) * cs < chunks ? (sl + 1) * cs : chunks;
   }
-  // units [u0, u0 + WIN) of the warp's item `it` into the window (absent units: not loaded)
-  __device__ __forceinline__ void load_window(int it, int u0) {
-    int q, row, c0, end;
-    item(it, q, row, c0, end);
+  // window slot w of the window at (first item it0, first unit u0) packing p items: its item
+  // slot i and unit u, and whether it holds a chunk (its weight row and chunk c)
+  __device__ __forceinline__ bool slot(int w, int it0, int u0, int p, int& i, int& row, int& c) const {
+    i = p > 1 ? (U == 1 ? w : w >> 1) : 0;  // p > 1: U <= WIN / 2 <= 2
+    const int u = p > 1 ? w - i * U : u0 + w;
+    if (i >= p || it0 + i >= mine || u >= U) return false;
+    int q, c0, end;
+    item(it0 + i, q, row, c0, end);
+    c = c0 + 32 * u;
+    return c < end;
+  }
+  __device__ __forceinline__ void load_window(int it0, int u0, int p) {
 #pragma unroll
     for (int w = 0; w < WIN; ++w) {
-      const int c = c0 + 32 * (u0 + w);
-      if (u0 + w < U && c < end) {
+      int i, row, c;
+      if (slot(w, it0, u0, p, i, row, c)) {
         w0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
         if constexpr (TWO) w1[w] = T5rtRaw<W, VEC>::load(W1 + (i64)row * K, c);
       }
@@ -283,16 +320,21 @@ struct T5rtGemv {
       if constexpr (TWO) t5rt_prefetch_l2(W1 + (i64)row * K + (i64)c * E);
     }
   }
-  // before the wait: the first window of the first item into registers, the rest of that item and
-  // the next PF items into L2 (so that their loads after the wait are L2 hits); run() keeps PF
-  // items ahead in L2 from there on (lm_head: ~30 items a warp, each a round trip otherwise)
-  __device__ __forceinline__ void prologue() {
+  // before the wait, for a first pass of nc rows: the first window into registers, the rest of
+  // its item (when it spans several windows) and the next PF items into L2 (so that their loads
+  // after the wait are L2 hits)
+  __device__ __forceinline__ void prologue(int nc) {
+    const int p = pack(nc);
     if (mine > 0) {
-      load_window(0, 0);
+      load_window(0, 0, p);
       if (U > WIN) prefetch(0, WIN);
     }
-    held = true;
-    for (int it = 1; it <= PF && it < mine; ++it) prefetch(it, 0);
+    held = mine < p ? mine : p;
+    for (int it = p; it < p + PF && it < mine; ++it) prefetch(it, 0);
+  }
+  // accumulator (or lane) a's item slot, a / nbi for nbi = NB / p, p <= 4 (no division)
+  __device__ __forceinline__ static int slot_of(int a, int nbi) {
+    return (a >= nbi) + (a >= 2 * nbi) + (a >= 3 * nbi);
   }
   __device__ __forceinline__ static void widen(const Raw& r, float* f) {
     if constexpr (VEC) Ch::widen(r, f);
@@ -300,36 +342,39 @@ struct T5rtGemv {
   }
 
   // every n < nc rows of xs ([nc, K] fp32, shared); item sums go to epi(nbase + n, row, y0, y1)
-  // (KS == 1) or to part0/part1[q nc + n], whose slices combine() adds after a barrier (KS > 1).
-  // Items one after another; an item's units WIN at a time with the row groups of NB inside, so
-  // each weight chunk is loaded once per pass for every row. An item longer than a window
-  // (U > WIN) carries its sums across windows: the caller then passes nc <= NB. After an item's
-  // last window lane n < NB runs the epilogue of row n of the group (lanes side by side).
+  // (KS == 1) or to part0/part1[q nc + n], whose slices the block adds in slice order after a
+  // barrier (KS > 1). Windows one after another; inside a window the row groups of NB (one group
+  // when it packs items: nc <= NB / p), so each weight chunk is loaded once per pass for every
+  // row. An item longer than a window (U > WIN) carries its sums across windows: the caller then
+  // passes nc <= NB. After an item's last window lane a < NB runs the epilogue of accumulator a
+  // (item a / (NB / p), row a % (NB / p) of the group), the lanes side by side.
   template <typename Epi>
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
-    for (int it = 0; it < mine; ++it) {
-      if (it + PF + 1 < mine) prefetch(it + PF + 1, 0);
-      int q, row, c0, end;
-      item(it, q, row, c0, end);
-      float acc0[T5RT_NATIVE_NB], acc1[T5RT_NATIVE_NB];
+    const int p = pack(nc), nbi = NB / p;  // items a window, rows an item's accumulators hold
+    for (int it0 = 0; it0 < mine; it0 += p) {
+      for (int it = it0 + p + PF; it < it0 + 2 * p + PF && it < mine; ++it) prefetch(it, 0);
+      float acc0[NB], acc1[NB];
       for (int u0 = 0; u0 < U; u0 += WIN) {
-        if (!(it == 0 && u0 == 0 && held)) load_window(it, u0);
-        for (int g0 = 0; g0 < nc; g0 += T5RT_NATIVE_NB) {
+        // the prologue's window serves the first pass (and a pass after one that held every item)
+        const int in_regs = it0 == 0 && u0 == 0 ? held : 0;
+        if (!(in_regs > 0 && (in_regs == p || in_regs == mine))) load_window(it0, u0, p);
+        for (int g0 = 0; g0 < nc; g0 += NB) {
           if (u0 == 0) {
 #pragma unroll
-            for (int n = 0; n < T5RT_NATIVE_NB; ++n) { acc0[n] = 0.f; acc1[n] = 0.f; }
+            for (int a = 0; a < NB; ++a) { acc0[a] = 0.f; acc1[a] = 0.f; }
           }
 #pragma unroll
           for (int w = 0; w < WIN; ++w) {
-            const int c = c0 + 32 * (u0 + w);
-            if (u0 + w < U && c < end) {
+            int i, row, c;
+            if (slot(w, it0, u0, p, i, row, c)) {
               float a[E], b[E];
               widen(w0[w], a);
               if constexpr (TWO) widen(w1[w], b);
 #pragma unroll
-              for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-                if (g0 + n < nc) {
-                  const float* xr = xs + (i64)(g0 + n) * K + (i64)c * E;
+              for (int ac = 0; ac < NB; ++ac) {
+                const int r = ac - i * nbi;  // this accumulator's row, if it is item slot i's
+                if (r >= 0 && r < nbi && g0 + r < nc) {
+                  const float* xr = xs + (i64)(g0 + r) * K + (i64)c * E;
                   if constexpr (VEC) {  // 16-byte shared loads: K % E == 0, so the offset is 16-byte aligned
 #pragma unroll
                     for (int e4 = 0; e4 < E / 4; ++e4) {
@@ -337,41 +382,45 @@ struct T5rtGemv {
                       const float xe[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
                       for (int e = 0; e < 4; ++e) {
-                        acc0[n] += a[4 * e4 + e] * xe[e];
-                        if constexpr (TWO) acc1[n] += b[4 * e4 + e] * xe[e];
+                        acc0[ac] += a[4 * e4 + e] * xe[e];
+                        if constexpr (TWO) acc1[ac] += b[4 * e4 + e] * xe[e];
                       }
                     }
                   } else {
-                    acc0[n] += a[0] * xr[0];
-                    if constexpr (TWO) acc1[n] += b[0] * xr[0];
+                    acc0[ac] += a[0] * xr[0];
+                    if constexpr (TWO) acc1[ac] += b[0] * xr[0];
                   }
                 }
               }
             }
           }
-          if (u0 + WIN >= U) {  // the item's last window: its sums are complete
+          if (u0 + WIN >= U) {  // the items' last window: their sums are complete
             float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-            for (int n = 0; n < T5RT_NATIVE_NB; ++n) {
-              if (g0 + n < nc) {  // warp-uniform: no shuffles for the group's absent rows (N = 1: 1 of 8)
-                const float s0 = t5rt_warp_sum(acc0[n]);
-                const float s1 = TWO ? t5rt_warp_sum(acc1[n]) : 0.f;
-                if (lane == n) { y0 = s0; y1 = s1; }
+            for (int ac = 0; ac < NB; ++ac) {
+              const int i = slot_of(ac, nbi), r = ac - i * nbi;
+              if (i < p && it0 + i < mine && g0 + r < nc) {  // warp-uniform: no shuffles for absent rows
+                const float s0 = t5rt_warp_sum(acc0[ac]);
+                const float s1 = TWO ? t5rt_warp_sum(acc1[ac]) : 0.f;
+                if (lane == ac) { y0 = s0; y1 = s1; }
               }
             }
-            if (lane < T5RT_NATIVE_NB && g0 + lane < nc) {
+            const int i = slot_of(lane, nbi), r = lane - i * nbi;
+            if (lane < NB && i < p && it0 + i < mine && g0 + r < nc) {
+              int q, row, c0, end;
+              item(it0 + i, q, row, c0, end);
               if (KS == 1) {
-                epi(nbase + g0 + lane, row, y0, y1);
+                epi(nbase + g0 + r, row, y0, y1);
               } else {
-                part0[(i64)q * nc + g0 + lane] = y0;
-                if constexpr (TWO) part1[(i64)q * nc + g0 + lane] = y1;
+                part0[(i64)q * nc + g0 + r] = y0;
+                if constexpr (TWO) part1[(i64)q * nc + g0 + r] = y1;
               }
             }
           }
         }
       }
     }
-    held = mine == 1 && U <= WIN;  // the window still holds the only item: kept for the next pass
+    held = U <= WIN && mine <= p ? mine : 0;  // the window still holds every item: kept for the next pass
     if (KS > 1) {  // (KS is the block's: every thread gets here)
       __syncthreads();
       combine(nc, nbase, epi, part0, part1);
@@ -466,14 +515,25 @@ __device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer*
   constexpr bool RES = PH == T5RT_NATIVE_SELF_OUT || PH == T5RT_NATIVE_CROSS_OUT || PH == T5RT_NATIVE_FFN_OUT;
   const int N = (int)s.N, d = (int)s.d;
   T5rtGemv<W, Ch, VEC, TWO> g;
-  g.init(w0, w1, R, K);
-  // before the wait: nothing the phase before writes (weights, gain, positions)
-  g.prologue();
+  g.init(w0, w1, R, K, s.pack != 0);
   float* part0 = smem;
   float* part1 = smem + T5RT_NATIVE_PART / 2;
   float* gs = smem + T5RT_NATIVE_PART;
   const int dpad = (d + 3) & ~3;
   float* xr = gs + dpad;
+  // rows a pass: what shared memory holds, at most NB when an item spans windows (see run()),
+  // and what the split-K partial sums have room for
+  const int rbpad = RES ? ((g.RB + 3) & ~3) : 0;
+  int rows = ((int)s.smem_floats - T5RT_NATIVE_PART - dpad) / (K + rbpad);
+  rows = rows > 64 ? 64 : rows;  // inv[] below
+  if (g.U > T5rtGemv<W, Ch, VEC, TWO>::WIN && rows > T5RT_NATIVE_NB) rows = T5RT_NATIVE_NB;
+  if (g.KS > 1 && g.items > 0) {
+    const int most = (T5RT_NATIVE_PART / 2) / g.items;
+    rows = rows > most ? most : rows;
+  }
+  rows = rows < 1 ? 1 : (rows > N ? N : rows);
+  // before the wait: nothing the phase before writes (weights, gain, positions)
+  g.prologue(rows);
   if constexpr (NORM) {
     for (int k = threadIdx.x; k < d; k += blockDim.x) {
       if constexpr (PH == T5RT_NATIVE_LM_HEAD) gs[k] = ((const float*)gain)[k];
@@ -485,15 +545,6 @@ __device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer*
   t5rt_pdl_trigger();
   t5rt_pdl_wait();
 
-  const int rbpad = RES ? ((g.RB + 3) & ~3) : 0;
-  int rows = ((int)s.smem_floats - T5RT_NATIVE_PART - dpad) / (K + rbpad);
-  rows = rows > 64 ? 64 : rows;  // inv[] below
-  if (g.U > T5rtGemv<W, Ch, VEC, TWO>::WIN && rows > T5RT_NATIVE_NB) rows = T5RT_NATIVE_NB;  // see run()
-  if (g.KS > 1 && g.items > 0) {
-    const int most = (T5RT_NATIVE_PART / 2) / g.items;
-    rows = rows > most ? most : rows;
-  }
-  rows = rows < 1 ? 1 : (rows > N ? N : rows);
   const float* src = (const float*)(PH == T5RT_NATIVE_SELF_OUT || PH == T5RT_NATIVE_CROSS_OUT ? s.a
                                     : PH == T5RT_NATIVE_FFN_OUT ? s.h : s.x);
   float* x = (float*)s.x;

@@ -8,7 +8,9 @@ Random weights of the real shapes (t5rt.kernels.native_reference.random_model), 
   phase kernels: each phase of layer 0 launched alone (t5rt_native_phase_<A>), inside a CUDA graph;
   step (persistent): the whole step as one launch (grid barrier between phases; the L2 prefetch
     of the next phases' weights is off by default: slower on the H100, 986 vs 871 us t5-base bf16);
-  step (per-phase launches): the same step as 2 + 8L launches;
+  step (per-phase launches): the same step as 2 + 8L launches (PDL: with programmatic dependent
+    launch; one item a window: T5rtGemv's packing of short items off, for comparison; QKV, FFN-in
+    and lm_head also alone that way);
   step + argmax: the persistent step and greedy's token choice, one CUDA graph (per decoder step).
 Floor: the bytes a phase must read (weights, attention K/V rows) over peak HBM bandwidth.
 """
@@ -94,6 +96,14 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                 from t5rt.kernels.native import StepTable
 
                 with_prefetch = StepTable(tab.dev, tab.bufs, prefetch=True)
+                unpacked = StepTable(tab.dev, tab.bufs, pack=False)
+                if n == batches[0]:  # the lone phases again, one item a GEMV window (T5rtGemv's packing off)
+                    for ph in (Phase.SELF_QKV, Phase.FFN_IN, Phase.LM_HEAD):
+                        us = time_device(lambda: unpacked.launch_phase(ph, 0))
+                        label = f"phase {ph.name.lower()} (one item a window)"
+                        rows.append(Row(label, tag, us, phase_bytes(m, ph, n)))
+                        records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us,
+                                            bytes=phase_bytes(m, ph, n)))
                 variants = {
                     "step (persistent)": tab.launch,
                     "step (persistent, L2 prefetch)": with_prefetch.launch,
@@ -101,13 +111,14 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                     "step (per-phase, PDL)": lambda: tab.launch_phases(pdl=True),
                     "step (per-phase, PDL, 128 threads)": lambda: tab.launch_phases(pdl=True, threads=128),
                     "step (per-phase, PDL, L2 prefetch)": lambda: with_prefetch.launch_phases(pdl=True),
+                    "step (per-phase, PDL, one item a window)": lambda: unpacked.launch_phases(pdl=True),
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }
                 for label, fn in variants.items():
                     us = time_device(fn, reps=10, iters=30)
                     rows.append(Row(label, tag, us, step_bytes))
                     records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us, bytes=step_bytes))
-                tab = m = with_prefetch = None
+                tab = m = with_prefetch = unpacked = None
             dev = None
             cp.get_default_memory_pool().free_all_blocks()
     return rows, records

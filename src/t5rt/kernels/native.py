@@ -58,7 +58,7 @@ SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 KERNEL_NAMES: tuple[str, ...] = tuple(f"t5rt_native_{k}_{s}" for k in ("step", "phase") for s in SUFFIX.values())
 
 # Field order of struct T5rtNativeStep / T5rtNativeLayer (8 bytes each).
-STEP_INTS = ("words", "N", "d", "H", "Dk", "F", "V", "T", "S", "L", "R", "act", "gated", "smem_floats", "prefetch")
+STEP_INTS = ("words", "N", "d", "H", "Dk", "F", "V", "T", "S", "L", "R", "act", "gated", "smem_floats", "prefetch", "pack")
 STEP_FLOATS = ("eps", "clamp", "logit_scale")
 STEP_PTRS = ("ids", "position", "enc_mask", "emb", "rel_bias", "buckets", "final_norm", "lm_head", "logits",
              "x", "q", "a", "h", "barrier", "layers")
@@ -270,7 +270,10 @@ class StepBuffers:
 class StepTable:
     """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
 
-    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False):
+    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False, pack: bool = True):
+        """prefetch: each phase also sends the next two phases' weights to L2 (off: measured slower);
+        pack: a projection's window holds several short items side by side (T5rtGemv; False: one
+        item a window, the same sums, for comparison in bench/kernels/native_step.py)."""
         cp = dev.launcher.xp  # cupy, or numpy on the host build
         m = dev.model
         self.dev, self.bufs = dev, bufs
@@ -311,7 +314,7 @@ class StepTable:
         self.layer_table = cp.asarray(np.array(layer_rows, np.uint64).reshape(L, len(LAYER_WEIGHTS) + len(LAYER_BUFFERS)))
         ints = dict(words=STEP_WORDS, N=n, d=m.d, H=m.heads, Dk=m.d_kv, F=m.d_ff, V=m.vocab, T=t, S=s, L=L,
                     R=m.radius, act=int(m.act), gated=int(m.gated), smem_floats=self.smem_floats,
-                    prefetch=int(prefetch))
+                    prefetch=int(prefetch), pack=int(pack))
         floats = dict(eps=m.eps, clamp=m.clamp, logit_scale=m.logit_scale)
         ptrs = dict(ids=_ptr(bufs.input_ids), position=_ptr(bufs.position), enc_mask=_ptr(bufs.encoder_attention_mask),
                     emb=_ptr(dev.emb), rel_bias=_ptr(dev.rel_bias), buckets=_ptr(dev.buckets),
