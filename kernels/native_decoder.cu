@@ -84,6 +84,16 @@ struct T5rtNativeStep {
   u64 layers;                         // [L] T5rtNativeLayer
 };
 
+// A projection phase's own operands, as kernel parameters of t5rt_native_phase_<A> (mirrored by
+// StepTable._phase_args in t5rt/kernels/native.py): with them a phase starts loading its weights
+// at its first instruction, before the step table and the layer record arrive (a dependent load
+// each). w0 == 0: take them from the step table (the persistent kernel; StepTable(phase_args=False)).
+struct T5rtPhaseArgs {
+  u64 w0, w1, gain;  // weights [R, K] (w1: the gated FFN's second matrix, or 0), the norm's gain or 0
+  int R, K, N;       // output rows, inputs, batch rows
+  int flags;         // bit 0: the step table's `pack`
+};
+
 // ---- element types: A = float (0), fp16 bits (1), bf16 bits (2) ----
 template <int A> struct T5rtAct { typedef unsigned short T; };
 template <> struct T5rtAct<0> { typedef float T; };
@@ -202,6 +212,15 @@ __device__ __forceinline__ void t5rt_copy_f32(const float* src, float* dst, int 
       if (i < n) dst[i] = v[u];
     }
   }
+}
+
+// the NativeStep table into shared memory (read many times per phase; never written by a step)
+__device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNativeStep* s) {
+  const u64* src = (const u64*)g;
+  u64* dst = (u64*)s;
+  for (int i = threadIdx.x; i < (int)(sizeof(T5rtNativeStep) / 8); i += blockDim.x) dst[i] = src[i];
+  __syncthreads();
+  return s->words == (i64)(sizeof(T5rtNativeStep) / 8) && s->N <= 1 << 20;
 }
 
 // ---- the GEMV of a projection phase, split over the grid ----
@@ -506,16 +525,27 @@ template <int A> struct T5rtProjW<A, T5RT_NATIVE_LM_HEAD> {
 //   [0, PART)            split-K partial sums (part0 | part1)
 //   [PART, PART + dpad)  the norm's gain as fp32 (norm phases)
 //   then per pass of nc rows: xr [nc, rbpad] (residual phases), xs [nc, K]
+// `have`: s holds the step table already; else (a phase launched with its T5rtPhaseArgs) the GEMV's
+// first window is on its way before the table is copied from gstep into s.
 template <int A, int PH, typename W, typename Ch, bool VEC, bool TWO>
-__device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer* ly, const W* w0, const W* w1,
-                                 int R, int K, const void* gain, float* smem) {
+__device__ void t5rt_project_run(const T5rtNativeStep* gstep, T5rtNativeStep& s, bool have, int l,
+                                 const T5rtPhaseArgs& pa, float* smem) {
   typedef typename T5rtAct<A>::T AT;
+  const W* w0 = (const W*)pa.w0;
+  const W* w1 = (const W*)pa.w1;
+  const void* gain = (const void*)pa.gain;
+  const int R = pa.R, K = pa.K;
   constexpr bool NORM = PH == T5RT_NATIVE_SELF_QKV || PH == T5RT_NATIVE_CROSS_Q || PH == T5RT_NATIVE_FFN_IN ||
                         PH == T5RT_NATIVE_LM_HEAD;
   constexpr bool RES = PH == T5RT_NATIVE_SELF_OUT || PH == T5RT_NATIVE_CROSS_OUT || PH == T5RT_NATIVE_FFN_OUT;
-  const int N = (int)s.N, d = (int)s.d;
   T5rtGemv<W, Ch, VEC, TWO> g;
-  g.init(w0, w1, R, K, s.pack != 0);
+  // before the wait: nothing the phase before writes (weights, gain, positions); the weights first
+  g.init(w0, w1, R, K, have ? s.pack != 0 : (pa.flags & 1) != 0);
+  g.prologue(have ? (int)s.N : pa.N);  // (a first pass of fewer rows re-packs in run())
+  if (!have && !t5rt_load_step(gstep, &s)) return;
+  const T5rtNativeLayer* ly = PH == T5RT_NATIVE_LM_HEAD ? (const T5rtNativeLayer*)0
+                                                         : (const T5rtNativeLayer*)s.layers + l;
+  const int N = (int)s.N, d = (int)s.d;
   float* part0 = smem;
   float* part1 = smem + T5RT_NATIVE_PART / 2;
   float* gs = smem + T5RT_NATIVE_PART;
@@ -532,8 +562,6 @@ __device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer*
     rows = rows > most ? most : rows;
   }
   rows = rows < 1 ? 1 : (rows > N ? N : rows);
-  // before the wait: nothing the phase before writes (weights, gain, positions)
-  g.prologue(rows);
   if constexpr (NORM) {
     for (int k = threadIdx.x; k < d; k += blockDim.x) {
       if constexpr (PH == T5RT_NATIVE_LM_HEAD) gs[k] = ((const float*)gain)[k];
@@ -614,37 +642,44 @@ __device__ void t5rt_project_run(const T5rtNativeStep& s, const T5rtNativeLayer*
   }
 }
 
-// (not inlined, nor is t5rt_attend: ptxas compiles one phase at a time, minutes faster than one function)
+// The operands of projection phase PH of layer l, from the step table (the host's
+// StepTable._phase_args computes the same for the kernel parameters)
 template <int A, int PH>
-__device__ __noinline__ void t5rt_project(const T5rtNativeStep& s, int l) {
-  typedef typename T5rtProjW<A, PH>::W W;
-  typedef typename T5rtProjW<A, PH>::Ch Ch;
-  extern __shared__ __align__(16) float t5rt_native_smem[];
+__device__ __forceinline__ T5rtPhaseArgs t5rt_phase_args(const T5rtNativeStep& s, int l) {
   const int d = (int)s.d, I = (int)(s.H * s.Dk), F = (int)s.F;
   const T5rtNativeLayer* ly = PH == T5RT_NATIVE_LM_HEAD ? (const T5rtNativeLayer*)0
                                                          : (const T5rtNativeLayer*)s.layers + l;
-  const W *w0 = 0, *w1 = 0;
-  const void* gain = 0;
-  int R = d, K = d;
+  T5rtPhaseArgs a{0, 0, 0, d, d, (int)s.N, (int)(s.pack != 0)};
   switch (PH) {
-    case T5RT_NATIVE_SELF_QKV: w0 = (const W*)ly->qkv; R = 3 * I; gain = (const void*)ly->sa_norm; break;
-    case T5RT_NATIVE_SELF_OUT: w0 = (const W*)ly->sa_o; K = I; break;
-    case T5RT_NATIVE_CROSS_Q: w0 = (const W*)ly->ca_q; R = I; gain = (const void*)ly->ca_norm; break;
-    case T5RT_NATIVE_CROSS_OUT: w0 = (const W*)ly->ca_o; K = I; break;
-    case T5RT_NATIVE_FFN_IN:
-      w0 = (const W*)ly->wi0; w1 = s.gated ? (const W*)ly->wi1 : (const W*)0; R = F; gain = (const void*)ly->ff_norm;
-      break;
-    case T5RT_NATIVE_FFN_OUT: w0 = (const W*)ly->wo; K = F; break;
-    default: w0 = (const W*)s.lm_head; R = (int)s.V; gain = (const void*)s.final_norm; break;
+    case T5RT_NATIVE_SELF_QKV: a.w0 = ly->qkv; a.R = 3 * I; a.gain = ly->sa_norm; break;
+    case T5RT_NATIVE_SELF_OUT: a.w0 = ly->sa_o; a.K = I; break;
+    case T5RT_NATIVE_CROSS_Q: a.w0 = ly->ca_q; a.R = I; a.gain = ly->ca_norm; break;
+    case T5RT_NATIVE_CROSS_OUT: a.w0 = ly->ca_o; a.K = I; break;
+    case T5RT_NATIVE_FFN_IN: a.w0 = ly->wi0; a.w1 = s.gated ? ly->wi1 : 0; a.R = F; a.gain = ly->ff_norm; break;
+    case T5RT_NATIVE_FFN_OUT: a.w0 = ly->wo; a.K = F; break;
+    default: a.w0 = s.lm_head; a.R = (int)s.V; a.gain = s.final_norm; break;
   }
-  const bool vec = K % Ch::E == 0 && ((u64)w0 % 16) == 0 && (!w1 || ((u64)w1 % 16) == 0);
+  return a;
+}
+
+// pa.w0 == 0: s holds the step table and the operands come from it; else they are the phase's
+// kernel parameters and the table is copied from gstep into s once the weights are on their way.
+// (not inlined, nor is t5rt_attend: ptxas compiles one phase at a time, minutes faster than one function)
+template <int A, int PH>
+__device__ __noinline__ void t5rt_project(const T5rtNativeStep* gstep, T5rtNativeStep& s, T5rtPhaseArgs pa, int l) {
+  typedef typename T5rtProjW<A, PH>::W W;
+  typedef typename T5rtProjW<A, PH>::Ch Ch;
+  extern __shared__ __align__(16) float t5rt_native_smem[];
+  const bool have = pa.w0 == 0;
+  if (have) pa = t5rt_phase_args<A, PH>(s, l);
+  const bool vec = pa.K % Ch::E == 0 && (pa.w0 % 16) == 0 && (!pa.w1 || (pa.w1 % 16) == 0);
   float* smem = t5rt_native_smem;
-  if (PH == T5RT_NATIVE_FFN_IN && w1) {
-    if (vec) t5rt_project_run<A, PH, W, Ch, true, true>(s, ly, w0, w1, R, K, gain, smem);
-    else t5rt_project_run<A, PH, W, Ch, false, true>(s, ly, w0, w1, R, K, gain, smem);
+  if (PH == T5RT_NATIVE_FFN_IN && pa.w1) {
+    if (vec) t5rt_project_run<A, PH, W, Ch, true, true>(gstep, s, have, l, pa, smem);
+    else t5rt_project_run<A, PH, W, Ch, false, true>(gstep, s, have, l, pa, smem);
   } else {
-    if (vec) t5rt_project_run<A, PH, W, Ch, true, false>(s, ly, w0, w1, R, K, gain, smem);
-    else t5rt_project_run<A, PH, W, Ch, false, false>(s, ly, w0, w1, R, K, gain, smem);
+    if (vec) t5rt_project_run<A, PH, W, Ch, true, false>(gstep, s, have, l, pa, smem);
+    else t5rt_project_run<A, PH, W, Ch, false, false>(gstep, s, have, l, pa, smem);
   }
 }
 
@@ -822,8 +857,31 @@ __device__ void t5rt_prefetch_phase(const T5rtNativeStep& s, int ph, int l, int 
 
 // ---- one phase, executed by every block of the launch ----
 // (not inlined: both drivers call one copy, which halves the compile time of the fatbin)
+// a projection phase: its operands from pa (kernel parameters), or from s when pa.w0 == 0
 template <int A>
-__device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, int l) {
+__device__ __forceinline__ void t5rt_native_project(const T5rtNativeStep* g, T5rtNativeStep& s, const T5rtPhaseArgs& pa,
+                                                    int ph, int l) {
+  switch (ph) {
+    case T5RT_NATIVE_SELF_QKV: t5rt_project<A, T5RT_NATIVE_SELF_QKV>(g, s, pa, l); break;
+    case T5RT_NATIVE_SELF_OUT: t5rt_project<A, T5RT_NATIVE_SELF_OUT>(g, s, pa, l); break;
+    case T5RT_NATIVE_CROSS_Q: t5rt_project<A, T5RT_NATIVE_CROSS_Q>(g, s, pa, l); break;
+    case T5RT_NATIVE_CROSS_OUT: t5rt_project<A, T5RT_NATIVE_CROSS_OUT>(g, s, pa, l); break;
+    case T5RT_NATIVE_FFN_IN: t5rt_project<A, T5RT_NATIVE_FFN_IN>(g, s, pa, l); break;
+    case T5RT_NATIVE_FFN_OUT: t5rt_project<A, T5RT_NATIVE_FFN_OUT>(g, s, pa, l); break;
+    case T5RT_NATIVE_LM_HEAD: t5rt_project<A, T5RT_NATIVE_LM_HEAD>(g, s, pa, l); break;
+    default: break;
+  }
+}
+
+__device__ __forceinline__ bool t5rt_native_is_projection(int ph) {
+  return ph == T5RT_NATIVE_SELF_QKV || ph == T5RT_NATIVE_SELF_OUT || ph == T5RT_NATIVE_CROSS_Q ||
+         ph == T5RT_NATIVE_CROSS_OUT || ph == T5RT_NATIVE_FFN_IN || ph == T5RT_NATIVE_FFN_OUT ||
+         ph == T5RT_NATIVE_LM_HEAD;
+}
+
+// one phase with the step table in s (the persistent kernel, and phases launched without operands)
+template <int A>
+__device__ __noinline__ void t5rt_native_phase(T5rtNativeStep& s, int ph, int l) {
   if (s.prefetch && ph != T5RT_NATIVE_LM_HEAD) {  // the next two phases' weights into L2 (off by default)
     const int gwarp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nwarps = gridDim.x * (blockDim.x >> 5);
     for (int k = 1; k <= 2; ++k) {
@@ -835,35 +893,26 @@ __device__ __noinline__ void t5rt_native_phase(const T5rtNativeStep& s, int ph, 
   }
   switch (ph) {
     case T5RT_NATIVE_EMBED: t5rt_embed<A>(s); break;
-    case T5RT_NATIVE_SELF_QKV: t5rt_project<A, T5RT_NATIVE_SELF_QKV>(s, l); break;
     case T5RT_NATIVE_SELF_ATTN: t5rt_attend<A, true>(s, l, (const float*)s.q, (float*)s.a); break;
-    case T5RT_NATIVE_SELF_OUT: t5rt_project<A, T5RT_NATIVE_SELF_OUT>(s, l); break;
-    case T5RT_NATIVE_CROSS_Q: t5rt_project<A, T5RT_NATIVE_CROSS_Q>(s, l); break;
     case T5RT_NATIVE_CROSS_ATTN: t5rt_attend<A, false>(s, l, (const float*)s.q, (float*)s.a); break;
-    case T5RT_NATIVE_CROSS_OUT: t5rt_project<A, T5RT_NATIVE_CROSS_OUT>(s, l); break;
-    case T5RT_NATIVE_FFN_IN: t5rt_project<A, T5RT_NATIVE_FFN_IN>(s, l); break;
-    case T5RT_NATIVE_FFN_OUT: t5rt_project<A, T5RT_NATIVE_FFN_OUT>(s, l); break;
-    case T5RT_NATIVE_LM_HEAD: t5rt_project<A, T5RT_NATIVE_LM_HEAD>(s, l); break;
-    default: break;
+    default: t5rt_native_project<A>((const T5rtNativeStep*)0, s, T5rtPhaseArgs{}, ph, l); break;
   }
 }
 
-// the NativeStep table into shared memory (read many times per phase; never written by a step)
-__device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNativeStep* s) {
-  const u64* src = (const u64*)g;
-  u64* dst = (u64*)s;
-  for (int i = threadIdx.x; i < (int)(sizeof(T5rtNativeStep) / 8); i += blockDim.x) dst[i] = src[i];
-  __syncthreads();
-  return s->words == (i64)(sizeof(T5rtNativeStep) / 8) && s->N <= 1 << 20;
-}
-
 // t5rt_native_phase_<A>: `pdl` is kept for the launch ABI; every phase calls griddepcontrol.launch_
-// dependents and .wait (no-ops when not launched with programmatic dependent launch).
+// dependents and .wait (no-ops when not launched with programmatic dependent launch). A projection
+// phase given its operands (w0 != 0: T5rtPhaseArgs) starts its weight loads before it reads the
+// step table; other phases, or w0 == 0, read the table first.
 #define T5RT_NATIVE_INSTANTIATE(SUFFIX, A)                                                           \
   extern "C" __global__ void __launch_bounds__(T5RT_NATIVE_THREADS, 2)                               \
-      t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l, int pdl) {              \
+      t5rt_native_phase_##SUFFIX(const T5rtNativeStep* step, int ph, int l, int pdl, u64 w0, u64 w1,  \
+                                 u64 gain, int R, int K, int N, int flags) {                        \
     __shared__ T5rtNativeStep s;                                                                    \
     (void)pdl;                                                                                      \
+    if (w0 != 0 && t5rt_native_is_projection(ph)) {                                                 \
+      t5rt_native_project<A>(step, s, T5rtPhaseArgs{w0, w1, gain, R, K, N, flags}, ph, l);          \
+      return;                                                                                       \
+    }                                                                                               \
     if (!t5rt_load_step(step, &s)) return;                                                          \
     t5rt_native_phase<A>(s, ph, l);                                                                 \
   }                                                                                                 \

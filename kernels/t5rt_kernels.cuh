@@ -16,8 +16,8 @@ typedef unsigned int u32;
 // Bumped whenever a kernel's signature or a table it reads (T5rtNativeStep) changes, or a kernel
 // is added or removed. The loader looks for the kernel t5rt_abi_<N> (t5rt.kernels.ABI) and refuses
 // a build that lacks it.
-#define T5RT_KERNELS_ABI 6
-extern "C" __global__ void t5rt_abi_6() {}
+#define T5RT_KERNELS_ABI 7
+extern "C" __global__ void t5rt_abi_7() {}
 
 // Launch geometry shared with the Python wrappers.
 enum T5rtGeometry {

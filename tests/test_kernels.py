@@ -862,9 +862,12 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
     results = []
     # (pdl: the phases with programmatic dependent launch, a plain launch on the host build; and
     # with blocks of 128 threads, half the default)
-    for run in ("launch_phases", "pdl", "pdl128") + (() if dev.host else ("launch",)):
-        tab2 = native_step_table(dev, m, st)
-        if run.startswith("pdl"):
+    # ("table": the projections read their operands from the step table, not from kernel parameters)
+    for run in ("launch_phases", "pdl", "pdl128", "table") + (() if dev.host else ("launch",)):
+        tab2 = native_step_table(dev, m, st, phase_args=run != "table")
+        if run == "table":
+            tab2.launch_phases(pdl=True)
+        elif run.startswith("pdl"):
             tab2.launch_phases(pdl=True, threads=128 if run == "pdl128" else None)
         else:
             getattr(tab2, run)()
@@ -897,9 +900,9 @@ def test_native_step_is_batch_invariant(dev, act_dtype, shape):
     for i in (0, 5, 10):
         one = {k: ([c[i:i + 1] for c in v] if isinstance(v, list) else v[i:i + 1]) for k, v in st.items()}
         # alone, a GEMV window packs several short items (T5rtGemv's pack); 11 rows never do; and
-        # alone with packing off
+        # alone with packing off (with the projections' operands from the step table, too)
         for pack in (True, False):
-            tab1 = native_step_table(dev, m, one, pack=pack)
+            tab1 = native_step_table(dev, m, one, pack=pack, phase_args=pack)
             tab1.launch_phases(pdl=True)
             alone = [dev.get(tab1.bufs.logits)] + [dev.get(c) for c in tab1.bufs.self_k + tab1.bufs.self_v]
             for u, v in zip(together, alone):

@@ -10,7 +10,8 @@ Random weights of the real shapes (t5rt.kernels.native_reference.random_model), 
     of the next phases' weights is off by default: slower on the H100, 986 vs 871 us t5-base bf16);
   step (per-phase launches): the same step as 2 + 8L launches (PDL: with programmatic dependent
     launch; one item a window: T5rtGemv's packing of short items off, for comparison; QKV, FFN-in
-    and lm_head also alone that way);
+    and lm_head also alone that way; operands from the table: a projection reads its weights'
+    addresses from the step table instead of its kernel parameters, as before ABI 7);
   step + argmax: the persistent step and greedy's token choice, one CUDA graph (per decoder step).
 Floor: the bytes a phase must read (weights, attention K/V rows) over peak HBM bandwidth.
 """
@@ -97,6 +98,7 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
 
                 with_prefetch = StepTable(tab.dev, tab.bufs, prefetch=True)
                 unpacked = StepTable(tab.dev, tab.bufs, pack=False)
+                from_table = StepTable(tab.dev, tab.bufs, phase_args=False)
                 if n == batches[0]:  # the lone phases again, one item a GEMV window (T5rtGemv's packing off)
                     for ph in (Phase.SELF_QKV, Phase.FFN_IN, Phase.LM_HEAD):
                         us = time_device(lambda: unpacked.launch_phase(ph, 0))
@@ -112,13 +114,14 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                     "step (per-phase, PDL, 128 threads)": lambda: tab.launch_phases(pdl=True, threads=128),
                     "step (per-phase, PDL, L2 prefetch)": lambda: with_prefetch.launch_phases(pdl=True),
                     "step (per-phase, PDL, one item a window)": lambda: unpacked.launch_phases(pdl=True),
+                    "step (per-phase, PDL, operands from the table)": lambda: from_table.launch_phases(pdl=True),
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }
                 for label, fn in variants.items():
                     us = time_device(fn, reps=10, iters=30)
                     rows.append(Row(label, tag, us, step_bytes))
                     records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us, bytes=step_bytes))
-                tab = m = with_prefetch = unpacked = None
+                tab = m = with_prefetch = unpacked = from_table = None
             dev = None
             cp.get_default_memory_pool().free_all_blocks()
     return rows, records

@@ -61,7 +61,7 @@ DEFAULT_FATBIN = KERNELS_DIR.parent / "build" / "kernels" / "t5rt_kernels.fatbin
 NVRTC_OPTIONS = ("--std=c++17",)
 
 # Mirrors T5RT_KERNELS_ABI in kernels/t5rt_kernels.cuh (a build lacking t5rt_abi_<ABI> is refused).
-ABI = 6
+ABI = 7
 
 
 class Geometry(enum.IntEnum):

@@ -216,6 +216,8 @@ def _ptr(a: Any) -> int:
 
 
 HOST_GRID = 3  # blocks of a launch on the host build (any count is correct; few are fast)
+# T5rtPhaseArgs of a phase that reads its operands from the step table (w0 == 0)
+_NO_ARGS = (np.uint64(0), np.uint64(0), np.uint64(0), np.int32(0), np.int32(0), np.int32(0), np.int32(0))
 
 
 class DeviceModel:
@@ -270,10 +272,13 @@ class StepBuffers:
 class StepTable:
     """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
 
-    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False, pack: bool = True):
+    def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False, pack: bool = True,
+                 phase_args: bool = True):
         """prefetch: each phase also sends the next two phases' weights to L2 (off: measured slower);
         pack: a projection's window holds several short items side by side (T5rtGemv; False: one
-        item a window, the same sums, for comparison in bench/kernels/native_step.py)."""
+        item a window, the same sums); phase_args: a projection phase gets its weights, sizes and
+        gain as kernel parameters and loads its weights before it reads this table (False: from
+        the table, after it). pack / phase_args off are for comparison (bench/kernels/native_step.py)."""
         cp = dev.launcher.xp  # cupy, or numpy on the host build
         m = dev.model
         self.dev, self.bufs = dev, bufs
@@ -357,6 +362,28 @@ class StepTable:
                 if most < self.smem_bytes:
                     raise BackendError(f"needs {self.smem_bytes} bytes of shared memory, the GPU gives {most}")
         self.coresident = self._coresident(loaded)
+        # (the L2 prefetch of the next phases runs in the table-reading path only)
+        self._args = self._phase_args(pack) if phase_args and not prefetch else {}
+
+    def _phase_args(self, pack: bool) -> dict[tuple[int, int], tuple]:
+        """(phase, layer) -> a projection's T5rtPhaseArgs as kernel parameters (native_decoder.cu's
+        t5rt_phase_args reads the same from the table): w0, w1, gain, R, K, N, flags."""
+        m, dev, n = self.dev.model, self.dev, self.rows
+        d, inner, ff = m.d, m.inner, m.d_ff
+        out: dict[tuple[int, int], tuple] = {}
+
+        def put(ph: Phase, l: int, w0: Any, w1: Any, gain: Any, r: int, k: int) -> None:
+            out[(int(ph), l)] = (np.uint64(_ptr(w0)), np.uint64(_ptr(w1)), np.uint64(_ptr(gain)), np.int32(r),
+                                 np.int32(k), np.int32(n), np.int32(int(bool(pack))))
+        for l, w in enumerate(dev.layers):
+            put(Phase.SELF_QKV, l, w["qkv"], None, w["sa_norm"], 3 * inner, d)
+            put(Phase.SELF_OUT, l, w["sa_o"], None, None, d, inner)
+            put(Phase.CROSS_Q, l, w["ca_q"], None, w["ca_norm"], inner, d)
+            put(Phase.CROSS_OUT, l, w["ca_o"], None, None, d, inner)
+            put(Phase.FFN_IN, l, w["wi0"], w["wi1"] if m.gated else None, w["ff_norm"], ff, d)
+            put(Phase.FFN_OUT, l, w["wo"], None, None, d, ff)
+        put(Phase.LM_HEAD, 0, dev.lm_head, None, dev.final_norm, m.vocab, d)
+        return out
 
     def _coresident(self, loaded: Any) -> bool:
         """Whether one block of the persistent kernel fits on every SM at once (its grid barrier
@@ -413,8 +440,9 @@ class StepTable:
         t = THREADS if threads is None else int(threads)
         if t % 32 or not 32 <= t <= THREADS:
             raise InvalidInputError(f"threads={t} must be a multiple of 32 in [32, {THREADS}]")
+        operands = self._args.get((int(phase), int(layer)), _NO_ARGS)
         self.launcher.launch(self._phase, self.grid, (t,),
-                             (self.table, np.int32(int(phase)), np.int32(layer), np.int32(bool(pdl))),
+                             (self.table, np.int32(int(phase)), np.int32(layer), np.int32(bool(pdl)), *operands),
                              shared_mem=self.smem_bytes, pdl=pdl)
 
     def launch_phases(self, pdl: bool = False, threads: int | None = None) -> None:
