@@ -377,6 +377,14 @@ struct T5rtGemv {
         // the prologue's window serves the first pass (and a pass after one that held every item)
         const int in_regs = it0 == 0 && u0 == 0 ? held : 0;
         if (!(in_regs > 0 && (in_regs == p || in_regs == mine))) load_window(it0, u0, p);
+        int cw[WIN], iw[WIN];  // each window slot's chunk (-1: none) and item slot, once a window
+#pragma unroll
+        for (int w = 0; w < WIN; ++w) {
+          int i, row, c;
+          const bool ok = slot(w, it0, u0, p, i, row, c);
+          cw[w] = ok ? c : -1;
+          iw[w] = i;
+        }
         for (int g0 = 0; g0 < nc; g0 += NB) {
           if (u0 == 0) {
 #pragma unroll
@@ -384,8 +392,8 @@ struct T5rtGemv {
           }
 #pragma unroll
           for (int w = 0; w < WIN; ++w) {
-            int i, row, c;
-            if (slot(w, it0, u0, p, i, row, c)) {
+            const int c = cw[w], i = iw[w];
+            if (c >= 0) {
               float a[E], b[E];
               widen(w0[w], a);
               if constexpr (TWO) widen(w1[w], b);
