@@ -258,6 +258,7 @@ struct T5rtGemv {
   const W* W1;
   int K, chunks, RB, KS, cs, U, r0, nrows, items, lane, warp, nw, mine;  // mine: this warp's items
   int held;  // items of the warp's first window in registers (prologue, or a pass that held them all)
+  int pf_next;  // the warp's first item not yet sent to L2 in this pass
   bool packs;  // the step table's `pack`
   Raw w0[WIN], w1[WIN];
 
@@ -286,6 +287,7 @@ struct T5rtGemv {
     items = nrows * KS;
     mine = items > warp ? (items - warp + nw - 1) / nw : 0;
     held = 0;
+    pf_next = 0;
   }
   // items a window packs in a pass of nc rows (1 unless an item is at most half a window)
   __device__ __forceinline__ int pack(int nc) const {
@@ -349,7 +351,8 @@ struct T5rtGemv {
       if (U > WIN) prefetch(0, WIN);
     }
     held = mine < p ? mine : p;
-    for (int it = p; it < p + PF && it < mine; ++it) prefetch(it, 0);
+    pf_next = p + PF < mine ? p + PF : mine;
+    for (int it = p; it < pf_next; ++it) prefetch(it, 0);
   }
   // accumulator (or lane) a's item slot, a / nbi for nbi = NB / p, p <= 4 (no division)
   __device__ __forceinline__ static int slot_of(int a, int nbi) {
@@ -371,12 +374,18 @@ struct T5rtGemv {
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
     const int p = pack(nc), nbi = NB / p;  // items a window, rows an item's accumulators hold
     for (int it0 = 0; it0 < mine; it0 += p) {
-      for (int it = it0 + p + PF; it < it0 + 2 * p + PF && it < mine; ++it) prefetch(it, 0);
+      // the next group's items and PF more on their way into L2 (from where the prologue, or the
+      // group before, stopped: a first pass packing more than the prologue did leaves no gap)
+      const int ahead = it0 + 2 * p + PF < mine ? it0 + 2 * p + PF : mine;
+      for (int it = pf_next > it0 + p ? pf_next : it0 + p; it < ahead; ++it) prefetch(it, 0);
+      pf_next = pf_next > ahead ? pf_next : ahead;
       float acc0[NB], acc1[NB];
       for (int u0 = 0; u0 < U; u0 += WIN) {
-        // the prologue's window serves the first pass (and a pass after one that held every item)
+        // the prologue's window serves the first pass (and a pass after one that held every item):
+        // slot i U + u holds unit u of item i whatever the packing, so a window holding the first
+        // min(p, mine) items is this group's
         const int in_regs = it0 == 0 && u0 == 0 ? held : 0;
-        if (!(in_regs > 0 && (in_regs == p || in_regs == mine))) load_window(it0, u0, p);
+        if (in_regs < (p < mine ? p : mine)) load_window(it0, u0, p);
         int cw[WIN], iw[WIN];  // each window slot's chunk (-1: none) and item slot, once a window
 #pragma unroll
         for (int w = 0; w < WIN; ++w) {
@@ -448,6 +457,7 @@ struct T5rtGemv {
       }
     }
     held = U <= WIN && mine <= p ? mine : 0;  // the window still holds every item: kept for the next pass
+    pf_next = 0;  // the next pass reads the weights again from the first item
     if (KS > 1) {  // (KS is the block's: every thread gets here)
       __syncthreads();
       combine(nc, nbase, epi, part0, part1);
@@ -674,10 +684,13 @@ __device__ __forceinline__ T5rtPhaseArgs t5rt_phase_args(const T5rtNativeStep& s
 // kernel parameters and the table is copied from gstep into s once the weights are on their way.
 // (not inlined, nor is t5rt_attend: ptxas compiles one phase at a time, minutes faster than one function)
 template <int A, int PH>
-__device__ __noinline__ void t5rt_project(const T5rtNativeStep* gstep, T5rtNativeStep& s, T5rtPhaseArgs pa, int l) {
+__device__ __noinline__ void t5rt_project(const T5rtNativeStep* gstep, T5rtNativeStep& s, u64 w0, u64 w1, u64 gain,
+                                          int R, int K, int N, int flags, int l) {
   typedef typename T5rtProjW<A, PH>::W W;
   typedef typename T5rtProjW<A, PH>::Ch Ch;
   extern __shared__ __align__(16) float t5rt_native_smem[];
+  // (the operands as scalars: a struct argument of a non-inlined function goes through the stack)
+  T5rtPhaseArgs pa{w0, w1, gain, R, K, N, flags};
   const bool have = pa.w0 == 0;
   if (have) pa = t5rt_phase_args<A, PH>(s, l);
   const bool vec = pa.K % Ch::E == 0 && (pa.w0 % 16) == 0 && (!pa.w1 || (pa.w1 % 16) == 0);
@@ -869,16 +882,18 @@ __device__ void t5rt_prefetch_phase(const T5rtNativeStep& s, int ph, int l, int 
 template <int A>
 __device__ __forceinline__ void t5rt_native_project(const T5rtNativeStep* g, T5rtNativeStep& s, const T5rtPhaseArgs& pa,
                                                     int ph, int l) {
+#define T5RT_NATIVE_PROJECT(PH) t5rt_project<A, PH>(g, s, pa.w0, pa.w1, pa.gain, pa.R, pa.K, pa.N, pa.flags, l)
   switch (ph) {
-    case T5RT_NATIVE_SELF_QKV: t5rt_project<A, T5RT_NATIVE_SELF_QKV>(g, s, pa, l); break;
-    case T5RT_NATIVE_SELF_OUT: t5rt_project<A, T5RT_NATIVE_SELF_OUT>(g, s, pa, l); break;
-    case T5RT_NATIVE_CROSS_Q: t5rt_project<A, T5RT_NATIVE_CROSS_Q>(g, s, pa, l); break;
-    case T5RT_NATIVE_CROSS_OUT: t5rt_project<A, T5RT_NATIVE_CROSS_OUT>(g, s, pa, l); break;
-    case T5RT_NATIVE_FFN_IN: t5rt_project<A, T5RT_NATIVE_FFN_IN>(g, s, pa, l); break;
-    case T5RT_NATIVE_FFN_OUT: t5rt_project<A, T5RT_NATIVE_FFN_OUT>(g, s, pa, l); break;
-    case T5RT_NATIVE_LM_HEAD: t5rt_project<A, T5RT_NATIVE_LM_HEAD>(g, s, pa, l); break;
+    case T5RT_NATIVE_SELF_QKV: T5RT_NATIVE_PROJECT(T5RT_NATIVE_SELF_QKV); break;
+    case T5RT_NATIVE_SELF_OUT: T5RT_NATIVE_PROJECT(T5RT_NATIVE_SELF_OUT); break;
+    case T5RT_NATIVE_CROSS_Q: T5RT_NATIVE_PROJECT(T5RT_NATIVE_CROSS_Q); break;
+    case T5RT_NATIVE_CROSS_OUT: T5RT_NATIVE_PROJECT(T5RT_NATIVE_CROSS_OUT); break;
+    case T5RT_NATIVE_FFN_IN: T5RT_NATIVE_PROJECT(T5RT_NATIVE_FFN_IN); break;
+    case T5RT_NATIVE_FFN_OUT: T5RT_NATIVE_PROJECT(T5RT_NATIVE_FFN_OUT); break;
+    case T5RT_NATIVE_LM_HEAD: T5RT_NATIVE_PROJECT(T5RT_NATIVE_LM_HEAD); break;
     default: break;
   }
+#undef T5RT_NATIVE_PROJECT
 }
 
 __device__ __forceinline__ bool t5rt_native_is_projection(int ph) {
