@@ -232,9 +232,10 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
 // Warp w's items are q = w, w + warps, ...; lane l reads the chunks s cs + l + 32 u (unit u < U) of
 // an item. A window is WIN units a lane in flight at once: one item's (U > WIN: an item takes
 // several windows), or, when an item is short (U <= WIN / 2) and the pass has few rows, the units
-// of P = min(WIN / U, NB / nc) consecutive items side by side (unit u of the i-th at slot i U + u,
-// its rows in accumulators i NB / P ...), so that a warp with two or three short items (QKV and
-// FFN-in of t5-small in bf16) waits for one round trip, not one per item. The first window is
+// of P = min(WIN / U, NB / nc) (1, 2 or 4) consecutive items side by side (unit u of the i-th at
+// slot i WIN / P + u, its rows in accumulators i NB / P + r: a template parameter, so the maps are
+// known at compile time), so that a warp with two or three short items (QKV and FFN-in of
+// t5-small in bf16) waits for one round trip, not one per item. The first window is
 // loaded by prologue(), which the phase calls *before* griddepcontrol.wait: the weights stream
 // in while the phase before still runs. run() loads the rest a window at a time and keeps the
 // warp's next PF items on their way into L2, so that a warp with many items (lm_head) is not one
@@ -250,14 +251,14 @@ struct T5rtGemv {
     PF = T5RT_NATIVE_PF,
     NB = T5RT_NATIVE_NB
   };
-  // a window packs p <= WIN items, and p > 1 only for U <= WIN / 2: slot() and slot_of() count on
-  // p <= 4 and, when packing, U <= 2
-  static_assert(T5RT_NATIVE_WIN <= 4, "a window of more than 4 units: generalise slot() and slot_of()");
+  // a window packs 1, 2 or 4 items (run_p<P>); 4 needs a window of 4 units, and no more: pack()
+  static_assert(T5RT_NATIVE_WIN == 4, "pack() and run() assume windows of 4 units (2 with two matrices)");
   typedef typename T5rtRaw<W, VEC>::T Raw;
   const W* W0;
   const W* W1;
   int K, chunks, RB, KS, cs, U, r0, nrows, items, lane, warp, nw, mine;  // mine: this warp's items
-  int held;  // items of the warp's first window in registers (prologue, or a pass that held them all)
+  int held;    // items of the warp's first window in registers (prologue, or a pass that held them all)
+  int held_p;  // ... packed how many a window (the layout: slot i (WIN / p) + u for p > 1)
   int pf_next;  // the warp's first item not yet sent to L2 in this pass
   bool packs;  // the step table's `pack`
   Raw w0[WIN], w1[WIN];
@@ -287,14 +288,16 @@ struct T5rtGemv {
     items = nrows * KS;
     mine = items > warp ? (items - warp + nw - 1) / nw : 0;
     held = 0;
+    held_p = 1;
     pf_next = 0;
   }
-  // items a window packs in a pass of nc rows (1 unless an item is at most half a window)
+  // items a window packs in a pass of nc rows: 1, 2 or 4 (<= WIN / U and <= NB / nc; 1 unless an
+  // item is at most half a window; 16-byte loads only)
   __device__ __forceinline__ int pack(int nc) const {
-    if (!packs || U > WIN) return 1;
+    if (!VEC || !packs || U > WIN / 2) return 1;
     const int by_units = WIN / U, by_rows = NB / (nc < 1 ? 1 : nc);
     const int p = by_units < by_rows ? by_units : by_rows;
-    return p < 1 ? 1 : p;
+    return p >= 4 && WIN >= 4 ? 4 : (p >= 2 ? 2 : 1);
   }
   // this warp's item `it`: its index q, its output row, and this lane's first chunk c0 (unit u is
   // chunk c0 + 32 u) and the slice's end
@@ -311,26 +314,34 @@ struct T5rtGemv {
     c0 = sl * cs + lane;
     end = (sl + 1) * cs < chunks ? (sl + 1) * cs : chunks;
   }
-  // window slot w of the window at (first item it0, first unit u0) packing p items: its item
-  // slot i and unit u, and whether it holds a chunk (its weight row and chunk c)
-  __device__ __forceinline__ bool slot(int w, int it0, int u0, int p, int& i, int& row, int& c) const {
-    i = p > 1 ? (U == 1 ? w : w >> 1) : 0;  // p > 1: U <= WIN / 2 <= 2
-    const int u = p > 1 ? w - i * U : u0 + w;
-    if (i >= p || it0 + i >= mine || u >= U) return false;
+  // window slot w of the window at (first item it0, first unit u0) packing P items: its item slot
+  // i (w / (WIN / P) for P > 1, else 0), and whether it holds a chunk (its weight row and chunk c)
+  template <int P>
+  __device__ __forceinline__ bool slot(int w, int it0, int u0, int& row, int& c) const {
+    const int i = P > 1 ? w / (WIN / P) : 0, u = P > 1 ? w % (WIN / P) : u0 + w;
+    if (it0 + i >= mine || u >= U) return false;
     int q, c0, end;
     item(it0 + i, q, row, c0, end);
     c = c0 + 32 * u;
     return c < end;
   }
-  __device__ __forceinline__ void load_window(int it0, int u0, int p) {
+  template <int P>
+  __device__ __forceinline__ void load_window(int it0, int u0) {
 #pragma unroll
     for (int w = 0; w < WIN; ++w) {
-      int i, row, c;
-      if (slot(w, it0, u0, p, i, row, c)) {
+      int row, c;
+      if (slot<P>(w, it0, u0, row, c)) {
         w0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
         if constexpr (TWO) w1[w] = T5rtRaw<W, VEC>::load(W1 + (i64)row * K, c);
       }
     }
+  }
+  __device__ __forceinline__ void load_window(int it0, int u0, int p) {
+    if constexpr (WIN >= 4) {
+      if (p == 4) { load_window<(WIN >= 4 ? 4 : 1)>(it0, u0); return; }
+    }
+    if (p == 2) load_window<2>(it0, u0);
+    else load_window<1>(it0, u0);
   }
   // this lane's chunks of the warp's item `it` from unit u0 on, into L2 (no registers held)
   __device__ __forceinline__ void prefetch(int it, int u0) const {
@@ -351,12 +362,9 @@ struct T5rtGemv {
       if (U > WIN) prefetch(0, WIN);
     }
     held = mine < p ? mine : p;
+    held_p = p;
     pf_next = p + PF < mine ? p + PF : mine;
     for (int it = p; it < pf_next; ++it) prefetch(it, 0);
-  }
-  // accumulator (or lane) a's item slot, a / nbi for nbi = NB / p, p <= 4 (no division)
-  __device__ __forceinline__ static int slot_of(int a, int nbi) {
-    return (a >= nbi) + (a >= 2 * nbi) + (a >= 3 * nbi);
   }
   __device__ __forceinline__ static void widen(const Raw& r, float* f) {
     if constexpr (VEC) Ch::widen(r, f);
@@ -365,34 +373,50 @@ struct T5rtGemv {
 
   // every n < nc rows of xs ([nc, K] fp32, shared); item sums go to epi(nbase + n, row, y0, y1)
   // (KS == 1) or to part0/part1[q nc + n], whose slices the block adds in slice order after a
-  // barrier (KS > 1). Windows one after another; inside a window the row groups of NB (one group
-  // when it packs items: nc <= NB / p), so each weight chunk is loaded once per pass for every
-  // row. An item longer than a window (U > WIN) carries its sums across windows: the caller then
-  // passes nc <= NB. After an item's last window lane a < NB runs the epilogue of accumulator a
-  // (item a / (NB / p), row a % (NB / p) of the group), the lanes side by side.
+  // barrier (KS > 1). Windows one after another, each packing p = pack(nc) items (run_p<p>).
   template <typename Epi>
   __device__ void run(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
-    const int p = pack(nc), nbi = NB / p;  // items a window, rows an item's accumulators hold
-    for (int it0 = 0; it0 < mine; it0 += p) {
+    const int p = pack(nc);
+    if constexpr (WIN >= 4) {
+      if (p == 4) run_p<(WIN >= 4 ? 4 : 1)>(xs, nc, nbase, epi, part0, part1);
+    }
+    if (p == 2) run_p<2>(xs, nc, nbase, epi, part0, part1);
+    if (p == 1) run_p<1>(xs, nc, nbase, epi, part0, part1);
+    held_p = p;
+    held = U <= WIN && mine <= p ? mine : 0;  // the window still holds every item: kept for the next pass
+    pf_next = 0;  // the next pass reads the weights again from the first item
+    if (KS > 1) {  // (KS is the block's: every thread gets here)
+      __syncthreads();
+      combine(nc, nbase, epi, part0, part1);
+    }
+  }
+
+  // P items a window. P == 1: the row groups of NB inside each window, so each weight chunk is
+  // loaded once per pass for every row; an item longer than a window (U > WIN) carries its sums
+  // across windows (the caller then passes nc <= NB). P > 1 (nc <= NB / P, one row group): item i
+  // of the window in slots i (WIN / P) + u and accumulators i (NB / P) + r, all known at compile
+  // time. After the items' last window lane a < NB runs the epilogue of accumulator a, the lanes
+  // side by side.
+  template <int P, typename Epi>
+  __device__ void run_p(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
+    constexpr int NBI = NB / P;  // accumulators (rows) an item has
+    for (int it0 = 0; it0 < mine; it0 += P) {
       // the next group's items and PF more on their way into L2 (from where the prologue, or the
       // group before, stopped: a first pass packing more than the prologue did leaves no gap)
-      const int ahead = it0 + 2 * p + PF < mine ? it0 + 2 * p + PF : mine;
-      for (int it = pf_next > it0 + p ? pf_next : it0 + p; it < ahead; ++it) prefetch(it, 0);
+      const int ahead = it0 + 2 * P + PF < mine ? it0 + 2 * P + PF : mine;
+      for (int it = pf_next > it0 + P ? pf_next : it0 + P; it < ahead; ++it) prefetch(it, 0);
       pf_next = pf_next > ahead ? pf_next : ahead;
       float acc0[NB], acc1[NB];
       for (int u0 = 0; u0 < U; u0 += WIN) {
-        // the prologue's window serves the first pass (and a pass after one that held every item):
-        // slot i U + u holds unit u of item i whatever the packing, so a window holding the first
-        // min(p, mine) items is this group's
-        const int in_regs = it0 == 0 && u0 == 0 ? held : 0;
-        if (in_regs < (p < mine ? p : mine)) load_window(it0, u0, p);
-        int cw[WIN], iw[WIN];  // each window slot's chunk (-1: none) and item slot, once a window
+        // the prologue's window (or the pass before's, when it held every item) is this group's
+        // when it was packed the same way and holds the group's items
+        const bool in_regs = it0 == 0 && u0 == 0 && held_p == P && held >= (P < mine ? P : mine);
+        if (!in_regs) load_window<P>(it0, u0);
+        int cw[WIN];  // each window slot's chunk (-1: none), once a window
 #pragma unroll
         for (int w = 0; w < WIN; ++w) {
-          int i, row, c;
-          const bool ok = slot(w, it0, u0, p, i, row, c);
-          cw[w] = ok ? c : -1;
-          iw[w] = i;
+          int row, c;
+          cw[w] = slot<P>(w, it0, u0, row, c) ? c : -1;
         }
         for (int g0 = 0; g0 < nc; g0 += NB) {
           if (u0 == 0) {
@@ -401,16 +425,17 @@ struct T5rtGemv {
           }
 #pragma unroll
           for (int w = 0; w < WIN; ++w) {
-            const int c = cw[w], i = iw[w];
-            if (c >= 0) {
+            constexpr int UU = P > 1 ? WIN / P : 1;
+            const int i = P > 1 ? w / UU : 0;  // (compile time: w is unrolled)
+            if (cw[w] >= 0) {
               float a[E], b[E];
               widen(w0[w], a);
               if constexpr (TWO) widen(w1[w], b);
 #pragma unroll
-              for (int ac = 0; ac < NB; ++ac) {
-                const int r = ac - i * nbi;  // this accumulator's row, if it is item slot i's
-                if (r >= 0 && r < nbi && g0 + r < nc) {
-                  const float* xr = xs + (i64)(g0 + r) * K + (i64)c * E;
+              for (int r = 0; r < NBI; ++r) {
+                if (g0 + r < nc) {
+                  const int ac = i * NBI + r;
+                  const float* xr = xs + (i64)(g0 + r) * K + (i64)cw[w] * E;
                   if constexpr (VEC) {  // 16-byte shared loads: K % E == 0, so the offset is 16-byte aligned
 #pragma unroll
                     for (int e4 = 0; e4 < E / 4; ++e4) {
@@ -434,15 +459,15 @@ struct T5rtGemv {
             float y0 = 0.f, y1 = 0.f;
 #pragma unroll
             for (int ac = 0; ac < NB; ++ac) {
-              const int i = slot_of(ac, nbi), r = ac - i * nbi;
-              if (i < p && it0 + i < mine && g0 + r < nc) {  // warp-uniform: no shuffles for absent rows
+              const int i = ac / NBI, r = ac % NBI;  // (compile time)
+              if (it0 + i < mine && g0 + r < nc) {  // warp-uniform: no shuffles for absent rows
                 const float s0 = t5rt_warp_sum(acc0[ac]);
                 const float s1 = TWO ? t5rt_warp_sum(acc1[ac]) : 0.f;
                 if (lane == ac) { y0 = s0; y1 = s1; }
               }
             }
-            const int i = slot_of(lane, nbi), r = lane - i * nbi;
-            if (lane < NB && i < p && it0 + i < mine && g0 + r < nc) {
+            const int i = lane / NBI, r = lane % NBI;
+            if (lane < NB && it0 + i < mine && g0 + r < nc) {
               int q, row, c0, end;
               item(it0 + i, q, row, c0, end);
               if (KS == 1) {
@@ -455,12 +480,6 @@ struct T5rtGemv {
           }
         }
       }
-    }
-    held = U <= WIN && mine <= p ? mine : 0;  // the window still holds every item: kept for the next pass
-    pf_next = 0;  // the next pass reads the weights again from the first item
-    if (KS > 1) {  // (KS is the block's: every thread gets here)
-      __syncthreads();
-      combine(nc, nbase, epi, part0, part1);
     }
   }
 

@@ -882,7 +882,7 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
             assert np.array_equal(u, v)
 
 
-@pytest.mark.parametrize("shape", ["vec", "split"])
+@pytest.mark.parametrize("shape", ["vec", "split", "wide"])
 @pytest.mark.parametrize("act_dtype", ["float32", "bfloat16"])
 def test_native_step_is_batch_invariant(dev, act_dtype, shape):
     """A row's logits and cache writes do not depend on the rows it shares a step with: the step
@@ -891,7 +891,9 @@ def test_native_step_is_batch_invariant(dev, act_dtype, shape):
     requests on the native engine and still return each one's solo tokens."""
     from t5rt.kernels import native_reference as NR
 
-    d, H, Dk, F, L, V, gated = NATIVE_SHAPES[shape]
+    # wide: rows of 256 inputs are 2 units a lane in fp32 (a window packs 2 items of 2) and 1 in
+    # bf16 (4 of 1); vec's rows of 64 are 1 unit (4 items, 2 in the gated FFN's two-matrix window)
+    d, H, Dk, F, L, V, gated = NATIVE_SHAPES[shape] if shape != "wide" else (256, 4, 16, 256, 1, 64, False)
     m = NR.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=3)
     st = native_state(m, 11, 37, 45, seed=4)  # 11 rows: two groups of 8 accumulators
     tab = native_step_table(dev, m, st)
