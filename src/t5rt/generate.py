@@ -42,7 +42,7 @@ from .export_check import verify_export
 from .generation_config import GenerationConfig
 from .inputs import chunks, parse_inputs
 from .manifest import Manifest, load_manifest
-from .runtime.buckets import src_bucket
+from .runtime.buckets import pow2_buckets, src_bucket
 from .runtime.device import Device, resolve_device
 from .runtime.memory import available_bytes, check_request_fits
 from .runtime.runner import RuntimeOptions, T5Runner
@@ -190,14 +190,14 @@ class Runtime:
         -> what it made: {"seconds", "source_buckets", ...}."""
         m = self.manifest
         if src_lens is None:
-            lens = list(range(1, m.max_input_len + 1))
+            buckets = pow2_buckets(m.max_input_len, 16)  # every value src_bucket takes
         else:
             lens = list(src_lens) if isinstance(src_lens, Sequence) and not isinstance(src_lens, str) else []
             if not lens or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
                                    and 1 <= n <= m.max_input_len for n in lens):
                 raise InvalidOptionError(f"src_lens={src_lens!r} is invalid: give source lengths (integers in "
                                          f"[1, {m.max_input_len}], the export's max_input_len), or None for all")
-        buckets = sorted({src_bucket(n, m.max_input_len) for n in lens})
+            buckets = sorted({src_bucket(n, m.max_input_len) for n in lens})
         svc = self._service()
         if svc.is_worker():
             raise InvalidInputError("warmup() called from inside this runtime's own decoding step would wait "

@@ -16,6 +16,16 @@ def pow2_at_least(n: int, lo: int = 1) -> int:
     return b
 
 
+def pow2_buckets(most: int, lo: int = 1) -> list[int]:
+    """Every value min(pow2_at_least(n, lo), most) takes for n in [1, most]: lo, 2 lo, ... below
+    `most`, then `most` (what Runtime.warmup makes ahead)."""
+    out, b = [], lo
+    while b < most:
+        out.append(b)
+        b *= 2
+    return out + [most]
+
+
 def src_bucket(src_len: int, max_input_len: int) -> int:
     """Source length bucket: powers of two from 16, capped at the export's max_input_len."""
     return min(pow2_at_least(src_len, 16), max_input_len)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..inputs import chunks
-from ..runtime.buckets import pow2_at_least, src_bucket
+from ..runtime.buckets import pow2_at_least, pow2_buckets, src_bucket
 from ..runtime.kv_cache import CacheOps
 from .request import Request
 from .scheduler import as_request_error
@@ -164,13 +164,13 @@ class InflightExecutor:
         """Runtime.warmup on the worker: per source bucket its slot pool, the decoder step at every
         slot-count bucket (CUDA: powers of two up to max_batch, each an engine with its own CUDA
         graph; the CPU, which binds any count on first use at no cost: all rows once), the pool's
-        pooled-rows launches,
-        and the encoder + cross K/V at every batch bucket, each run as a request would run it.
+        pooled-rows launches, and the encoder + cross K/V at every batch bucket, each run as a
+        request would run it.
         A pool that already holds requests is left alone (its steps are theirs)."""
         t0 = time.perf_counter()
         cuda = self.dev.is_cuda
         runs = WARM_RUNS_CUDA if cuda else 1
-        sizes = _pow2_upto(self.capacity) if cuda else [self.capacity]  # CPU: the whole pool once
+        sizes = pow2_buckets(self.capacity) if cuda else [self.capacity]  # CPU: the whole pool once
         made = {"pools": 0, "decoder_steps": 0, "encoders": 0}
         with self.dev.use():
             for s in src_lens:
@@ -187,7 +187,7 @@ class InflightExecutor:
                         for _ in range(2):  # its graph for n is captured at the second use
                             pool.decoder.step(n)
                     made["decoder_steps"] += 1
-                for k in _pow2_upto(self.opts.max_batch):
+                for k in pow2_buckets(self.opts.max_batch):
                     enc = self._encoder(k, s)
                     ids, mask = np.zeros((k, s), np.int64), np.ones((k, s), np.int64)
                     for _ in range(runs):
@@ -506,11 +506,3 @@ class InflightExecutor:
                    "latency_s": now - req.submitted, "steps": job.steps}
         finish(req, self.rt._output(sequences, scores_all, token_scores, cfg, timings), self.stats)
 
-
-def _pow2_upto(most: int) -> list[int]:
-    """1, 2, 4, ... below `most`, then `most`: the buckets pow2_at_least(n) capped at most yields."""
-    out, b = [], 1
-    while b < most:
-        out.append(b)
-        b *= 2
-    return out + [most]
