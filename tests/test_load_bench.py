@@ -72,6 +72,9 @@ def test_cli_rejects_bad_values():
         options_from_args(build_parser().parse_args(["--rates", "0"]))
     with pytest.raises(Exception, match="systems"):
         options_from_args(build_parser().parse_args(["--systems", "vllm"]))
+    for bad in ("gather_pools=yes", "no_such_option=1", "max_batch=1", "inflight=0"):
+        with pytest.raises(Exception, match="--set"):
+            options_from_args(build_parser().parse_args(["--set", bad]))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def load_run(tmp_path_factory):
     p = subprocess.run(
         [sys.executable, "-m", "t5rt.bench", "--load", "--model", str(d / "tiny"), "--device", "cpu",
          "--rates", "8,40", "--duration", "0.6", "--drain", "60", "--src", "4,30", "--new", "4,10",
-         "--calibrate", "3", "--warmup", "1", "--cache-dir", str(d / "cache"),
+         "--calibrate", "3", "--warmup", "1", "--cache-dir", str(d / "cache"), "--set", "gather_pools=1",
          "--json", str(d / "load.json"), "--plot", str(d / "load.png")],
         capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -96,6 +99,8 @@ def test_load_command_end_to_end(load_run):
     assert systems == {"t5rt", "t5rt-serial", "hf"}
     assert all(r["completed"] == r["sent"] for r in doc["rows"])
     assert set(doc["solo_model"]) == set(MODES)
+    assert doc["options"]["switches"] == {"gather_pools": True}
+    assert all(r["pools_per_step"] >= 1 for r in doc["rows"] if r["system"] == "t5rt")
     assert "throughput_ratio" in doc["summary"] or doc["summary"]["t5rt_rate_rps"] is None
     assert "| t5rt |" in stdout and (d / "load.png").stat().st_size > 1000
 
@@ -118,4 +123,5 @@ def test_open_loop_inflight_gives_the_serial_runtimes_tokens(load_run):
         got[inflight] = {o.req.id: o.sequence for o in outs}
         if inflight:
             assert row["rows_per_step"] > 2 and row["host_s_per_step"] > 0 and row["join_s_per_step"] > 0
+            assert 1 <= row["pools_per_step"] <= row["rows_per_step"]  # each busy pool holds a row
     assert got[True] == got[False]

@@ -439,6 +439,38 @@ def test_short_requests_share_a_busy_pool_of_a_longer_bucket(tiny, solo_rt):
         assert same(g, solo_rt.generate(**kw))
 
 
+@pytest.mark.parametrize("gather", [False, True], ids=["shortest-first", "gather"])
+def test_gather_pools_sends_joiners_to_the_longest_busy_pool(tiny, solo_rt, gather):
+    """Two busy pools (16- and 64-token buckets): short requests join the 16-token pool by
+    default, the 64-token one with gather_pools, so the short pool drains as soon as its own
+    request ends (fewer pools a scheduler step, as the stats' pools_per_step counts); tokens
+    equal solo either way."""
+    rng = random.Random(11)
+    src = lambda n: [[rng.randrange(2, 384) for _ in range(n)] + [1]]  # noqa: E731
+    early = dict(input_ids=src(8), max_new_tokens=2, min_new_tokens=2)        # pool 16, leaves soon
+    long = dict(input_ids=src(50), max_new_tokens=NEW, min_new_tokens=NEW)   # pool 64
+    short = [dict(input_ids=src(rng.randrange(3, 12)), max_new_tokens=12, min_new_tokens=12,
+                  **({"num_beams": 2} if i % 3 == 0 else {})) for i in range(5)]
+    with t5rt.load(tiny[1], backend="ort", device="cpu", threads=1, gather_pools=gather) as r:
+        svc, gate = r._service(), threading.Event()
+        held = svc.call(lambda: gate.wait(30))  # the worker waits, so every request joins at one step
+        futs = [r.submit(**kw) for kw in [early, long, *short]]
+        gate.set()
+        held.result(30)
+        ex = svc.executor
+        got = [f.result(60) for f in futs]
+        pools = {s: p.steps for s, p in ex.pools.items()}
+        st = r.stats()
+    assert sorted(pools) == [16, 64], pools
+    if gather:
+        assert pools[16] < 12 <= pools[64], pools  # only the early request stepped the short pool
+    else:
+        assert pools[16] >= 12, pools
+    assert st["scheduler_steps"] > 0 and 1 <= st["pools_per_step"] <= 2
+    for g, kw in zip(got, [early, long, *short]):
+        assert same(g, solo_rt.generate(**kw))
+
+
 def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):
     reqs, solo = requests_and_solo
 

@@ -134,7 +134,8 @@ def main() -> int:
             print(f"\n== {rate:g} req/s offered (switch interval {sys.getswitchinterval() * 1e3:g} ms): "
                   f"{row['completed']}/{sent} done, {row['throughput_rps']:.1f} req/s, p50 {row['latency_p50_s']:.3f} s, "
                   f"rows/step {row.get('rows_per_step', 0):.1f}, host ms/step {row.get('host_s_per_step', 0) * 1e3:.3f}, "
-                  f"join ms/step {row.get('join_s_per_step', 0) * 1e3:.3f}", flush=True)
+                  f"join ms/step {row.get('join_s_per_step', 0) * 1e3:.3f}, "
+                  f"pools/step {row.get('pools_per_step') or 0:.2f}", flush=True)
             print(clock.report(), flush=True)
         if clock.profile is not None:
             clock.profile.disable()

@@ -65,6 +65,12 @@ class RuntimeOptions:
     # (its source padded; masked positions add exact zeros) instead of starting a pool of its own:
     # every pool is one more decoder-step launch per scheduler step
     share_pools: bool = True
+    # in-flight with share_pools: a request joins the busy pool of the *longest* source bucket
+    # that fits first (False: the shortest), so requests gather in few pools and the others
+    # drain: fewer decoder-step launches a scheduler step, each attending over a longer padded
+    # source. Off until a GPU load run shows it pays (`--set gather_pools=1`); the load bench's
+    # pools/step column shows what it changes.
+    gather_pools: bool = False
     # backend="native": True runs the whole decoder step as one persistent kernel (a grid barrier
     # between phases); False launches one kernel per phase, which measured faster on the H100
     # (t5-small bf16 step 432 us against 466; bench/results/h100-native-pdl-2026-12-07.md)

@@ -140,10 +140,14 @@ class InflightExecutor:
             self._join()
             self._count_waiting()
             self.stats.joined(time.perf_counter() - t0)
+            stepped = 0
             for pool in list(self.pools.values()):
                 members = [m for m in self.active if m.pool is pool]
                 if members:
                     self._step_pool(pool, members)
+                    stepped += 1
+            if stepped:
+                self.stats.count("scheduler_steps")
 
     def fail_all(self, exc: BaseException) -> None:
         """Every request in flight or waiting fails with `exc`; then their rows are freed (that
@@ -259,11 +263,17 @@ class InflightExecutor:
         """The pools a member of source bucket src_len may join, in order. With share_pools: the
         existing pools of a bucket >= its own, those already running requests first (each pool
         is one more decoder-step launch a scheduler step, so fewer busy pools means shorter steps
-        for everyone; padding adds exact zeros), smallest bucket first; then its own bucket's
-        pool, made on first use."""
+        for everyone; padding adds exact zeros), smallest bucket first (gather_pools: the busy
+        ones longest first, so the shorter pools drain); then its own bucket's pool, made on
+        first use."""
         if self.opts.share_pools:
             fits = [p for s, p in self.pools.items() if s >= src_len]
-            yield from sorted(fits, key=lambda p: (not p.used.any(), p.src_len))
+            gather = self.opts.gather_pools
+
+            def order(p: SlotPool) -> tuple[bool, int]:
+                busy = bool(p.used.any())
+                return (not busy, -p.src_len if busy and gather else p.src_len)
+            yield from sorted(fits, key=order)
             if src_len in self.pools:
                 return
         yield self._pool(src_len)

@@ -6,7 +6,8 @@ decoding work (waiting on the device excluded); engine_s_per_step: the part spen
 call (on the CPU that is the engine's compute; on CUDA only its launch), so on the CPU
 host - engine is the scheduler's own overhead per step. join_s_per_step: host time the in-flight
 scheduler spends letting requests in and out between steps (cancellations, encoder launches, new
-members' decoding state), per decoder step: not part of host_s_per_step."""
+members' decoding state), per decoder step: not part of host_s_per_step. pools_per_step: decoder-step
+launches per in-flight scheduler step (one per busy slot pool; a row waits for all of them)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class ServiceStats:
         self.pooled = 0            # in-flight request chunks decoded as pooled rows (CUDA)
         self.tokens = 0            # generated tokens delivered (all returned sequences)
         self.steps = 0             # decoder-step launches (one per pool per scheduler step)
+        self.scheduler_steps = 0   # in-flight scheduler steps that stepped at least one pool
         self.row_steps = 0         # occupied rows summed over steps
         self.host_step_s = 0.0     # host time issuing steps (excl. waiting on the device)
         self.engine_step_s = 0.0   # of which in the decoder-step engine call (CPU: its compute)
@@ -95,5 +97,8 @@ class ServiceStats:
                 host_s_per_step=self.host_step_s / self.steps if self.steps else 0.0,
                 engine_s_per_step=self.engine_step_s / self.steps if self.steps else 0.0,
                 join_s_per_step=self.join_s / self.steps if self.steps else 0.0,
+                scheduler_steps=self.scheduler_steps,
+                # busy pools a scheduler step (each one decoder-step launch that every row waits for)
+                pools_per_step=self.steps / self.scheduler_steps if self.scheduler_steps else None,
             )
         return d

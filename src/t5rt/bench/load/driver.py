@@ -105,6 +105,9 @@ def summarize(system: str, rate: float, outs: list[Outcome], sent: int, elapsed:
         row.update(host_s_per_step=per_step("host_s_per_step"), engine_s_per_step=per_step("engine_s_per_step"),
                    rows_per_step=per_step("mean_rows_per_step"), join_s_per_step=per_step("join_s_per_step"),
                    steps=steps)
+        sched = after.get("scheduler_steps", 0) - before.get("scheduler_steps", 0)
+        if sched > 0:
+            row["pools_per_step"] = steps / sched
     return row
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ...errors import InvalidOptionError
@@ -45,6 +45,7 @@ class LoadOptions:
     max_batch: int = 64         # rows per in-flight slot pool
     inflight_kernels: bool = True  # RuntimeOptions.inflight_kernels for both t5rt systems
     warm_shapes: bool = True    # Runtime.warmup() after loading each t5rt system (every bucket's shapes)
+    switches: dict[str, bool] = field(default_factory=dict)  # --set: boolean RuntimeOptions of both t5rt systems
     seed: int = 0
     json: Path | None = None
     plot: Path | None = None
@@ -77,6 +78,13 @@ class LoadOptions:
             raise bad("serve", "must be a number of replicas >= 1")
         if self.calibrate < 2:
             raise bad("calibrate", "must be >= 2")
+        from ...runtime.runner import RuntimeOptions
+
+        # (inflight and warmup are the systems' own: t5rt / t5rt-serial, --warm-shapes)
+        flags = {f.name for f in fields(RuntimeOptions) if f.type in (bool, "bool")} - {"inflight", "warmup"}
+        if wrong := sorted(set(self.switches) - flags):
+            raise InvalidOptionError(f"--set {wrong[0]}=... is invalid: not a boolean RuntimeOptions field "
+                                     f"(choose from {', '.join(sorted(flags))})")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -136,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-shapes", action=argparse.BooleanOptionalAction, default=LoadOptions.warm_shapes,
                    help="Runtime.warmup() after loading each t5rt system, so that no timed request pays a "
                         "first-use capture (on by default; --no-warm-shapes measures that cost)")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=0|1", dest="switches",
+                   help="a boolean RuntimeOptions field for both t5rt systems, e.g. --set gather_pools=1 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png")
@@ -148,12 +158,16 @@ def _default_systems(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def options_from_args(args: argparse.Namespace) -> LoadOptions:
+    try:
+        switches = runtime_switches(args.switches)
+    except ValueError as e:
+        raise InvalidOptionError(str(e)) from None
     opts = LoadOptions(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
                        rates=args.rates, duration=args.duration, drain=args.drain, src=args.src, new=args.new,
                        mix=args.mix, systems=args.systems or _default_systems(args), calibrate=args.calibrate,
                        warmup=args.warmup, url=args.url, serve=args.serve, api_key=args.api_key,
                        max_batch=args.max_batch, inflight_kernels=args.inflight_kernels,
-                       warm_shapes=args.warm_shapes, seed=args.seed, json=args.json, plot=args.plot,
+                       warm_shapes=args.warm_shapes, switches=switches, seed=args.seed, json=args.json, plot=args.plot,
                        cache_dir=args.cache_dir or default_cache_dir())
     opts.validate()
     return opts

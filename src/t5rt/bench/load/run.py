@@ -60,7 +60,7 @@ def run_load(opts: LoadOptions, log: Log = print) -> dict[str, Any]:
             return HFSerialTarget(hf_dir, device=device, precision=precision)
         return RuntimeTarget(export_dir, inflight=system == "t5rt", backend=opts.backend, device=device,
                              max_batch=opts.max_batch, inflight_kernels=opts.inflight_kernels,
-                             warm_shapes=opts.warm_shapes)
+                             warm_shapes=opts.warm_shapes, **opts.switches)
 
     rows: list[dict[str, Any]] = []
     outcomes: dict[tuple[str, float], list] = {}  # (system, rate) -> outcomes, to pair t5rt and http
