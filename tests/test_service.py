@@ -377,6 +377,28 @@ def test_gpu_sixteen_threads_equal_solo(tiny, graphs, kernels, reuse):
         assert st["requests_pooled"] >= 8 if kernels else st["requests_pooled"] == 0, st
 
 
+@pytest.mark.gpu
+def test_gpu_recurring_request_shapes_replay_their_graphs(tiny):
+    """CUDA: a member that keeps its own strategy (beam search, two inputs) captures its per-step
+    graph once; a later request of the same shape joins the rows where that graph was captured
+    and replays it instead of capturing again, and its tokens still equal the direct path's."""
+    rng = random.Random(4)
+    src = lambda: [rng.randrange(2, 384) for _ in range(rng.randrange(4, 14))] + [1]  # noqa: E731
+    beam = [dict(input_ids=[src()], num_beams=4, max_new_tokens=NEW, min_new_tokens=NEW) for _ in range(4)]
+    pair = [dict(input_ids=[src(), src()], max_new_tokens=NEW, do_sample=True, top_k=20, seed=7) for _ in range(4)]
+    with t5rt.load(tiny[1], backend="ort", device="cuda", inflight=False) as solo_rt:
+        solo = [solo_rt.generate(**kw) for kw in beam + pair]
+    with t5rt.load(tiny[1], backend="ort", device="cuda") as r:
+        got = [None] * 8
+        for i in range(4):  # one beam and one two-input request at a time, side by side
+            a, b = r.submit(**beam[i]), r.submit(**pair[i])
+            got[i], got[4 + i] = a.result(120), b.result(120)
+        st = r.stats()
+    bad = differences(got, solo, beam + pair, GPU_SCORE_ATOL)
+    assert not bad, "\n".join(bad)
+    assert st["graphs_captured"] == 2 and st["graphs_reused"] == 6, st
+
+
 def test_pooled_rows_through_the_scheduler_equal_solo(tiny, solo_rt, host_kernels, monkeypatch):
     """The in-flight scheduler's pooled rows (decoding/pooled.py: used on CUDA) run on the CPU
     through the host build of their kernels: concurrent single-row greedy and seeded sampling

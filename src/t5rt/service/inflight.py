@@ -13,7 +13,10 @@ CUDA, the CUDA graph captured over its per-step decoding work. One scheduler ste
               cache row writes, then the token choice: on CUDA every single-row greedy /
               sampling member of the pool in ONE launch (decoding/pooled.py: per-row options
               and step counters); other members (beams, several rows, processors) each on its
-              own rows (a graph replay each on CUDA), feeding their next tokens and positions
+              own rows (a graph replay each on CUDA), feeding their next tokens and positions;
+              a strategy outlives its member (reset in place for the next of its shape), and so
+              does its graph: a later member of that shape takes the same rows if they are free
+              and replays it instead of capturing its own
     check     every done_check_interval steps (or when a member reached max_new_tokens): the
               one host sync; finished members return their result at once and leave; streamed
               inputs get their new tokens
@@ -58,6 +61,22 @@ class _Job:
 
 
 @dataclass(eq=False)
+class _Idle:
+    """A finished member's decoding state, kept for a later member of the same reuse key: its
+    strategy (reset in place) and, on CUDA, the graph captured over its per-step work, which
+    replays only where it was captured: the same rows of the same pool, with the same view and
+    cache ops (the graph holds their device addresses)."""
+
+    key: Any
+    strategy: Any
+    pool: SlotPool
+    lo: int
+    graph: Any = None
+    view: Any = None
+    cache: CacheOps | None = None
+
+
+@dataclass(eq=False)
 class _Member:
     job: _Job
     index: int                # chunk index within the request
@@ -73,6 +92,7 @@ class _Member:
     view: Any = None          # DecoderBuffers of its rows (views into the pool)
     cache: CacheOps | None = None  # beam search: reorder inside its rows
     graph: Any = None         # CUDA: its captured per-step decoding work
+    spare: Any = None         # CUDA: a graph captured by an earlier member on these rows, replayed from step 1
     pooled: bool = False      # decoded by its pool's PooledRows (row lo), not a strategy of its own
     steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +124,7 @@ class InflightExecutor:
         self.active: list[_Member] = []
         self.pools: dict[int, SlotPool] = {}
         self._enc: dict[tuple[int, int], Any] = {}
-        self._idle: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id -> (key, strategy)
+        self._idle: OrderedDict[int, _Idle] = OrderedDict()  # id(strategy) -> idle state, oldest first
         self._cache_len = self.runner.decoder_cache_len(runtime.manifest.max_output_len)
         self._reuse = not self.dev.is_cuda or self.opts.reuse_step_graphs
         self._graphs = self.dev.is_cuda and self.opts.cuda_graphs
@@ -237,10 +257,12 @@ class InflightExecutor:
             if m.src_len in blocked:
                 still.append(m)
                 continue
-            for pool in self._pools_for(m.src_len):
-                lo = pool.alloc(m.rows)
-                if lo is not None:
-                    break
+            pool, lo = self._rows_of_idle_graph(m)
+            if lo is None:
+                for pool in self._pools_for(m.src_len):
+                    lo = pool.alloc(m.rows)
+                    if lo is not None:
+                        break
             if lo is None:
                 blocked.add(m.src_len)
                 still.append(m)
@@ -259,6 +281,23 @@ class InflightExecutor:
                 for job in {id(m.job): m.job for m in members}.values():
                     self._fail_job(job, err)
 
+    def _rows_of_idle_graph(self, m: _Member) -> tuple[Any, int | None]:
+        """CUDA: free rows where an idle member of m's reuse key left its captured graph (a pool m
+        may join), taken -> (pool, lo); else (None, None). So a recurring request shape (beam
+        search, several inputs) replays a graph instead of capturing one per request."""
+        if not self._graphs or not self._reuse or not any(e.graph is not None for e in self._idle.values()):
+            return None, None
+        from ..generate import reuse_key
+
+        first = next(iter(self._existing_pools_for(m.src_len)), None)  # the pool m would try first
+        key = first and reuse_key(m.job.req.config, m.inputs, m.max_new, m.first_input)
+        if key is None:
+            return None, None
+        for e in reversed(self._idle.values()):  # most recently used first
+            if e.graph is not None and e.pool is first and e.key == key and first.alloc_at(e.lo, m.rows):
+                return first, e.lo
+        return None, None
+
     def _pools_for(self, src_len: int) -> Any:
         """The pools a member of source bucket src_len may join, in order. With share_pools: the
         existing pools of a bucket >= its own, those already running requests first (each pool
@@ -266,17 +305,20 @@ class InflightExecutor:
         for everyone; padding adds exact zeros), smallest bucket first (gather_pools: the busy
         ones longest first, so the shorter pools drain); then its own bucket's pool, made on
         first use."""
-        if self.opts.share_pools:
-            fits = [p for s, p in self.pools.items() if s >= src_len]
-            gather = self.opts.gather_pools
+        yield from self._existing_pools_for(src_len)
+        if src_len not in self.pools:
+            yield self._pool(src_len)
 
-            def order(p: SlotPool) -> tuple[bool, int]:
-                busy = bool(p.used.any())
-                return (not busy, -p.src_len if busy and gather else p.src_len)
-            yield from sorted(fits, key=order)
-            if src_len in self.pools:
-                return
-        yield self._pool(src_len)
+    def _existing_pools_for(self, src_len: int) -> list[SlotPool]:
+        """_pools_for's pools that exist already, in its order."""
+        if not self.opts.share_pools:
+            return [self.pools[src_len]] if src_len in self.pools else []
+        gather = self.opts.gather_pools
+
+        def order(p: SlotPool) -> tuple[bool, int]:
+            busy = bool(p.used.any())
+            return (not busy, -p.src_len if busy and gather else p.src_len)
+        return sorted((p for s, p in self.pools.items() if s >= src_len), key=order)
 
     def _pool(self, src_len: int) -> SlotPool:
         pool = self.pools.get(src_len)
@@ -353,9 +395,10 @@ class InflightExecutor:
                     self.active.append(m)
                     continue
                 m.strategy = self._strategy(m)
-                m.view = pool.bufs.rows_view(m.lo, m.lo + m.rows)
-                if m.strategy.parent is not None:
-                    m.cache = CacheOps(xp, m.view, self.runner.kernels)
+                if m.view is None:  # (else: the view and cache ops of the graph it will replay)
+                    m.view = pool.bufs.rows_view(m.lo, m.lo + m.rows)
+                    if m.strategy.parent is not None:
+                        m.cache = CacheOps(xp, m.view, self.runner.kernels)
                 self._feed(m)
                 if m.job.joined_at is None:
                     m.job.joined_at = now
@@ -371,15 +414,24 @@ class InflightExecutor:
         return enc
 
     def _strategy(self, m: _Member) -> Any:
-        """An idle strategy of the same key reset in place, else a new one (the direct path's)."""
+        """An idle strategy of the same key reset in place, else a new one (the direct path's).
+        One that left a captured graph on m's very rows comes first: m then takes its view, cache
+        ops and graph (m.spare, replayed from step 1 on instead of a capture)."""
         from ..generate import reuse_key
 
         m.key = reuse_key(m.job.req.config, m.inputs, m.max_new, m.first_input) if self._reuse else None
-        for sid, (k, st) in self._idle.items():
-            if m.key is not None and k == m.key:
+        if m.key is not None:
+            # (graphs elsewhere go last: a strategy taken from them loses its graph)
+            same = sorted(((sid, e) for sid, e in self._idle.items() if e.key == m.key),
+                          key=lambda se: se[1].graph is not None)
+            here = [(sid, e) for sid, e in same if e.graph is not None and e.pool is m.pool and e.lo == m.lo]
+            if here or same:
+                sid, e = (here or same)[0]
                 del self._idle[sid]
-                st.reset()
-                return st
+                if here:
+                    m.view, m.cache, m.spare = e.view, e.cache, e.graph
+                e.strategy.reset()
+                return e.strategy
         return self.rt._new_strategy(m.job.req.config, m.inputs, m.max_new, m.first_input)
 
     @staticmethod
@@ -400,12 +452,11 @@ class InflightExecutor:
         if m.pooled:
             m.pool.decoder.leave(m.lo)
         m.pool.free(m.lo, m.rows)
-        m.graph = None  # its captured graph (and the graph's memory pool) go with it
-        if m.key is not None and not m.pooled:
-            self._idle[id(m.strategy)] = (m.key, m.strategy)
+        if m.key is not None and not m.pooled:  # kept with its graph, which replays on these rows only
+            self._idle[id(m.strategy)] = _Idle(m.key, m.strategy, m.pool, m.lo, m.graph or m.spare, m.view, m.cache)
             while len(self._idle) > KEEP_STRATEGIES:
                 self._idle.popitem(last=False)
-        m.strategy = m.view = m.cache = None
+        m.strategy = m.view = m.cache = m.graph = m.spare = None
 
     # -- one step of one pool --------------------------------------------------------------
     def _step_pool(self, pool: SlotPool, members: list[_Member]) -> None:
@@ -427,11 +478,16 @@ class InflightExecutor:
                 try:
                     if m.graph is not None:
                         m.graph.launch()
+                    elif m.spare is not None and m.steps >= 1:  # an earlier member's graph, these rows
+                        m.graph, m.spare = m.spare, None
+                        self.stats.count("graphs_reused")
+                        m.graph.launch()
                     elif self._graphs and m.steps >= 1 and m.strategy.capturable:
                         # step 0 ran eagerly (it loads every kernel); from step 1 on: one replay
                         from ..runtime.cuda_graph import CapturedStep
 
                         m.graph = CapturedStep(lambda m=m: self._after_engine(m), self.dev.stream, self.dev.graph_pool)
+                        self.stats.count("graphs_captured")
                         m.graph.launch()
                     else:
                         self._after_engine(m)  # user logits processors run here (host code)

@@ -45,6 +45,13 @@ class SlotPool:
                 return lo
         return None
 
+    def alloc_at(self, lo: int, rows: int) -> bool:
+        """Take rows lo..lo+rows-1 if they are all free -> whether it did."""
+        if lo < 0 or lo + rows > self.capacity or self.used[lo:lo + rows].any():
+            return False
+        self.used[lo:lo + rows] = True
+        return True
+
     def free(self, lo: int, rows: int) -> None:
         """Rows lo..lo+rows-1 are free again. Their position goes back to 0: the pool step runs
         over free rows too, and a row left at a finished request's last position (the cache

@@ -30,6 +30,8 @@ class ServiceStats:
         self.timed_out = 0
         self.rejected = 0          # refused by a full queue (OverloadedError)
         self.pooled = 0            # in-flight request chunks decoded as pooled rows (CUDA)
+        self.graphs_captured = 0   # in-flight members' decoding steps captured as CUDA graphs
+        self.graphs_reused = 0     # ... replayed from an earlier member on the same rows instead
         self.tokens = 0            # generated tokens delivered (all returned sequences)
         self.steps = 0             # decoder-step launches (one per pool per scheduler step)
         self.scheduler_steps = 0   # in-flight scheduler steps that stepped at least one pool
@@ -88,6 +90,7 @@ class ServiceStats:
                 requests_done=self.done, requests_failed=self.failed, requests_cancelled=self.cancelled,
                 requests_timed_out=self.timed_out, requests_rejected=self.rejected,
                 requests_pooled=self.pooled,
+                graphs_captured=self.graphs_captured, graphs_reused=self.graphs_reused,
                 tokens_generated=self.tokens,
                 tokens_per_s=sum(n for _, n in self._token_times) / span,
                 ttft_p50_s=ttft[len(ttft) // 2] if ttft else None,
