@@ -750,7 +750,16 @@ __device__ __noinline__ void t5rt_attend(const T5rtNativeStep& s, int l, const f
       pos = __ldg((const i64*)s.position + n);
       nkeys = pos < 0 ? 0 : (pos >= kmax ? kmax : (int)pos + 1);
     } else {
-      nkeys = kmax;
+      // keys after the row's last unmasked source position would add exact zeros (weight
+      // exp(fp32 min + score - max) = 0, and x + 0 = x in every sum): skipped, so that a row
+      // padded into the pool of a longer source bucket (share_pools) reads and sums what it
+      // would alone. A row with no unmasked position (a free pool row) attends over all of them.
+      const i64* mrow = (const i64*)s.enc_mask + (i64)n * kmax;
+      float last = -1.f;
+      for (int t = threadIdx.x; t < kmax; t += blockDim.x)
+        if (mrow[t] != 0) last = fmaxf(last, (float)t);
+      last = t5rt_block_allreduce(last, T5rtMax(), red);
+      nkeys = last < 0.f ? kmax : (int)last + 1;
     }
     const AT* K = (const AT*)(SELF ? ly->self_k : ly->cross_k) + ((i64)n * H + h) * kmax * Dk;
     const AT* Vv = (const AT*)(SELF ? ly->self_v : ly->cross_v) + ((i64)n * H + h) * kmax * Dk;

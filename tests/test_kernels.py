@@ -911,6 +911,37 @@ def test_native_step_is_batch_invariant(dev, act_dtype, shape):
                 assert np.array_equal(u[i:i + 1], v), f"row {i} differs when it runs alone (pack={pack})"
 
 
+@pytest.mark.parametrize("act_dtype", ["float32", "bfloat16"])
+def test_native_step_ignores_source_padding(dev, act_dtype):
+    """A row whose source is padded to a longer bucket (mask 0, any cross K/V there: a request in
+    the slot pool of a longer source, RuntimeOptions.share_pools) gets, bit for bit, the logits
+    and cache writes of its own bucket; so does a row whose mask ends early in its own bucket
+    (cross-attention stops at the last unmasked position)."""
+    from t5rt.kernels import native_reference as NR
+    from t5rt.weights import to_storage
+
+    d, H, Dk, F, L, V, gated = NATIVE_SHAPES["vec"]
+    m = NR.random_model(d, H, Dk, F, L, V, act_dtype, gated, num_buckets=8, radius=20, seed=5)
+    st = native_state(m, 3, 37, 45, seed=6)
+    st["mask"][1, 20:] = 0  # row 1: its source ends at 20 of 37
+    rng = np.random.default_rng(7)
+    pad = 64 - 37
+    wide = dict(st, mask=np.concatenate([st["mask"], np.zeros((3, pad), np.int64)], axis=1))
+    for k in ("ck", "cv"):
+        wide[k] = [np.concatenate([c, to_storage(rng.standard_normal((3, H, pad, Dk)).astype(np.float32) * 50,
+                                                 m.act_dtype)], axis=2) for c in st[k]]
+    out = []
+    for state in (st, wide):
+        tab = native_step_table(dev, m, state)
+        tab.launch_phases(pdl=True)
+        out.append([dev.get(tab.bufs.logits)] + [dev.get(c) for c in tab.bufs.self_k + tab.bufs.self_v])
+    for u, v in zip(*out):
+        assert np.array_equal(u, v), "padding the source changed a row's step"
+    ref = NR.decoder_step(m, st["ids"], st["pos"], st["mask"], st["ck"], st["cv"], [c.copy() for c in st["sk"]],
+                          [c.copy() for c in st["sv"]])
+    native_close(out[0][0], ref, act_dtype, "whole step")
+
+
 HOST_EXEMPT: dict[str, str] = {
     # grid barrier between phases: host blocks run one after another; its phases run on the host
     # as t5rt_native_phase_*, and the GPU test checks the step equals them bit for bit
