@@ -32,6 +32,13 @@ class SlotPool:
         self.steps = 0  # decoder steps launched (the done-check cadence counts these)
         self.decoder: Any = None  # CUDA: PooledRows of its single-row greedy / sampling requests
         self._cross: Any = None   # CUDA: its cross K/V as one pointer table (load)
+        self._graphs: dict[int, Any] = {}  # launch size -> the engine's captured step (capturable engines)
+        self._ran: set[int] = set()        # launch sizes whose engine ran once eagerly
+
+    def _engine_graphs(self, engine: Any) -> bool:
+        o = self.runner.opts
+        return bool(self.runner.dev.is_cuda and o.cuda_graphs and o.graph_engine_step
+                    and getattr(engine, "capturable", False))
 
     # -- rows ------------------------------------------------------------------------------
     def alloc(self, rows: int) -> int | None:
@@ -104,9 +111,25 @@ class SlotPool:
         b.encoder_attention_mask[dst_rows, :s] = enc.attention_mask[src_rows]
 
     def step(self, n: int) -> None:
-        """Enqueue the decoder step over rows 0..n-1 and (write form) the cache row writes."""
+        """Enqueue the decoder step over rows 0..n-1 and (write form) the cache row writes. An
+        engine that can be captured (the native kernels: ~50 launches a step from Python) runs
+        eagerly once per launch size, then as a CUDA graph captured at its second use
+        (RuntimeOptions.cuda_graphs and graph_engine_step), one replay a step."""
         view, cache = self.head(n)
-        view.engine.run()
+        if self._engine_graphs(view.engine):
+            g = self._graphs.get(n)
+            if g is None and n in self._ran:
+                from ..runtime.cuda_graph import CapturedStep
+
+                dev = self.runner.dev
+                g = self._graphs[n] = CapturedStep(view.engine.run, dev.stream, dev.graph_pool)
+            if g is None:
+                view.engine.run()
+                self._ran.add(n)
+            else:
+                g.launch()
+        else:
+            view.engine.run()
         if self.runner.m.cache_update == "write" and not getattr(view.engine, "writes_cache", False):
             cache.write(view.position)  # (the native engine writes its new K/V rows itself)
         self.steps += 1
