@@ -74,7 +74,7 @@ struct T5rtNativeLayer {
 struct T5rtNativeStep {
   i64 words;
   i64 N, d, H, Dk, F, V, T, S, L, R;  // R: largest distance of the bucket table
-  i64 act, gated, smem_floats, prefetch, pack;  // pack: T5rtGemv may pack short items (0: never)
+  i64 act, gated, smem_floats, prefetch, pack;  // pack: T5rtGemv may pack short items and load one item ahead (0: never)
   double eps, clamp, logit_scale;     // clamp <= 0: off
   u64 ids, position, enc_mask;        // [N] i64, [N] i64, [N, S] i64
   u64 emb, rel_bias, buckets;         // [V, d] A, [NB, H] A, [R + 1] i32
@@ -262,6 +262,7 @@ struct T5rtGemv {
   int pf_next;  // the warp's first item not yet sent to L2 in this pass
   bool packs;  // the step table's `pack`
   Raw w0[WIN], w1[WIN];
+  Raw nx0[TWO ? 1 : WIN];  // the next item's window, loaded before this one is summed (run_p<1>, AHEAD)
 
   __device__ __forceinline__ void init(const W* a, const W* b, int R, int K_, bool packs_) {
     packs = packs_;
@@ -325,14 +326,19 @@ struct T5rtGemv {
     c = c0 + 32 * u;
     return c < end;
   }
-  template <int P>
+  // (AHEAD: into the next item's window nx0 instead, P == 1 and one matrix only)
+  template <int P, bool AHEAD = false>
   __device__ __forceinline__ void load_window(int it0, int u0) {
 #pragma unroll
     for (int w = 0; w < WIN; ++w) {
       int row, c;
       if (slot<P>(w, it0, u0, row, c)) {
-        w0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
-        if constexpr (TWO) w1[w] = T5rtRaw<W, VEC>::load(W1 + (i64)row * K, c);
+        if constexpr (AHEAD) {
+          nx0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
+        } else {
+          w0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
+          if constexpr (TWO) w1[w] = T5rtRaw<W, VEC>::load(W1 + (i64)row * K, c);
+        }
       }
     }
   }
@@ -400,6 +406,11 @@ struct T5rtGemv {
   template <int P, typename Epi>
   __device__ void run_p(const float* xs, int nc, int nbase, Epi& epi, float* part0, float* part1) {
     constexpr int NBI = NB / P;  // accumulators (rows) an item has
+    // one item a window, one window an item, one row group (lm_head: ~30 items a warp): the next
+    // item's window is loaded before this one is summed, so a warp keeps two items' loads in
+    // flight, not one round trip per item (same sums in the same order; off with the table's pack)
+    const bool pipe = packs && P == 1 && !TWO && U <= WIN && nc <= NB;
+    bool in_nx = false;
     for (int it0 = 0; it0 < mine; it0 += P) {
       // the next group's items and PF more on their way into L2 (from where the prologue, or the
       // group before, stopped: a first pass packing more than the prologue did leaves no gap)
@@ -411,7 +422,18 @@ struct T5rtGemv {
         // the prologue's window (or the pass before's, when it held every item) is this group's
         // when it was packed the same way and holds the group's items
         const bool in_regs = it0 == 0 && u0 == 0 && held_p == P && held >= (P < mine ? P : mine);
-        if (!in_regs) load_window<P>(it0, u0);
+        if constexpr (P == 1 && !TWO) {
+          if (in_nx) {
+#pragma unroll
+            for (int w = 0; w < WIN; ++w) w0[w] = nx0[w];
+          } else if (!in_regs) {
+            load_window<P>(it0, u0);
+          }
+          in_nx = pipe && it0 + 1 < mine;
+          if (in_nx) load_window<1, true>(it0 + 1, 0);
+        } else {
+          if (!in_regs) load_window<P>(it0, u0);
+        }
         int cw[WIN];  // each window slot's chunk (-1: none), once a window
 #pragma unroll
         for (int w = 0; w < WIN; ++w) {

@@ -9,7 +9,8 @@ Random weights of the real shapes (t5rt.kernels.native_reference.random_model), 
   step (persistent): the whole step as one launch (grid barrier between phases; the L2 prefetch
     of the next phases' weights is off by default: slower on the H100, 986 vs 871 us t5-base bf16);
   step (per-phase launches): the same step as 2 + 8L launches (PDL: with programmatic dependent
-    launch; one item a window: T5rtGemv's packing of short items off, for comparison; QKV, FFN-in
+    launch; one item a window: T5rtGemv's packing of short items and its one-item-ahead loads
+    (lm_head) off, for comparison; QKV, FFN-in
     and lm_head also alone that way; operands from the table: a projection reads its weights'
     addresses from the step table instead of its kernel parameters, as before ABI 7);
   step + argmax: the persistent step and greedy's token choice, one CUDA graph (per decoder step).

@@ -275,8 +275,9 @@ class StepTable:
     def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False, pack: bool = True,
                  phase_args: bool = True):
         """prefetch: each phase also sends the next two phases' weights to L2 (off: measured slower);
-        pack: a projection's window holds several short items side by side (T5rtGemv; False: one
-        item a window, the same sums); phase_args: a projection phase gets its weights, sizes and
+        pack: a projection's window holds several short items side by side, and a warp with many
+        one-window items (lm_head) loads the next item's window before it sums this one (T5rtGemv;
+        False: one item a window, one at a time, the same sums); phase_args: a projection phase gets its weights, sizes and
         gain as kernel parameters and loads its weights before it reads this table (False: from
         the table, after it). pack / phase_args off are for comparison (bench/kernels/native_step.py)."""
         cp = dev.launcher.xp  # cupy, or numpy on the host build
