@@ -183,6 +183,10 @@ struct Block {
 inline void syncthreads() { self->block->sync.wait(); }
 template <class T>
 inline T* dynamic_shared() { return reinterpret_cast<T*>(self->block->dynamic_shared.data()); }
+// bytes of it (the launch's shared_mem rounded up to max_align_t): %dynamic_smem_size on a GPU
+inline unsigned dynamic_shared_bytes() {
+  return (unsigned)(self->block->dynamic_shared.size() * sizeof(std::max_align_t));
+}
 inline void syncwarp() { self->block->warp[self->warp].wait(); }
 
 // Every lane publishes v, then reads lane src's value (its own where src is out of range).

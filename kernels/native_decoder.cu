@@ -243,7 +243,9 @@ __device__ __forceinline__ bool t5rt_load_step(const T5rtNativeStep* g, T5rtNati
 // The split depends on R, K and the grid only, never on the row count N, and an item's sum is
 // added in the same order however it is packed: a row's sums are the same whatever the batch, so
 // a request's logits do not depend on what shares its step.
-template <typename W, typename Ch, bool VEC, bool TWO>
+// AHEAD (lm_head: ~30 one-window items a warp): the next item's window is loaded before this one
+// is summed; only there, for the registers it holds (QKV and FFN-in spilled more with it).
+template <typename W, typename Ch, bool VEC, bool TWO, bool AHEAD = false>
 struct T5rtGemv {
   enum {
     E = VEC ? (int)Ch::E : 1,
@@ -262,7 +264,7 @@ struct T5rtGemv {
   int pf_next;  // the warp's first item not yet sent to L2 in this pass
   bool packs;  // the step table's `pack`
   Raw w0[WIN], w1[WIN];
-  Raw nx0[TWO ? 1 : WIN];  // the next item's window, loaded before this one is summed (run_p<1>, AHEAD)
+  Raw nx0[AHEAD && !TWO ? WIN : 1];  // the next item's window, loaded before this one is summed (AHEAD)
 
   __device__ __forceinline__ void init(const W* a, const W* b, int R, int K_, bool packs_) {
     packs = packs_;
@@ -326,14 +328,14 @@ struct T5rtGemv {
     c = c0 + 32 * u;
     return c < end;
   }
-  // (AHEAD: into the next item's window nx0 instead, P == 1 and one matrix only)
-  template <int P, bool AHEAD = false>
+  // (NEXT: into the next item's window nx0 instead, P == 1 and one matrix only)
+  template <int P, bool NEXT = false>
   __device__ __forceinline__ void load_window(int it0, int u0) {
 #pragma unroll
     for (int w = 0; w < WIN; ++w) {
       int row, c;
       if (slot<P>(w, it0, u0, row, c)) {
-        if constexpr (AHEAD) {
+        if constexpr (NEXT) {
           nx0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
         } else {
           w0[w] = T5rtRaw<W, VEC>::load(W0 + (i64)row * K, c);
@@ -409,7 +411,7 @@ struct T5rtGemv {
     // one item a window, one window an item, one row group (lm_head: ~30 items a warp): the next
     // item's window is loaded before this one is summed, so a warp keeps two items' loads in
     // flight, not one round trip per item (same sums in the same order; off with the table's pack)
-    const bool pipe = packs && P == 1 && !TWO && U <= WIN && nc <= NB;
+    const bool pipe = AHEAD && packs && P == 1 && !TWO && U <= WIN && nc <= NB;
     bool in_nx = false;
     for (int it0 = 0; it0 < mine; it0 += P) {
       // the next group's items and PF more on their way into L2 (from where the prologue, or the
@@ -422,7 +424,7 @@ struct T5rtGemv {
         // the prologue's window (or the pass before's, when it held every item) is this group's
         // when it was packed the same way and holds the group's items
         const bool in_regs = it0 == 0 && u0 == 0 && held_p == P && held >= (P < mine ? P : mine);
-        if constexpr (P == 1 && !TWO) {
+        if constexpr (AHEAD && P == 1 && !TWO) {
           if (in_nx) {
 #pragma unroll
             for (int w = 0; w < WIN; ++w) w0[w] = nx0[w];
@@ -597,7 +599,7 @@ __device__ void t5rt_project_run(const T5rtNativeStep* gstep, T5rtNativeStep& s,
   constexpr bool NORM = PH == T5RT_NATIVE_SELF_QKV || PH == T5RT_NATIVE_CROSS_Q || PH == T5RT_NATIVE_FFN_IN ||
                         PH == T5RT_NATIVE_LM_HEAD;
   constexpr bool RES = PH == T5RT_NATIVE_SELF_OUT || PH == T5RT_NATIVE_CROSS_OUT || PH == T5RT_NATIVE_FFN_OUT;
-  T5rtGemv<W, Ch, VEC, TWO> g;
+  T5rtGemv<W, Ch, VEC, TWO, PH == T5RT_NATIVE_LM_HEAD> g;
   // before the wait: nothing the phase before writes (weights, gain, positions); the weights first
   g.init(w0, w1, R, K, have ? s.pack != 0 : (pa.flags & 1) != 0);
   g.prologue(have ? (int)s.N : pa.N);  // (a first pass of fewer rows re-packs in run())
@@ -610,12 +612,15 @@ __device__ void t5rt_project_run(const T5rtNativeStep* gstep, T5rtNativeStep& s,
   float* gs = smem + T5RT_NATIVE_PART;
   const int dpad = (d + 3) & ~3;
   float* xr = gs + dpad;
-  // rows a pass: what shared memory holds, at most NB when an item spans windows (see run()),
-  // and what the split-K partial sums have room for
+  // rows a pass: what shared memory holds (this launch's: a per-phase launch may get less than
+  // the table's smem_floats, StepTable phase_smem), at most NB when an item spans windows (see
+  // run()), and what the split-K partial sums have room for. (The pass size never changes a sum.)
   const int rbpad = RES ? ((g.RB + 3) & ~3) : 0;
-  int rows = ((int)s.smem_floats - T5RT_NATIVE_PART - dpad) / (K + rbpad);
+  const int given = (int)(t5rt_dynamic_smem_bytes() / 4);
+  const int avail = given < (int)s.smem_floats ? given : (int)s.smem_floats;
+  int rows = (avail - T5RT_NATIVE_PART - dpad) / (K + rbpad);
   rows = rows > 64 ? 64 : rows;  // inv[] below
-  if (g.U > T5rtGemv<W, Ch, VEC, TWO>::WIN && rows > T5RT_NATIVE_NB) rows = T5RT_NATIVE_NB;
+  if (g.U > decltype(g)::WIN && rows > T5RT_NATIVE_NB) rows = T5RT_NATIVE_NB;
   if (g.KS > 1 && g.items > 0) {
     const int most = (T5RT_NATIVE_PART / 2) / g.items;
     rows = rows > most ? most : rows;

@@ -44,6 +44,17 @@ __device__ __forceinline__ void t5rt_pdl_wait() { asm volatile("griddepcontrol.w
 __device__ __forceinline__ void t5rt_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 #endif
 
+// ---- the dynamic shared memory this launch was given, in bytes ----
+#ifdef T5RT_HOST_BUILD
+__device__ __forceinline__ unsigned t5rt_dynamic_smem_bytes() { return t5rt_host::dynamic_shared_bytes(); }
+#else
+__device__ __forceinline__ unsigned t5rt_dynamic_smem_bytes() {
+  unsigned v;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
+  return v;
+}
+#endif
+
 // ---- loads: activations written inside this launch bypass L1 (.cg); weights do not allocate ----
 #ifndef T5RT_HOST_BUILD
 __device__ __forceinline__ float t5rt_ldcg(const float* p) {

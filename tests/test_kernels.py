@@ -862,10 +862,11 @@ def test_native_phases_match_reference(dev, shape, act_dtype):
     results = []
     # (pdl: the phases with programmatic dependent launch, a plain launch on the host build; and
     # with blocks of 128 threads, half the default)
-    # ("table": the projections read their operands from the step table, not from kernel parameters)
-    for run in ("launch_phases", "pdl", "pdl128", "table") + (() if dev.host else ("launch",)):
-        tab2 = native_step_table(dev, m, st, phase_args=run != "table")
-        if run == "table":
+    # ("table": the projections read their operands from the step table, not from kernel parameters;
+    # "one_smem": every phase launched with the shared memory of the largest, not its own)
+    for run in ("launch_phases", "pdl", "pdl128", "table", "one_smem") + (() if dev.host else ("launch",)):
+        tab2 = native_step_table(dev, m, st, phase_args=run != "table", phase_smem=run != "one_smem")
+        if run in ("table", "one_smem"):
             tab2.launch_phases(pdl=True)
         elif run.startswith("pdl"):
             tab2.launch_phases(pdl=True, threads=128 if run == "pdl128" else None)

@@ -12,7 +12,9 @@ Random weights of the real shapes (t5rt.kernels.native_reference.random_model), 
     launch; one item a window: T5rtGemv's packing of short items and its one-item-ahead loads
     (lm_head) off, for comparison; QKV, FFN-in
     and lm_head also alone that way; operands from the table: a projection reads its weights'
-    addresses from the step table instead of its kernel parameters, as before ABI 7);
+    addresses from the step table instead of its kernel parameters, as before ABI 7; one
+    shared-memory size: every phase launched with the largest phase's shared memory, as before
+    per-phase sizes, which at 32 rows filled an SM and kept PDL from overlapping two phases);
   step + argmax: the persistent step and greedy's token choice, one CUDA graph (per decoder step).
 Floor: the bytes a phase must read (weights, attention K/V rows) over peak HBM bandwidth.
 """
@@ -100,6 +102,7 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                 with_prefetch = StepTable(tab.dev, tab.bufs, prefetch=True)
                 unpacked = StepTable(tab.dev, tab.bufs, pack=False)
                 from_table = StepTable(tab.dev, tab.bufs, phase_args=False)
+                one_smem = StepTable(tab.dev, tab.bufs, phase_smem=False)
                 if n == batches[0]:  # the lone phases again, one item a GEMV window (T5rtGemv's packing off)
                     for ph in (Phase.SELF_QKV, Phase.FFN_IN, Phase.LM_HEAD):
                         us = time_device(lambda: unpacked.launch_phase(ph, 0))
@@ -116,13 +119,14 @@ def measure(models: list[str], precisions: list[str], batches: list[int]) -> tup
                     "step (per-phase, PDL, L2 prefetch)": lambda: with_prefetch.launch_phases(pdl=True),
                     "step (per-phase, PDL, one item a window)": lambda: unpacked.launch_phases(pdl=True),
                     "step (per-phase, PDL, operands from the table)": lambda: from_table.launch_phases(pdl=True),
+                    "step (per-phase, PDL, one shared-memory size)": lambda: one_smem.launch_phases(pdl=True),
                     "step + argmax": lambda: (tab.launch(), K.argmax_rows(tab.bufs.logits, out=tokens)),
                 }
                 for label, fn in variants.items():
                     us = time_device(fn, reps=10, iters=30)
                     rows.append(Row(label, tag, us, step_bytes))
                     records.append(dict(model=name, dtype=act_dtype, n=n, kernel=label, us=us, bytes=step_bytes))
-                tab = m = with_prefetch = unpacked = from_table = None
+                tab = m = with_prefetch = unpacked = from_table = one_smem = None
             dev = None
             cp.get_default_memory_pool().free_all_blocks()
     return rows, records

@@ -273,13 +273,17 @@ class StepTable:
     """One bucket's T5rtNativeStep table in device memory, its fp32 scratch and barrier; launches."""
 
     def __init__(self, dev: DeviceModel, bufs: StepBuffers, prefetch: bool = False, pack: bool = True,
-                 phase_args: bool = True):
+                 phase_args: bool = True, phase_smem: bool = True):
         """prefetch: each phase also sends the next two phases' weights to L2 (off: measured slower);
         pack: a projection's window holds several short items side by side, and a warp with many
         one-window items (lm_head) loads the next item's window before it sums this one (T5rtGemv;
         False: one item a window, one at a time, the same sums); phase_args: a projection phase gets its weights, sizes and
         gain as kernel parameters and loads its weights before it reads this table (False: from
-        the table, after it). pack / phase_args off are for comparison (bench/kernels/native_step.py)."""
+        the table, after it); phase_smem: each per-phase launch asks for the shared memory its own
+        phase uses (an attention phase ~1 KB, a projection its rows of inputs), not the most any
+        phase uses (all of FFN-out's 2048-wide rows: at 32 rows the whole SM, so a phase's blocks
+        could not share an SM with the phase before, which PDL needs to overlap them). pack /
+        phase_args / phase_smem off are for comparison (bench/kernels/native_step.py)."""
         cp = dev.launcher.xp  # cupy, or numpy on the host build
         m = dev.model
         self.dev, self.bufs = dev, bufs
@@ -309,6 +313,15 @@ class StepTable:
             raise InvalidInputError(f"a projection over {kmax} inputs needs {proj_one * 4} bytes of shared memory, "
                                     f"more than the GPU's {cap * 4}")
         self.smem_floats = int(min(max(proj_all, attn), cap))
+        # per phase (launch_phase with phase_smem): what t5rt_project_run / t5rt_attend lay out for it
+        rb = pad(-(-m.d // dev.sms))  # a residual phase's slice of the old x a row (its output is d wide)
+        ins = {Phase.SELF_QKV: m.d, Phase.SELF_OUT: I, Phase.CROSS_Q: m.d, Phase.CROSS_OUT: I,
+               Phase.FFN_IN: m.d, Phase.FFN_OUT: m.d_ff, Phase.LM_HEAD: m.d}
+        res = (Phase.SELF_OUT, Phase.CROSS_OUT, Phase.FFN_OUT)
+        self._phase_smem = {ph: 4 * int(min(PART + pad(m.d) + min(n, 64) * (k + (rb if ph in res else 0)), cap))
+                            for ph, k in ins.items()} if phase_smem else {}
+        if phase_smem:
+            self._phase_smem.update({Phase.EMBED: 0, Phase.SELF_ATTN: 4 * attn, Phase.CROSS_ATTN: 4 * attn})
         layer_rows = []
         for l, w in enumerate(dev.layers):
             vals = [_ptr(w[k]) for k in LAYER_WEIGHTS]
@@ -444,7 +457,7 @@ class StepTable:
         operands = self._args.get((int(phase), int(layer)), _NO_ARGS)
         self.launcher.launch(self._phase, self.grid, (t,),
                              (self.table, np.int32(int(phase)), np.int32(layer), np.int32(bool(pdl)), *operands),
-                             shared_mem=self.smem_bytes, pdl=pdl)
+                             shared_mem=self._phase_smem.get(int(phase), self.smem_bytes), pdl=pdl)
 
     def launch_phases(self, pdl: bool = False, threads: int | None = None) -> None:
         """The whole step, one launch per phase (no grid barrier); pdl, threads: see launch_phase."""
