@@ -13,6 +13,10 @@ from the work, on a chain of PHASES dependent phases inside one CUDA graph:
                             griddepcontrol.wait, so they stream in while the previous phase ends
     gemv (persistent)       the same work, one kernel, grid barrier between phases
     gemv (persistent, reg prefetch)  ... with the next phase's weights loaded before the barrier
+    gemv (PDL) + ...        the PDL GEMV with one piece of a native phase added (x in 26 KB or the
+                            most dynamic shared memory, an RMS norm a block, a residual epilogue,
+                            the step table's copy), then all of them: which one costs the native
+                            phases their 5-7 us (bench/results/h100-session-2026-12-08.md)
 
     python bench/kernels/launch_gap.py [--phases 54] [--rows 1024] [--json out.json]
 
@@ -94,6 +98,61 @@ extern "C" __global__ void gemv_phase(const unsigned short* W, const float* x, f
   dot_rows(r, xs, y, R);
 }
 
+// gemv_phase plus, by `parts`, the pieces a native phase (native_decoder.cu) adds around its GEMV,
+// to find which of them cost the 5-7 us of a lone native phase against ~2.4 us here:
+//   1: x staged in the launch's dynamic shared memory (its size, given at launch, is what limits
+//      how many blocks an SM holds, and so whether PDL can overlap two phases)
+//   2: the RMS norm of x in every block (a block reduction and a second barrier)
+//   4: a residual epilogue (y = x_old + W x: one more dependent load a row)
+//   8: a 512-byte table copied from global into shared memory after the wait (t5rt_load_step)
+struct Table { unsigned long long w[64]; };
+extern "C" __global__ void gemv_phase_plus(const unsigned short* W, const float* x, float* y, int R, int parts,
+                                           const Table* table) {
+  __shared__ float xs_static[512];
+  __shared__ float red[32];
+  __shared__ Table tab;
+  extern __shared__ __align__(16) float dyn[];
+  float* xs = (parts & 1) ? dyn : xs_static;
+  Rows r;
+  load_rows(W, R, r);
+  t5rt_pdl_trigger();
+  t5rt_pdl_wait();
+  if (parts & 8) {
+    for (int i = threadIdx.x; i < 64; i += blockDim.x) tab.w[i] = table->w[i];
+    __syncthreads();
+    if (tab.w[0] == 12345ull) return;  // (never: keeps the copy)
+  }
+  for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] = t5rt_ldcg(x + i);
+  __syncthreads();
+  if (parts & 2) {
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < 512; i += blockDim.x) ss += xs[i] * xs[i];
+    const float inv = rsqrtf(t5rt_block_allreduce(ss, T5rtSum(), red) / 512.f + 1e-6f);
+    __syncthreads();
+    for (int i = threadIdx.x; i < 512; i += blockDim.x) xs[i] *= inv;
+    __syncthreads();
+  }
+  if (!(parts & 4)) {
+    dot_rows(r, xs, y, R);
+    return;
+  }
+  float yl[MAXR];  // y = x_old + W x, x_old read after the GEMV as the native epilogue does
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int gw = blockIdx.x * nw + (threadIdx.x >> 5), gn = gridDim.x * nw;
+  dot_rows(r, xs, y, R);
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < MAXR; ++i) {
+    const int j = gw + i * gn;
+    yl[i] = (j < R && lane == 0) ? t5rt_ldcg(y + j) : 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < MAXR; ++i) {
+    const int j = gw + i * gn;
+    if (j < R && lane == 0) y[j] = yl[i] + (j < 512 ? t5rt_ldcg(x + j) : 0.f);
+  }
+}
+
 extern "C" __global__ void barrier_persistent(u32* bar, int phases) {
   u32 gen = t5rt_ld_acquire(bar + 1);
   for (int p = 0; p < phases; ++p) t5rt_grid_sync(bar, gen);
@@ -131,7 +190,11 @@ def main() -> int:
     name, tbps = peak_tbps()
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     mod = cp.RawModule(code=SOURCE, options=("-std=c++17", f"-I{KERNELS_DIR}"))
-    fns = {k: mod.get_function(k) for k in ("empty_phase", "gemv_phase", "barrier_persistent", "gemv_persistent")}
+    fns = {k: mod.get_function(k) for k in ("empty_phase", "gemv_phase", "barrier_persistent", "gemv_persistent",
+                                             "gemv_phase_plus")}
+    optin = int(cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+    fns["gemv_phase_plus"].max_dynamic_shared_size_bytes = optin - int(fns["gemv_phase_plus"].shared_size_bytes)
+    table = cp.zeros(64, dtype=cp.uint64)
     P, R = a.phases, a.rows
     # fresh weights every phase (P * R * 1 KB; > L2 for the defaults), x ping-pong [2, R]
     W = cp.random.standard_normal((P, R, K), dtype=cp.float32) * np.float32(K ** -0.5)  # keeps |x| ~ 1
@@ -161,11 +224,11 @@ def main() -> int:
     for block in [int(b) for b in a.blocks.split(",")]:
         stream = cp.cuda.get_current_stream()
 
-        def launch(fn, args: tuple, use_pdl: bool) -> None:  # on the current (capturing) stream
+        def launch(fn, args: tuple, use_pdl: bool, smem: int = 0) -> None:  # on the current (capturing) stream
             if use_pdl:
-                pdl.launch(fn, (sms,), (block,), args, 0, cp.cuda.get_current_stream().ptr)
+                pdl.launch(fn, (sms,), (block,), args, smem, cp.cuda.get_current_stream().ptr)
             else:
-                fn((sms,), (block,), args)
+                fn((sms,), (block,), args, shared_mem=smem)
 
         def empty(use_pdl: bool) -> None:
             for _ in range(P):
@@ -174,6 +237,11 @@ def main() -> int:
         def gemv(use_pdl: bool) -> None:
             for q in range(P):
                 launch(fns["gemv_phase"], (Wb[q], xbuf[q & 1], xbuf[(q + 1) & 1], np.int32(R)), use_pdl)
+
+        def plus(parts: int, smem: int) -> None:  # with PDL, as the native phases launch
+            for q in range(P):
+                launch(fns["gemv_phase_plus"], (Wb[q], xbuf[q & 1], xbuf[(q + 1) & 1], np.int32(R), np.int32(parts),
+                                                table), True, smem)
 
         def persistent(prefetch: int) -> None:
             fns["gemv_persistent"]((sms,), (block,), (Wb, xbuf, np.int32(R), np.int32(P), bar, np.int32(prefetch)))
@@ -196,6 +264,14 @@ def main() -> int:
                time_device(lambda: fns["barrier_persistent"]((sms,), (block,), (bar, np.int32(P))), reps=4, iters=30), 0.0)
         report("gemv (launches)", block, time_device(lambda: gemv(False), reps=4, iters=30), floor_us)
         report("gemv (PDL)", block, time_device(lambda: gemv(True), reps=4, iters=30), floor_us)
+        # the native phase's pieces one at a time, then together (26 KB: a t5-small phase at N=1;
+        # 219 KB: the largest phase's at N=32, which every phase was launched with before 5525743)
+        most = optin - int(fns["gemv_phase_plus"].shared_size_bytes)
+        for label, parts, smem in [("gemv (PDL) + 26 KB dynamic smem", 1, 26 * 1024),
+                                   (f"gemv (PDL) + {most // 1024} KB dynamic smem", 1, most),
+                                   ("gemv (PDL) + RMS norm a block", 2, 0), ("gemv (PDL) + residual epilogue", 4, 0),
+                                   ("gemv (PDL) + table copy", 8, 0), ("gemv (PDL) + all, 26 KB", 15, 26 * 1024)]:
+            report(label, block, time_device(lambda: plus(parts, smem), reps=4, iters=30), floor_us)
         report("gemv (persistent)", block, time_device(lambda: persistent(0), reps=4, iters=30), floor_us)
         report("gemv (persistent, reg prefetch)", block, time_device(lambda: persistent(1), reps=4, iters=30), floor_us)
     if a.json:
