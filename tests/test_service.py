@@ -496,6 +496,18 @@ def test_gather_pools_sends_joiners_to_the_longest_busy_pool(tiny, solo_rt, gath
         assert same(g, solo_rt.generate(**kw))
 
 
+def test_slot_pool_alloc_at_takes_only_free_rows(rt):
+    """SlotPool.alloc_at (a joiner placed on the rows an earlier member's graph was captured on):
+    all the rows free -> taken; any taken or past the end -> refused, nothing taken."""
+    pool = rt._service().call(lambda: rt._scheduler.executor._pool(16)).result(30)
+    assert not pool.used.any()
+    assert pool.alloc_at(4, 4) and pool.used[4:8].all() and pool.used.sum() == 4
+    assert not pool.alloc_at(6, 4) and not pool.alloc_at(pool.capacity - 2, 4) and not pool.alloc_at(-1, 2)
+    assert pool.used.sum() == 4 and pool.alloc(4) == 0 and pool.alloc(1) == 8
+    rt._service().call(lambda: (pool.free(0, 8), pool.free(8, 1))).result(30)
+    assert not pool.used.any()
+
+
 def test_a_failing_logits_processor_fails_only_its_request(rt, requests_and_solo):
     reqs, solo = requests_and_solo
 
