@@ -124,4 +124,5 @@ def test_open_loop_inflight_gives_the_serial_runtimes_tokens(load_run):
         if inflight:
             assert row["rows_per_step"] > 2 and row["host_s_per_step"] > 0 and row["join_s_per_step"] > 0
             assert 1 <= row["pools_per_step"] <= row["rows_per_step"]  # each busy pool holds a row
+            assert 0 < row["checks_per_step"] <= 1  # at most one host sync a pool step
     assert got[True] == got[False]

@@ -506,6 +506,7 @@ class InflightExecutor:
         host = time.perf_counter() - t0
         if members and (pool.steps % self.opts.done_check_interval == 0 or any(m.steps >= m.max_new for m in members)):
             self.dev.synchronize()  # the one host synchronisation (its wait is not host time)
+            self.stats.count("done_checks")
             t1 = time.perf_counter()
             self._check(members, t1)
             host += time.perf_counter() - t1

@@ -35,6 +35,7 @@ class ServiceStats:
         self.tokens = 0            # generated tokens delivered (all returned sequences)
         self.steps = 0             # decoder-step launches (one per pool per scheduler step)
         self.scheduler_steps = 0   # in-flight scheduler steps that stepped at least one pool
+        self.done_checks = 0       # in-flight done checks (each one host sync: the cadence, or a member at max_new)
         self.row_steps = 0         # occupied rows summed over steps
         self.host_step_s = 0.0     # host time issuing steps (excl. waiting on the device)
         self.engine_step_s = 0.0   # of which in the decoder-step engine call (CPU: its compute)
@@ -100,7 +101,9 @@ class ServiceStats:
                 host_s_per_step=self.host_step_s / self.steps if self.steps else 0.0,
                 engine_s_per_step=self.engine_step_s / self.steps if self.steps else 0.0,
                 join_s_per_step=self.join_s / self.steps if self.steps else 0.0,
-                scheduler_steps=self.scheduler_steps,
+                scheduler_steps=self.scheduler_steps, done_checks=self.done_checks,
+                # host syncs a pool step: 1 / done_check_interval, more when members reach max_new apart
+                checks_per_step=self.done_checks / self.steps if self.steps else None,
                 # busy pools a scheduler step (each one decoder-step launch that every row waits for)
                 pools_per_step=self.steps / self.scheduler_steps if self.scheduler_steps else None,
             )

@@ -108,6 +108,7 @@ def summarize(system: str, rate: float, outs: list[Outcome], sent: int, elapsed:
         sched = after.get("scheduler_steps", 0) - before.get("scheduler_steps", 0)
         if sched > 0:
             row["pools_per_step"] = steps / sched
+            row["checks_per_step"] = (after.get("done_checks", 0) - before.get("done_checks", 0)) / steps
     return row
 
 

@@ -15,6 +15,7 @@ COLUMNS = [  # (header, key, format)
     ("p50 TTFT s", "ttft_p50_s", "{:.3f}"), ("p99 TTFT s", "ttft_p99_s", "{:.3f}"),
     ("p99 slowdown", "slowdown_p99", "{:.2f}"), ("p99 slowdown by mode", "slowdown_p99_by_mode", "{:.1f}"),
     ("rows/step", "rows_per_step", "{:.1f}"), ("pools/step", "pools_per_step", "{:.2f}"),
+    ("syncs/step", "checks_per_step", "{:.2f}"),
     ("host ms/step", "host_s_per_step", "{:.3f}"), ("engine ms/step", "engine_s_per_step", "{:.3f}"),
     ("join ms/step", "join_s_per_step", "{:.3f}"),
     ("+HTTP p50 ms", "overhead_p50_s", "{:.2f}"), ("+HTTP p99 ms", "overhead_p99_s", "{:.2f}"),
