@@ -177,6 +177,12 @@ class T5Runner:
         bufs.bind(self.m, self.sessions["decoder_step"].engine())
         return bufs
 
+    def captures_engine(self, engine: Any) -> bool:
+        """Whether `engine`'s step goes into a CUDA graph (the native kernels can be captured; an
+        ORT / TensorRT engine replays its own): RuntimeOptions.cuda_graphs and graph_engine_step."""
+        o = self.opts
+        return bool(self.dev.is_cuda and o.cuda_graphs and o.graph_engine_step and getattr(engine, "capturable", False))
+
     def decoder_cache_len(self, max_new_tokens: int) -> int:
         """Self-cache rows for a request of max_new_tokens (a backend may fix it: TensorRT's
         in-place KV layer wants a static one)."""
@@ -260,7 +266,7 @@ class T5Runner:
         use_graph = self.dev.is_cuda and self.opts.cuda_graphs and not eager
         # an engine that can be captured (the native kernels) joins the decoding work's graph:
         # one CUDA graph per step (RuntimeOptions.graph_engine_step)
-        engine_in_graph = use_graph and self.opts.graph_engine_step and getattr(engine, "capturable", False)
+        engine_in_graph = use_graph and self.captures_engine(engine)
 
         def whole_step() -> None:
             engine.run()

@@ -35,11 +35,6 @@ class SlotPool:
         self._graphs: dict[int, Any] = {}  # launch size -> the engine's captured step (capturable engines)
         self._ran: set[int] = set()        # launch sizes whose engine ran once eagerly
 
-    def _engine_graphs(self, engine: Any) -> bool:
-        o = self.runner.opts
-        return bool(self.runner.dev.is_cuda and o.cuda_graphs and o.graph_engine_step
-                    and getattr(engine, "capturable", False))
-
     # -- rows ------------------------------------------------------------------------------
     def alloc(self, rows: int) -> int | None:
         """The lowest free block of `rows` contiguous rows -> its first row, or None."""
@@ -116,7 +111,7 @@ class SlotPool:
         eagerly once per launch size, then as a CUDA graph captured at its second use
         (RuntimeOptions.cuda_graphs and graph_engine_step), one replay a step."""
         view, cache = self.head(n)
-        if self._engine_graphs(view.engine):
+        if self.runner.captures_engine(view.engine):
             g = self._graphs.get(n)
             if g is None and n in self._ran:
                 from ..runtime.cuda_graph import CapturedStep
