@@ -287,10 +287,8 @@ class InflightExecutor:
         search, several inputs) replays a graph instead of capturing one per request."""
         if not self._graphs or not self._reuse or not any(e.graph is not None for e in self._idle.values()):
             return None, None
-        from ..generate import reuse_key
-
         first = next(iter(self._existing_pools_for(m.src_len)), None)  # the pool m would try first
-        key = first and reuse_key(m.job.req.config, m.inputs, m.max_new, m.first_input)
+        key = first and self._key(m)
         if key is None:
             return None, None
         for e in reversed(self._idle.values()):  # most recently used first
@@ -413,14 +411,19 @@ class InflightExecutor:
             enc = self._enc[key] = self.runner.new_encoder_buffers(*key)
         return enc
 
+    def _key(self, m: _Member) -> Any:
+        """m's strategy reuse key (None: never reused), worked out once (the join may ask first)."""
+        from ..generate import reuse_key
+
+        if m.key is None and self._reuse:
+            m.key = reuse_key(m.job.req.config, m.inputs, m.max_new, m.first_input)
+        return m.key
+
     def _strategy(self, m: _Member) -> Any:
         """An idle strategy of the same key reset in place, else a new one (the direct path's).
         One that left a captured graph on m's very rows comes first: m then takes its view, cache
         ops and graph (m.spare, replayed from step 1 on instead of a capture)."""
-        from ..generate import reuse_key
-
-        m.key = reuse_key(m.job.req.config, m.inputs, m.max_new, m.first_input) if self._reuse else None
-        if m.key is not None:
+        if self._key(m) is not None:
             # (graphs elsewhere go last: a strategy taken from them loses its graph)
             same = sorted(((sid, e) for sid, e in self._idle.items() if e.key == m.key),
                           key=lambda se: se[1].graph is not None)
