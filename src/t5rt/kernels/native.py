@@ -302,8 +302,11 @@ class StepTable:
         # to 64 rows its input rows and (residual phases) the block's slice of the old x
         pad = lambda v: (v + 3) & ~3  # noqa: E731
         kmax = max(m.d, I, m.d_ff)
-        row = kmax + pad(-(-m.d // dev.sms))
-        proj_one, proj_all = PART + pad(m.d) + row, PART + pad(m.d) + min(n, 64) * row
+        rb = pad(-(-m.d // dev.sms))  # a residual phase's slice of the old x a row (its output is d wide)
+
+        def proj(rows: int, k: int, res: bool = True) -> int:  # floats: partials, gain, rows of k inputs (+ x slice)
+            return PART + pad(m.d) + rows * (k + (rb if res else 0))
+        proj_one, proj_all = proj(1, kmax), proj(min(n, 64), kmax)
         attn = pad(m.d_kv) + pad(max(t, s)) + THREADS + 32
         cap = (dev.smem_optin - 8 * 1024) // 4  # leave room for the static shared memory
         if attn > cap:
@@ -314,13 +317,12 @@ class StepTable:
                                     f"more than the GPU's {cap * 4}")
         self.smem_floats = int(min(max(proj_all, attn), cap))
         # per phase (launch_phase with phase_smem): what t5rt_project_run / t5rt_attend lay out for it
-        rb = pad(-(-m.d // dev.sms))  # a residual phase's slice of the old x a row (its output is d wide)
-        ins = {Phase.SELF_QKV: m.d, Phase.SELF_OUT: I, Phase.CROSS_Q: m.d, Phase.CROSS_OUT: I,
-               Phase.FFN_IN: m.d, Phase.FFN_OUT: m.d_ff, Phase.LM_HEAD: m.d}
-        res = (Phase.SELF_OUT, Phase.CROSS_OUT, Phase.FFN_OUT)
-        self._phase_smem = {ph: 4 * int(min(PART + pad(m.d) + min(n, 64) * (k + (rb if ph in res else 0)), cap))
-                            for ph, k in ins.items()} if phase_smem else {}
+        self._phase_smem: dict[int, int] = {}
         if phase_smem:
+            ins = {Phase.SELF_QKV: m.d, Phase.SELF_OUT: I, Phase.CROSS_Q: m.d, Phase.CROSS_OUT: I,
+                   Phase.FFN_IN: m.d, Phase.FFN_OUT: m.d_ff, Phase.LM_HEAD: m.d}
+            res = (Phase.SELF_OUT, Phase.CROSS_OUT, Phase.FFN_OUT)
+            self._phase_smem = {ph: 4 * int(min(proj(min(n, 64), k, ph in res), cap)) for ph, k in ins.items()}
             self._phase_smem.update({Phase.EMBED: 0, Phase.SELF_ATTN: 4 * attn, Phase.CROSS_ATTN: 4 * attn})
         layer_rows = []
         for l, w in enumerate(dev.layers):
